@@ -1,0 +1,3 @@
+from .spann3r import Spann3R, HeadOutput
+
+__all__ = ["Spann3R", "HeadOutput"]
