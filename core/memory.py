@@ -16,18 +16,13 @@ a tensor comparison); everything else stays on the device until the engine copie
 from __future__ import annotations
 
 
-import json
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from .config import MemoryConfig
-
-SNAPSHOT_FORMAT = "spann3r-memory/1"
 
 
 @dataclass
@@ -159,41 +154,18 @@ class SpatialMemory:
             "count": self.count[:n], "attn": self.attn[:n],
         }
 
-    def to_bytes(self) -> bytes:
-        meta = {"format": SNAPSHOT_FORMAT, "n": self.n, "wm": self.wm, "lm": self.lm, "P": self.P,
-                "dim": self.dim, "config": self.cfg.to_dict()}
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_tensors().items()}
-        return st_save(tensors, metadata={"memory": json.dumps(meta)})
-
-    def load_bytes(self, data: bytes) -> None:
-        """Restore a snapshot written by ``to_bytes`` into this (empty or not) memory."""
-        tensors, meta = _read_snapshot(data)
-        if meta["P"] != self.P or meta["dim"] != self.dim:
-            raise ValueError(f"memory snapshot is for {meta['P']} tokens x {meta['dim']} channels, "
-                             f"this model has {self.P} x {self.dim}")
-        if MemoryConfig(**meta["config"]) != self.cfg:
-            raise ValueError("memory snapshot was written with a different memory configuration")
-        n = meta["n"]
+    def load_tensors(self, tensors: dict[str, torch.Tensor], n: int, wm: int, lm: int, config: dict) -> None:
+        """Restore the state written by ``state_tensors`` (see ``core.snapshot``)."""
+        if MemoryConfig(**config) != self.cfg:
+            raise ValueError("snapshot was written with a different memory configuration")
         if n > self.capacity:
             self._alloc(n + (self.cfg.work_mem_size + 2) * self.P)
         for name in ("key_unit", "key_norm", "value_norm", "count", "attn"):
-            getattr(self, name)[:n] = tensors[name].to(self.device, self.dtype)
-        self.n, self.wm, self.lm = n, meta["wm"], meta["lm"]
+            t = tensors[name]
+            if t.shape[0] != n:
+                raise ValueError(f"snapshot tensor {name} has {t.shape[0]} rows, expected {n}")
+            getattr(self, name)[:n] = t.to(self.device, self.dtype)
+        self.n, self.wm, self.lm = n, wm, lm
 
 
-def _read_snapshot(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    try:
-        tensors = st_load(data)
-
-
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8: 8 + header_len])
-        meta = json.loads(header["__metadata__"]["memory"])
-    except Exception as exc:
-        raise ValueError(f"not a Spann3R memory snapshot: {exc.__class__.__name__}: {exc}") from None
-    if meta.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"unsupported memory snapshot format {meta.get('format')!r}")
-    return tensors, meta
-
-
-__all__ = ["SpatialMemory", "WriteDecision", "SNAPSHOT_FORMAT"]
+__all__ = ["SpatialMemory", "WriteDecision"]

@@ -1,0 +1,10 @@
+"""Exceptions whose message is meant for the user (CLI prints them as one line; the server maps them to codes)."""
+
+from .engine import StreamError
+from .preprocess import ImageError
+from .sources import SourceError
+from .weights import WeightsError
+
+USER_ERRORS: tuple[type[Exception], ...] = (WeightsError, ImageError, SourceError, StreamError)
+
+__all__ = ["USER_ERRORS", "WeightsError", "ImageError", "SourceError", "StreamError"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with everything the service needs.  --test also installs test tools and the
+# browser (Debian's Chromium) used by the end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WITH_TEST=0
+[[ "${1:-}" == "--test" ]] && WITH_TEST=1
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# CPU build of torch from the local wheel cache first; anything else would pull a multi-GB CUDA build.
+python -m pip install -q torch==2.13.0
+if [ "$WITH_TEST" = 1 ]; then
+  python -m pip install -q -e ".[test]"
+else
+  python -m pip install -q -e .
+fi
+if [ -f client_js/package.json ] && command -v npm >/dev/null; then
+  (cd client_js && (npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error) && npm run build --silent)
+fi
+if [ "$WITH_TEST" = 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
