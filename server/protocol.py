@@ -1,0 +1,408 @@
+"""The wire format of the streaming service: the one definition of every WebSocket message and REST body.
+
+Transport: each WebSocket message is one binary frame holding one msgpack map with a ``type`` key.  Byte
+strings are msgpack ``bin``; arrays travel as ``{"dtype", "shape", "data"}`` with little-endian C-order bytes.
+``docs/protocol.md`` explains the exchange with examples; ``python -m spann3r.server.protocol`` prints the
+JSON Schema of everything here (the browser client generates its TypeScript types from it).
+
+This module depends on pydantic, msgpack and numpy only, so clients can import it without the server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Literal, Union
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+SUBPROTOCOL = "spann3r.v1"  # optional WebSocket subprotocol name a client may offer
+
+# --------------------------------------------------------------------------------------------- shared parts
+
+
+class _Msg(BaseModel):
+    # Unknown keys are refused: a typo in a field name is an error the client hears about, not a silent no-op.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Array(_Msg):
+    """An n-d array: little-endian, C order. float16 is IEEE half precision."""
+
+    dtype: Literal["float32", "float16", "int16", "uint8", "uint16"]
+    shape: list[int]
+    data: bytes
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> "Array":
+        a = np.ascontiguousarray(a)
+        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        return cls.model_construct(dtype=np.dtype(dtype).name, shape=list(a.shape), data=a.astype(dtype).tobytes())
+
+    def to_numpy(self) -> np.ndarray:
+        dt = np.dtype(self.dtype).newbyteorder("<")
+        n = int(np.prod(self.shape)) if self.shape else 1
+        if len(self.data) != n * dt.itemsize:
+            raise ValueError(f"array data holds {len(self.data)} bytes, shape {self.shape} {self.dtype} needs "
+                             f"{n * dt.itemsize}")
+        return np.frombuffer(self.data, dtype=dt).reshape(self.shape).astype(dt.newbyteorder("="))
+
+
+FramePolicy = Literal["latest", "queue", "every_nth"]
+OutputEncoding = Literal["full", "compact"]
+FloatDtype = Literal["float32", "float16"]
+ImageFormat = Literal["jpeg", "png", "webp", "rgb8"]
+
+
+class SessionSettings(_Msg):
+    """Per-session behaviour. Set when the session is created; changed later with a ``settings`` control."""
+
+    frame_policy: FramePolicy = Field(
+        "latest", description="what to do with frames that arrive while the worker is busy: 'latest' keeps only "
+        "the newest waiting frame (latest-frame-wins), 'queue' keeps up to queue_size in order and drops new "
+        "ones when full, 'every_nth' keeps every every_n-th received frame, then queues")
+    queue_size: int = Field(4, ge=1, le=64, description="waiting frames kept by 'queue' and 'every_nth'")
+    every_n: int = Field(2, ge=1, le=1000, description="keep one received frame in every_n ('every_nth')")
+    encoding: OutputEncoding = Field(
+        "compact", description="'full': whole 224x224 maps; 'compact': confident points only, int16 positions")
+    dtype: FloatDtype = Field("float32", description="float type of 'full' pointmaps and confidences")
+    conf_thresh: float = Field(
+        1e-3, ge=0.0, lt=1.0, description="a point is confident when (conf-1)/conf > conf_thresh (compact "
+        "output and exports)")
+    stride: int = Field(1, ge=1, le=16, description="'compact': keep every stride-th row and column")
+    compact_scale: float | None = Field(
+        None, gt=0.0, description="'compact': metres (model units) per int16 step; None: chosen from the first "
+        "output of the stream (4x headroom over its extent) and then fixed for the session")
+    preview: bool = Field(True, description="compute the preview of each new frame (costs one more head)")
+
+
+class SessionSettingsPatch(_Msg):
+    """Partial update of ``SessionSettings``: fields left out keep their value."""
+
+    frame_policy: FramePolicy | None = None
+    queue_size: int | None = Field(None, ge=1, le=64)
+    every_n: int | None = Field(None, ge=1, le=1000)
+    encoding: OutputEncoding | None = None
+    dtype: FloatDtype | None = None
+    conf_thresh: float | None = Field(None, ge=0.0, lt=1.0)
+    stride: int | None = Field(None, ge=1, le=16)
+    compact_scale: float | None = Field(None, gt=0.0)
+    preview: bool | None = None
+
+    def apply(self, settings: SessionSettings) -> SessionSettings:
+        return settings.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Limits(_Msg):
+    max_message_bytes: int = Field(description="larger messages are refused (error 'message_too_large')")
+    max_pixels: int = Field(description="larger images are refused before decoding (error 'image_too_large')")
+    max_fps: float = Field(description="frames beyond this rate per session are dropped (reason 'rate_limit')")
+    max_protocol_errors: int = Field(description="protocol violations tolerated per connection before closing")
+    idle_timeout_s: float = Field(description="a session without client messages for this long is evicted")
+    max_batch: int = Field(description="frames of different sessions the worker runs in one step")
+
+
+class ModelInfo(_Msg):
+    preset: str = Field(description="'official' (DUSt3R ViT-L/B) or 'tiny'")
+    weights: str = Field(description="'synthetic' | 'checkpoint' | 'hub'")
+    synthetic: bool = Field(description="true: untrained random weights, outputs are meaningless geometry")
+    notice: str | None = Field(None, description="human-readable warning, set when weights are synthetic")
+    device: str
+    resolution: int = 224
+
+
+# --------------------------------------------------------------------------------------------- client → server
+
+
+class FrameMsg(_Msg):
+    """One camera frame. Answered by exactly one ``result``, ``dropped`` or ``error`` carrying the same seq."""
+
+    type: Literal["frame"] = "frame"
+    seq: int = Field(ge=0, description="client sequence number, strictly increasing within a session")
+    ts: float | None = Field(None, description="capture time, seconds (client clock), echoed in results")
+    format: ImageFormat = Field(description="encoded image, or 'rgb8': raw height*width*3 bytes")
+    data: bytes
+    width: int | None = Field(None, ge=1, description="'rgb8' only: image width")
+    height: int | None = Field(None, ge=1, description="'rgb8' only: image height")
+
+
+class ControlMsg(_Msg):
+    """``finish``: end the stream (the last frame's final is sent in ``finished``); ``reset``: start a new
+    stream in the same session (memory cleared); ``settings``: change settings; ``snapshot``: save the
+    session's state on the server (needs a state dir)."""
+
+    type: Literal["control"] = "control"
+    action: Literal["finish", "reset", "settings", "snapshot"]
+    settings: SessionSettingsPatch | None = None
+
+
+class PingMsg(_Msg):
+    type: Literal["ping"] = "ping"
+    id: int = 0
+    ts: float | None = None
+
+
+ClientMessage = Annotated[Union[FrameMsg, ControlMsg, PingMsg], Field(discriminator="type")]
+
+# --------------------------------------------------------------------------------------------- server → client
+
+
+class Pose(_Msg):
+    c2w: list[float] | None = Field(description="camera-to-world 4x4, row-major, OpenCV axes (x right, y down, "
+                                    "z forward), in the frame of frame 0's camera; null when invalid")
+    valid: bool = Field(description="false when PnP-RANSAC found no pose")
+
+
+class FullMap(_Msg):
+    encoding: Literal["full"] = "full"
+    pts3d: Array = Field(description="[224, 224, 3] float32|float16, global frame")
+    conf: Array = Field(description="[224, 224] float32|float16, >= 1")
+    colors: Array = Field(description="[224, 224, 3] uint8 RGB: the pixels the model saw")
+
+
+class CompactMap(_Msg):
+    encoding: Literal["compact"] = "compact"
+    scale: float = Field(description="position = int16 value * scale (fixed per session until reset)")
+    stride: int
+    positions: Array = Field(description="[N, 3] int16")
+    colors: Array = Field(description="[N, 3] uint8 RGB")
+    conf: Array = Field(description="[N] float16")
+    clipped: int = Field(0, description="confident points left out because they lie beyond the int16 range")
+
+
+class FrameData(_Msg):
+    index: int = Field(description="frame index in the stream (processed frames only, from 0)")
+    seq: int = Field(description="the client's seq of this frame")
+    kind: Literal["final", "preview"]
+    map: FullMap | CompactMap = Field(discriminator="encoding")
+    pose: Pose
+    focal: float | None = Field(description="focal length in pixels of the 224x224 image (from frame 0's final)")
+
+
+class MemoryInfo(_Msg):
+    """Memory decisions of the step that wrote ``frame_index`` (the final just emitted)."""
+
+    step: int
+    frame_index: int
+    similarity: float | None
+    skipped: bool = Field(description="frame not written: too similar to the working memory")
+    pruned: bool = Field(description="long-term memory pruned to its budget at this step")
+    mem_tokens: int
+    wm: int
+    lm: int
+    attn_zeroed_frac: float | None = None
+
+
+class HelloMsg(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    session_id: str
+    role: Literal["stream", "watch"]
+    worker_id: str
+    model: ModelInfo
+    limits: Limits
+    settings: SessionSettings
+    frames_processed: int = Field(description="frames the stream has processed so far (reconnect resumes here)")
+    last_seq: int | None = Field(description="highest seq accepted so far; send larger ones")
+    finished: bool
+
+
+class ResultMsg(_Msg):
+    """Result of one frame: its preview and the final of the frame before (one-frame lag); frame 0 has none."""
+
+    type: Literal["result"] = "result"
+    seq: int
+    frame_index: int
+    ts: float | None = Field(None, description="the frame's capture time, as the client sent it")
+    final: FrameData | None = None
+    preview: FrameData | None = None
+    memory: MemoryInfo | None = None
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="seconds: queue_s (received → model), decode_s, step_s (model, whole "
+        "batch), batch (size), pose_s, encode_s, server_s (received → sent)")
+
+
+class DroppedMsg(_Msg):
+    type: Literal["dropped"] = "dropped"
+    seq: int
+    reason: Literal["superseded", "queue_full", "every_nth", "rate_limit", "reset", "finished", "shutdown",
+                    "evicted"]
+
+
+class FinishedMsg(_Msg):
+    type: Literal["finished"] = "finished"
+    frames: int = Field(description="frames in the finished stream")
+    final: FrameData | None = Field(description="final of the last frame (null if the stream had < 2 frames)")
+
+
+class AckMsg(_Msg):
+    type: Literal["ack"] = "ack"
+    action: Literal["reset", "settings", "snapshot"]
+    settings: SessionSettings
+    snapshot_bytes: int | None = None
+
+
+class PongMsg(_Msg):
+    type: Literal["pong"] = "pong"
+    id: int
+    ts: float | None = None
+    server_ts: float
+
+
+ErrorCode = Literal[
+    "malformed",  # not msgpack, or not a map
+    "unknown_type",  # 'type' missing or not a known message
+    "bad_schema",  # fields missing, of the wrong type, or unknown
+    "message_too_large",
+    "bad_image",  # undecodable image, wrong rgb8 size, zero-size image
+    "image_too_large",  # more pixels than max_pixels
+    "bad_seq",  # seq not larger than the last accepted one
+    "finished",  # frame after finish (send a reset to start a new stream)
+    "read_only",  # a watch connection sent a frame or control
+    "not_finishable",  # finish with fewer than 2 processed frames
+    "snapshot_unavailable",  # no state dir configured
+    "internal",
+]
+
+
+class ErrorMsg(_Msg):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    seq: int | None = Field(None, description="seq of the offending frame, when there is one")
+
+
+ServerMessage = Annotated[
+    Union[HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg], Field(discriminator="type")]
+
+# WebSocket close codes the server uses (4000-4999: application codes).
+CLOSE_PROTOCOL_VIOLATION = 1008  # too many protocol errors
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_IDLE = 4408  # evicted after the idle timeout
+CLOSE_REPLACED = 4409  # a newer stream connection took over the session
+CLOSE_DELETED = 4410
+CLOSE_SHUTDOWN = 1001  # server going away (state snapshotted when a state dir is set)
+
+# --------------------------------------------------------------------------------------------- REST bodies
+
+
+class SessionCreated(_Msg):
+    id: str
+    token: str = Field(description="stream token: send frames, control, read stats, export")
+    watch_token: str = Field(description="read-only token: receive results and read stats, nothing else")
+    stream_url: str = Field(description="WebSocket URL; add ?token=TOKEN (or ?token=WATCH_TOKEN to watch)")
+    worker_id: str
+    protocol: int = PROTOCOL_VERSION
+    settings: SessionSettings
+
+
+class SessionStats(_Msg):
+    id: str
+    worker_id: str
+    settings: SessionSettings
+    frames_received: int
+    frames_processed: int
+    frames_dropped: dict[str, int]
+    frames_rejected: int = Field(description="frames answered with an error")
+    waiting: int = Field(description="frames waiting for the worker")
+    finished: bool
+    stream_connected: bool
+    watchers: int
+    idle_s: float
+    focal: float | None
+    export_points: int
+    export_decimation: int = Field(description="exports keep every n-th confident point (grows when the "
+                                   "session's point budget is reached)")
+
+
+class ErrorBody(_Msg):
+    code: str
+    detail: str
+
+
+# --------------------------------------------------------------------------------------------- (de)serialisation
+
+_client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
+_server_adapter: TypeAdapter = TypeAdapter(ServerMessage)
+CLIENT_TYPES = ("frame", "control", "ping")
+SERVER_TYPES = ("hello", "result", "dropped", "finished", "ack", "pong", "error")
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str, seq: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.seq = code, message, seq
+
+
+def pack(msg: BaseModel) -> bytes:
+    return msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
+
+
+def _unpack_map(data: bytes, max_bytes: int | None) -> dict:
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ProtocolError("message_too_large", f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for broken input
+        raise ProtocolError("malformed", f"not a msgpack message ({exc.__class__.__name__})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed", f"a message must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def _validate(adapter: TypeAdapter, obj: dict, known: tuple[str, ...]) -> Any:
+    kind = obj.get("type")
+    seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
+    if kind not in known:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of {list(known)}", seq)
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+        raise ProtocolError("bad_schema", f"{kind}: {where}: {first['msg']} ({exc.error_count()} problem(s))",
+                            seq) from None
+
+
+def decode_client_message(data: bytes, max_bytes: int | None = None) -> FrameMsg | ControlMsg | PingMsg:
+    """Bytes from a client → a validated message, or ``ProtocolError`` with the error code to send back."""
+    return _validate(_client_adapter, _unpack_map(data, max_bytes), CLIENT_TYPES)
+
+
+def decode_server_message(data: bytes) -> BaseModel:
+    return _validate(_server_adapter, _unpack_map(data, None), SERVER_TYPES)
+
+
+def protocol_json_schema() -> dict:
+    """JSON Schema of every message (client → server, server → client) and REST body, in one document."""
+    models = [FrameMsg, ControlMsg, PingMsg, HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
+              ErrorMsg, SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats, ErrorBody]
+    defs: dict[str, Any] = {}
+    for m in models:
+        schema = m.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        defs[m.__name__] = schema
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Spann3R streaming protocol v{PROTOCOL_VERSION}",
+        "description": "Every WebSocket message is one msgpack map; 'bytes' fields (format: binary) are msgpack "
+                       "bin. Arrays are little-endian, C order.",
+        "protocol": PROTOCOL_VERSION,
+        "$defs": defs,
+        "oneOf": [
+            {"title": "ClientMessage", "oneOf": [{"$ref": f"#/$defs/{m}"} for m in ("FrameMsg", "ControlMsg",
+                                                                                    "PingMsg")]},
+            {"title": "ServerMessage", "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in
+                                                 (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
+                                                  ErrorMsg)]},
+        ],
+    }
+
+
+if __name__ == "__main__":
+    json.dump(protocol_json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
