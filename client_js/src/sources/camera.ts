@@ -1,0 +1,111 @@
+/**
+ * The device camera: rear camera on phones (facingMode "environment"), requested resolution and rate, frames
+ * grabbed on a timer at the chosen rate. When the in-flight limit is reached the frame is skipped before it
+ * is encoded: a live camera should show the newest view, not a backlog.
+ */
+import { FrameEncoder, type EncodeOptions } from './frameEncoder.ts';
+import type { FrameSink, FrameSource } from './source.ts';
+import { nowSeconds } from '../stats.ts';
+
+export interface CameraOptions extends EncodeOptions {
+  fps: number;
+  /** requested capture size (the browser picks the nearest the camera offers) */
+  captureWidth: number;
+  captureHeight: number;
+  facingMode: 'environment' | 'user';
+}
+
+/** A camera problem worded for the user. */
+export class CameraError extends Error {
+  constructor(readonly reason: 'denied' | 'missing' | 'busy' | 'insecure' | 'unsupported' | 'other', message: string) {
+    super(message);
+  }
+}
+
+export function describeCameraError(err: unknown): CameraError {
+  const name = (err as { name?: string })?.name ?? '';
+  const text = (err as Error)?.message ?? String(err);
+  switch (name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return new CameraError('denied', 'Camera access was refused. Allow the camera for this site in the browser settings, then try again.');
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return new CameraError('missing', 'No camera was found that matches the request.');
+    case 'NotReadableError':
+    case 'AbortError':
+      return new CameraError('busy', 'The camera is in use by another application or could not be started.');
+    default:
+      return new CameraError('other', `The camera could not be opened: ${text}`);
+  }
+}
+
+export class CameraSource implements FrameSource {
+  readonly kind = 'camera' as const;
+  label = 'camera';
+  onEnded: () => void = () => {};
+  private stream: MediaStream | null = null;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private encoder: FrameEncoder;
+  private busy = false;
+
+  constructor(private video: HTMLVideoElement, private options: CameraOptions) {
+    this.encoder = new FrameEncoder(options);
+  }
+
+  async start(sink: FrameSink): Promise<void> {
+    if (!window.isSecureContext) {
+      throw new CameraError('insecure', 'Browsers only give pages served over HTTPS (or from localhost) access to the camera. See client_js/README.md for HTTPS.');
+    }
+    if (!navigator.mediaDevices?.getUserMedia) throw new CameraError('unsupported', 'This browser has no camera API (getUserMedia).');
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: false,
+        video: {
+          facingMode: { ideal: this.options.facingMode },
+          width: { ideal: this.options.captureWidth },
+          height: { ideal: this.options.captureHeight },
+          frameRate: { ideal: Math.max(this.options.fps, 15) },
+        },
+      });
+    } catch (err) {
+      throw describeCameraError(err);
+    }
+    const track = this.stream.getVideoTracks()[0];
+    this.label = track?.label || 'camera';
+    track?.addEventListener('ended', () => this.onEnded());
+    this.video.srcObject = this.stream;
+    this.video.muted = true;
+    this.video.playsInline = true;
+    await this.video.play();
+    this.timer = setInterval(() => void this.tick(sink), 1000 / this.options.fps);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.stream?.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+    this.video.srcObject = null;
+  }
+
+  progress(): null {
+    return null;
+  }
+
+  private async tick(sink: FrameSink): Promise<void> {
+    const v = this.video;
+    if (this.busy || v.readyState < 2 || !v.videoWidth) return;
+    if (!sink.ready()) {
+      sink.skipped();
+      return;
+    }
+    this.busy = true;
+    try {
+      const ts = nowSeconds();
+      sink.push(await this.encoder.encode(v, v.videoWidth, v.videoHeight, ts));
+    } finally {
+      this.busy = false;
+    }
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * Point storage for the live view: one set of typed arrays that the GPU buffers mirror, allocated ahead of
+ * time and grown by doubling, so a new frame costs one copy into the arrays plus one partial upload
+ * (`bufferSubData` of just that frame's range) — never a reallocation per frame.
+ *
+ * Each frame owns a slot (offset, count). The service first sends a frame's *preview* and, one frame later,
+ * its *final* pointmap; the final overwrites the preview's slot in place. When the point budget is reached
+ * the oldest frames' slots are recycled (ring order) so memory stays bounded on phones.
+ */
+import { BufferAttribute, BufferGeometry, DynamicDrawUsage, Sphere, Vector3 } from 'three';
+
+/** One frame's points, decoded from the wire (see protocol.ts). */
+export interface FramePoints {
+  count: number;
+  /** xyz per point, length count*3, in the session's global frame (camera of frame 0, OpenCV axes) */
+  positions: Float32Array;
+  /** confidence per point (>= 1 from the model), length count */
+  conf: Float32Array;
+  /** rgb per point (0..255), length count*3; null paints points grey */
+  colors: Uint8Array | null;
+}
+
+export interface FrameSlot {
+  offset: number;
+  /** points reserved; a later write of the same frame with at most this many points stays in place */
+  capacity: number;
+  count: number;
+  /** points of this slot whose confidence is at or above the current threshold */
+  shown: number;
+}
+
+export interface WriteReport {
+  offset: number;
+  count: number;
+  /** true when this write enlarged the buffers (the next render uploads everything once) */
+  grew: boolean;
+  /** frames whose slots were recycled to make room */
+  recycled: number[];
+  /** bytes this write asks the GPU to take (partial upload), or the full buffers after a growth */
+  uploadBytes: number;
+}
+
+/** Bytes per stored point: float32 xyz + uint8 rgb + float32 confidence. */
+export const BYTES_PER_POINT = 12 + 3 + 4;
+
+/** Confidence written into unused slot space: the shader hides it whatever the threshold (model conf >= 1). */
+const HIDDEN_CONF = 0;
+
+export interface GrowingPointCloudOptions {
+  /** points allocated up front */
+  initialCapacity?: number;
+  /** hard limit; beyond it the oldest frames are recycled */
+  maxPoints?: number;
+}
+
+export class GrowingPointCloud {
+  readonly geometry = new BufferGeometry();
+  readonly maxPoints: number;
+  private positions: Float32Array;
+  private colors: Uint8Array;
+  private conf: Float32Array;
+  private slots = new Map<number, FrameSlot>();
+  /** frame indices in the order their slots were allocated (oldest first) — the recycling order */
+  private allocationOrder: number[] = [];
+  private cursor = 0;
+  private highWater = 0;
+  private threshold = 0;
+  private shownTotal = 0;
+  private heldTotal = 0;
+  private bounds = { min: new Vector3(Infinity, Infinity, Infinity), max: new Vector3(-Infinity, -Infinity, -Infinity) };
+  /** how many times the arrays were reallocated (stays logarithmic in the number of points) */
+  reallocations = 0;
+  /** frames whose points were recycled because the budget was full */
+  recycledFrames = 0;
+
+  constructor(options: GrowingPointCloudOptions = {}) {
+    this.maxPoints = Math.max(1, Math.floor(options.maxPoints ?? 8_000_000));
+    const initial = Math.min(this.maxPoints, Math.max(1, Math.floor(options.initialCapacity ?? 1 << 20)));
+    this.positions = new Float32Array(initial * 3);
+    this.colors = new Uint8Array(initial * 3);
+    this.conf = new Float32Array(initial);
+    this.attachAttributes();
+    this.geometry.setDrawRange(0, 0);
+  }
+
+  /** points the current arrays can hold */
+  get capacity(): number {
+    return this.conf.length;
+  }
+
+  /** points held, whatever their confidence */
+  get pointCount(): number {
+    return this.heldTotal;
+  }
+
+  /** points at or above the confidence threshold: what the user actually sees */
+  get pointsShown(): number {
+    return this.shownTotal;
+  }
+
+  get frameCount(): number {
+    return this.slots.size;
+  }
+
+  get confidenceThreshold(): number {
+    return this.threshold;
+  }
+
+  slot(frameIndex: number): Readonly<FrameSlot> | undefined {
+    return this.slots.get(frameIndex);
+  }
+
+  /** Bounds of every point written so far, as a sphere (framing the view, the depth colour range). */
+  boundingSphere(target = new Sphere()): Sphere {
+    if (!Number.isFinite(this.bounds.min.x)) return target.set(new Vector3(), 1);
+    target.center.copy(this.bounds.min).add(this.bounds.max).multiplyScalar(0.5);
+    target.radius = Math.max(1e-6, this.bounds.min.distanceTo(this.bounds.max) / 2);
+    return target;
+  }
+
+  /**
+   * Writes (or overwrites) one frame's points and marks just that range for upload. A final output for a
+   * frame whose preview is stored lands in the preview's slot: in place when it fits, extended in place
+   * when the slot is the newest one (the usual case: the final of frame t-1 arrives before the preview of t).
+   */
+  writeFrame(frameIndex: number, frame: FramePoints): WriteReport {
+    const count = frame.count;
+    if (count > this.maxPoints) throw new RangeError(`one frame (${count} points) exceeds the point budget (${this.maxPoints})`);
+    let slot = this.slots.get(frameIndex);
+    let grew = false;
+    let recycled: number[] = [];
+    let uploadStart = 0;
+    let uploadCount = 0;
+    if (slot && count > slot.capacity) {
+      const old = slot;
+      this.releaseSlot(frameIndex);
+      // the newest slot is extended from its own offset; any other one becomes a hidden hole
+      if (old.offset + old.capacity === this.cursor) this.cursor = old.offset;
+      ({ grew, recycled } = this.reserve(count));
+      if (this.cursor !== old.offset) {
+        this.hideRange(old.offset, old.capacity);
+        uploadStart = old.offset;
+        uploadCount = old.capacity;
+      }
+      slot = undefined;
+    } else if (!slot) {
+      ({ grew, recycled } = this.reserve(count));
+    }
+    if (!slot) {
+      slot = { offset: this.cursor, capacity: count, count: 0, shown: 0 };
+      this.cursor += count;
+      this.highWater = Math.max(this.highWater, this.cursor);
+      this.slots.set(frameIndex, slot);
+      this.allocationOrder.push(frameIndex);
+    }
+    this.shownTotal -= slot.shown;
+    this.heldTotal -= slot.count;
+    slot.count = count;
+    slot.shown = this.copyFrame(frame, slot.offset);
+    if (count < slot.capacity) this.hideRange(slot.offset + count, slot.capacity - count);
+    this.shownTotal += slot.shown;
+    this.heldTotal += count;
+    this.geometry.setDrawRange(0, this.highWater);
+
+    let uploadBytes: number;
+    if (grew) {
+      // fresh attributes: the renderer uploads them whole on the next draw
+      uploadBytes = this.highWater * BYTES_PER_POINT;
+    } else {
+      this.markForUpload(slot.offset, slot.capacity);
+      if (uploadCount) this.markForUpload(uploadStart, uploadCount);
+      uploadBytes = (slot.capacity + uploadCount) * BYTES_PER_POINT;
+    }
+    return { offset: slot.offset, count, grew, recycled, uploadBytes };
+  }
+
+  /** Changes the confidence threshold (the shader hides points below it) and recounts the points shown. */
+  setConfidenceThreshold(threshold: number): void {
+    this.threshold = threshold;
+    let total = 0;
+    for (const slot of this.slots.values()) {
+      slot.shown = this.countShown(slot.offset, slot.count);
+      total += slot.shown;
+    }
+    this.shownTotal = total;
+  }
+
+  /** Forgets every point; keeps the allocated buffers (a reset must not cost a reallocation). */
+  clear(): void {
+    this.slots.clear();
+    this.allocationOrder = [];
+    this.cursor = this.highWater = this.shownTotal = this.heldTotal = this.recycledFrames = 0;
+    this.bounds.min.set(Infinity, Infinity, Infinity);
+    this.bounds.max.set(-Infinity, -Infinity, -Infinity);
+    this.geometry.setDrawRange(0, 0);
+  }
+
+  /** Range of the confidences held (for the confidence colour map and the slider's range). */
+  confidenceRange(): [number, number] {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const slot of this.slots.values()) {
+      const end = slot.offset + slot.count;
+      for (let i = slot.offset; i < end; i++) {
+        const c = this.conf[i];
+        if (c < lo) lo = c;
+        if (c > hi) hi = c;
+      }
+    }
+    return Number.isFinite(lo) ? [lo, hi] : [1, 2];
+  }
+
+  dispose(): void {
+    this.geometry.dispose();
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  /** Makes room for `count` points at the cursor: grow by doubling, else wrap and recycle the oldest frames. */
+  private reserve(count: number): { grew: boolean; recycled: number[] } {
+    let grew = false;
+    const recycled: number[] = [];
+    if (this.cursor + count > this.capacity && this.capacity < this.maxPoints) {
+      this.grow(Math.min(this.maxPoints, Math.max(this.capacity * 2, this.cursor + count)));
+      grew = true;
+    }
+    if (this.cursor + count > this.capacity) this.cursor = 0; // budget full: wrap over the oldest slots
+    const start = this.cursor;
+    const end = start + count;
+    for (const frame of [...this.allocationOrder]) {
+      const s = this.slots.get(frame)!;
+      if (s.offset < end && s.offset + s.capacity > start) {
+        this.releaseSlot(frame);
+        recycled.push(frame);
+        // the part of a recycled slot that the new frame does not overwrite must stop drawing
+        const tail = s.offset + s.capacity - end;
+        if (tail > 0) {
+          this.hideRange(end, tail);
+          this.markForUpload(end, tail);
+        }
+      }
+    }
+    this.recycledFrames += recycled.length;
+    return { grew, recycled };
+  }
+
+  private releaseSlot(frameIndex: number): void {
+    const s = this.slots.get(frameIndex);
+    if (!s) return;
+    this.shownTotal -= s.shown;
+    this.heldTotal -= s.count;
+    this.slots.delete(frameIndex);
+    this.allocationOrder.splice(this.allocationOrder.indexOf(frameIndex), 1);
+  }
+
+  private hideRange(offset: number, count: number): void {
+    this.conf.fill(HIDDEN_CONF, offset, offset + count);
+  }
+
+  private markForUpload(offset: number, count: number): void {
+    const pos = this.geometry.getAttribute('position') as BufferAttribute;
+    const col = this.geometry.getAttribute('color') as BufferAttribute;
+    const cf = this.geometry.getAttribute('confidence') as BufferAttribute;
+    pos.addUpdateRange(offset * 3, count * 3);
+    col.addUpdateRange(offset * 3, count * 3);
+    cf.addUpdateRange(offset, count);
+    pos.needsUpdate = col.needsUpdate = cf.needsUpdate = true;
+  }
+
+  private grow(newCapacity: number): void {
+    const positions = new Float32Array(newCapacity * 3);
+    const colors = new Uint8Array(newCapacity * 3);
+    const conf = new Float32Array(newCapacity);
+    positions.set(this.positions.subarray(0, this.highWater * 3));
+    colors.set(this.colors.subarray(0, this.highWater * 3));
+    conf.set(this.conf.subarray(0, this.highWater));
+    this.positions = positions;
+    this.colors = colors;
+    this.conf = conf;
+    // dispose() makes the renderer free the old GL buffers; the new attributes upload whole on next draw.
+    this.geometry.dispose();
+    this.attachAttributes();
+    this.reallocations++;
+  }
+
+  private attachAttributes(): void {
+    this.geometry.setAttribute('position', new BufferAttribute(this.positions, 3).setUsage(DynamicDrawUsage));
+    this.geometry.setAttribute('color', new BufferAttribute(this.colors, 3, true).setUsage(DynamicDrawUsage));
+    this.geometry.setAttribute('confidence', new BufferAttribute(this.conf, 1).setUsage(DynamicDrawUsage));
+    // culling is off for the cloud; a preset sphere spares three.js a scan of the partly unused arrays
+    this.geometry.boundingSphere = new Sphere(new Vector3(), Infinity);
+  }
+
+  private countShown(offset: number, count: number): number {
+    const t = this.threshold;
+    let shown = 0;
+    for (let i = offset, end = offset + count; i < end; i++) if (this.conf[i] >= t && this.conf[i] > HIDDEN_CONF) shown++;
+    return shown;
+  }
+
+  /** Copies one frame into the arrays at `offset`; returns how many of its points pass the threshold. */
+  private copyFrame(frame: FramePoints, offset: number): number {
+    const { count, positions, conf, colors } = frame;
+    this.positions.set(positions.subarray(0, count * 3), offset * 3);
+    this.conf.set(conf.subarray(0, count), offset);
+    if (colors) this.colors.set(colors.subarray(0, count * 3), offset * 3);
+    else this.colors.fill(160, offset * 3, (offset + count) * 3);
+    const min = this.bounds.min;
+    const max = this.bounds.max;
+    for (let i = 0; i < count; i++) {
+      const x = positions[i * 3];
+      const y = positions[i * 3 + 1];
+      const z = positions[i * 3 + 2];
+      // NaN fails every comparison, so a bad point cannot poison the bounds
+      if (x < min.x) min.x = x;
+      if (x > max.x) max.x = x;
+      if (y < min.y) min.y = y;
+      if (y > max.y) max.y = y;
+      if (z < min.z) min.z = z;
+      if (z > max.z) max.z = z;
+    }
+    return this.countShown(offset, count);
+  }
+}
