@@ -9,9 +9,9 @@ import argparse
 import logging
 import sys
 
-from . import cmd_reconstruct
+from . import cmd_reconstruct, cmd_serve, cmd_stream
 
-COMMAND_MODULES = [cmd_reconstruct]
+COMMAND_MODULES = [cmd_reconstruct, cmd_serve, cmd_stream]
 
 
 class UserError(Exception):

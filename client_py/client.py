@@ -1,0 +1,283 @@
+"""Async client of the streaming service: REST session management + the WebSocket stream.
+
+Low level: ``StreamClient`` (create a session, connect, send frames and controls, iterate messages).
+High level: ``stream(url, frames, ...)``, an async iterator of the server's messages for a whole sequence, with
+flow control (at most ``window`` unanswered frames) and pacing, which a robot program can consume directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+from websockets.asyncio.client import connect
+
+from ..server.protocol import (SUBPROTOCOL, ControlMsg, DroppedMsg, ErrorMsg, FinishedMsg, FrameMsg, HelloMsg,
+                               PingMsg, ResultMsg, SessionCreated, SessionSettings, SessionSettingsPatch,
+                               SessionStats, decode_server_message, pack)
+
+IMAGE_ENCODINGS = ("jpeg", "png", "webp", "rgb8")
+
+
+class ServiceError(RuntimeError):
+    """The service refused a request (REST error body or a WebSocket close)."""
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+def encode_image(rgb: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> dict:
+    """RGB uint8 [H, W, 3] → the image fields of a frame message."""
+    if encoding == "rgb8":
+        h, w = rgb.shape[:2]
+        return {"format": "rgb8", "data": np.ascontiguousarray(rgb, np.uint8).tobytes(), "width": w, "height": h}
+    ext, params = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]), "png": (".png", []),
+                   "webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, quality])}[encoding]
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} image as {encoding}")
+    return {"format": encoding, "data": buf.tobytes()}
+
+
+class StreamClient:
+    def __init__(self, url: str, api_key: str | None = None, verify_tls: bool = True, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.verify_tls = verify_tls
+        self.http = httpx.AsyncClient(base_url=self.url, verify=verify_tls, timeout=timeout)
+        self.session: SessionCreated | None = None
+        self.token: str | None = None
+        self.hello: HelloMsg | None = None
+        self.ws = None
+        self._seq = -1
+
+    async def __aenter__(self) -> "StreamClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ REST
+    async def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                code, detail = body.get("code"), body.get("detail")
+            except Exception:
+                code, detail = None, r.text[:200]
+            raise ServiceError(f"{r.request.method} {r.request.url.path}: {r.status_code} {code}: {detail}", code,
+                               r.status_code)
+        return r
+
+    def _auth(self, token: str | None = None) -> dict:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    async def create_session(self, settings: SessionSettings | dict | None = None) -> SessionCreated:
+        body = settings.model_dump() if isinstance(settings, SessionSettings) else settings
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        r = await self._check(await self.http.post("/v1/sessions", json=body, headers=headers))
+        self.session = SessionCreated.model_validate(r.json())
+        self.token = self.session.token
+        return self.session
+
+    def attach(self, session_id: str, token: str, stream_url: str | None = None) -> None:
+        """Use an existing session (reconnect, or watch with its watch token)."""
+        ws_base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        self.session = SessionCreated.model_construct(id=session_id, token=token, watch_token="",
+                                                      stream_url=stream_url or f"{ws_base}/v1/sessions/{session_id}/ws",
+                                                      worker_id="", settings=None)
+        self.token = token
+
+    async def stats(self) -> SessionStats:
+        r = await self._check(await self.http.get(f"/v1/sessions/{self.session.id}", headers=self._auth()))
+        return SessionStats.model_validate(r.json())
+
+    async def export(self, kind: str) -> bytes:
+        """kind: cloud.ply | cloud.glb | trajectory.json | transforms.json"""
+        r = await self._check(await self.http.get(f"/v1/sessions/{self.session.id}/export/{kind}",
+                                                  headers=self._auth()))
+        return r.content
+
+    async def snapshot(self) -> dict:
+        r = await self._check(await self.http.post(f"/v1/sessions/{self.session.id}/snapshot",
+                                                   headers=self._auth()))
+        return r.json()
+
+    async def delete(self) -> None:
+        await self._check(await self.http.delete(f"/v1/sessions/{self.session.id}", headers=self._auth()))
+
+    # ------------------------------------------------------------------ WebSocket
+    async def connect(self, token: str | None = None) -> HelloMsg:
+        """Open the session's WebSocket (stream token by default, or a watch token) and read its hello."""
+        uri = f"{self.session.stream_url}?token={token or self.token}"
+        ctx = None
+        if uri.startswith("wss://") and not self.verify_tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        # no permessage-deflate: pointmaps hardly compress and deflate costs CPU on both ends
+        self.ws = await connect(uri, max_size=None, compression=None, ssl=ctx, subprotocols=[SUBPROTOCOL])
+        msg = await self.receive()
+        if not isinstance(msg, HelloMsg):
+            raise ServiceError(f"expected hello, got {msg.type}")
+        self.hello = msg
+        if msg.last_seq is not None:
+            self._seq = max(self._seq, msg.last_seq)
+        return msg
+
+    async def receive(self):
+        """Next server message (pydantic); raises ``ServiceError`` when the server closed the connection."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            data = await self.ws.recv()
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            raise ServiceError(f"connection closed: {rcvd.code if rcvd else '-'} {rcvd.reason if rcvd else ''}",
+                               code=str(rcvd.code) if rcvd else None) from None
+        if isinstance(data, str):
+            raise ServiceError("unexpected text message from the server")
+        return decode_server_message(data)
+
+    async def messages(self) -> AsyncIterator[Any]:
+        """Every server message until the connection closes."""
+        while True:
+            try:
+                yield await self.receive()
+            except ServiceError:
+                return
+
+    async def send_raw(self, data: bytes | str) -> None:
+        await self.ws.send(data)
+
+    async def send_frame(self, image: np.ndarray | bytes, encoding: str = "jpeg", seq: int | None = None,
+                         ts: float | None = None, quality: int = 90, width: int | None = None,
+                         height: int | None = None) -> int:
+        """Send an RGB image (encoded here as ``encoding``) or already-encoded bytes; returns its seq."""
+        if isinstance(image, np.ndarray):
+            fields = await asyncio.to_thread(encode_image, image, encoding, quality)
+        else:
+            fields = {"format": encoding, "data": image, "width": width, "height": height}
+        self._seq = seq if seq is not None else self._seq + 1
+        await self.ws.send(pack(FrameMsg(seq=self._seq, ts=time.time() if ts is None else ts, **fields)))
+        return self._seq
+
+    async def control(self, action: str, **settings) -> None:
+        patch = SessionSettingsPatch(**settings) if action == "settings" else None
+        await self.ws.send(pack(ControlMsg(action=action, settings=patch)))
+
+    async def finish(self) -> None:
+        await self.control("finish")
+
+    async def reset(self) -> None:
+        await self.control("reset")
+
+    async def ping(self, id: int = 0) -> None:
+        await self.ws.send(pack(PingMsg(id=id, ts=time.time())))
+
+    async def disconnect(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+            self.ws = None
+
+    async def close(self) -> None:
+        await self.disconnect()
+        await self.http.aclose()
+
+
+def _answers_frame(msg, names: dict) -> bool:
+    """Every frame gets exactly one of these: its result, a drop notice, or an error naming its seq."""
+    return isinstance(msg, (ResultMsg, DroppedMsg)) or (isinstance(msg, ErrorMsg) and msg.seq in names)
+
+
+async def _aiter(frames: Iterable | AsyncIterable) -> AsyncIterator:
+    if hasattr(frames, "__aiter__"):
+        async for f in frames:
+            yield f
+        return
+    it = iter(frames)
+    sentinel = object()
+    while (f := await asyncio.to_thread(next, it, sentinel)) is not sentinel:  # sources block (cameras, files)
+        yield f
+
+
+async def stream(url: str, frames: Iterable | AsyncIterable, *, settings: SessionSettings | dict | None = None,
+                 encoding: str = "jpeg", quality: int = 90, window: int = 4, rate: float | None = None,
+                 api_key: str | None = None, verify_tls: bool = True, finish: bool = True,
+                 client: StreamClient | None = None) -> AsyncIterator[Any]:
+    """Stream ``(name, RGB uint8)`` frames; yield every server message (``ResultMsg``, ``DroppedMsg``,
+    ``ErrorMsg``, ``FinishedMsg``, ...) as it arrives, ``hello`` first. At most ``window`` frames are
+    unanswered at once; frames go out at most at ``rate`` fps and never faster than the server's limit.
+    After the last frame is answered the stream is finished (unless ``finish=False``); the iteration ends
+    with the ``finished`` message. Frame names by seq: ``client.names`` (pass your own ``client``)."""
+    own = client is None
+    client = client or StreamClient(url, api_key, verify_tls)
+    client.names = {}
+    try:
+        if client.session is None:
+            await client.create_session(settings)
+        yield await client.connect()
+        limit = client.hello.limits.max_fps
+        period = 1.0 / min(rate or limit, limit)
+        credit = asyncio.Semaphore(window)
+        inbox: asyncio.Queue = asyncio.Queue()
+        sent_all = asyncio.Event()
+
+        async def send():
+            next_at = time.monotonic()
+            async for name, rgb in _aiter(frames):
+                await credit.acquire()
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + period, time.monotonic())
+                seq = client._seq + 1
+                client.names[seq] = name
+                await client.send_frame(rgb, encoding, seq=seq, quality=quality)
+            sent_all.set()
+
+        async def receive():
+            try:
+                async for msg in client.messages():
+                    if _answers_frame(msg, client.names):
+                        credit.release()
+                    await inbox.put(msg)
+            finally:
+                await inbox.put(None)
+
+        sender, receiver = asyncio.create_task(send()), asyncio.create_task(receive())
+        try:
+            answered, finishing = 0, False
+            while True:
+                if sent_all.is_set() and answered == len(client.names) and not finishing:
+                    if not finish:
+                        return
+                    finishing = True
+                    await client.finish()
+                get = asyncio.create_task(inbox.get())
+                done, _ = await asyncio.wait({get} if sender.done() else {get, sender},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if sender in done and sender.exception() is not None:
+                    get.cancel()
+                    raise sender.exception()
+                if get not in done:  # the sender is through: re-check whether to finish
+                    get.cancel()
+                    continue
+                msg = get.result()
+                if msg is None:
+                    return
+                yield msg
+                if _answers_frame(msg, client.names):
+                    answered += 1
+                if isinstance(msg, FinishedMsg) or (isinstance(msg, ErrorMsg) and msg.code == "not_finishable"):
+                    return
+        finally:
+            sender.cancel()
+            receiver.cancel()
+    finally:
+        if own:
+            await client.close()

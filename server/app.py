@@ -1,0 +1,241 @@
+"""FastAPI application factory: REST routes, the WebSocket route, health, metrics and the browser client.
+
+Handlers only authenticate and delegate: the session manager, the worker and the connection code do the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..core.engine import Engine
+from ..core.weights import LoadedWeights
+from .connection import serve_connection
+from .exports import MEDIA_TYPES, ExportKind, export_bytes
+from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody,
+                       SessionCreated, SessionSettings, SessionStats)
+from .service import NotReady, Service
+from .sessions import CapacityError, Session, token_matches
+from .settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+REPO_CLIENT_DIST = Path(__file__).resolve().parents[1] / "client_js" / "dist"
+NO_CLIENT_PAGE = """<!doctype html><meta charset="utf-8"><title>Spann3R service</title>
+<h1>Spann3R streaming service</h1>
+<p>The browser client is not built. Build it with <code>cd client_js &amp;&amp; npm ci &amp;&amp; npm run build</code>
+and restart the server. The API is documented at <a href="/docs">/docs</a>.</p>"""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict | None = None):
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def _bearer(auth_header: str | None) -> str | None:
+    if auth_header and auth_header.lower().startswith("bearer "):
+        return auth_header[7:].strip()
+    return None
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    service.require_ready()
+    return service
+
+
+def require_api_key(request: Request, service: Service = Depends(get_service)) -> None:
+    key = service.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization")) or ""
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise ApiError(401, "unauthorized", "a valid API key is required to create sessions (X-API-Key header)")
+
+
+def session_role(session: Session, token: str | None) -> str | None:
+    if token_matches(token, session.token_hash):
+        return "stream"
+    if token_matches(token, session.watch_hash):
+        return "watch"
+    return None
+
+
+def _session(service: Service, session_id: str, token: str | None, need: str) -> Session:
+    s = service.manager.get(session_id)
+    if s is None:
+        raise ApiError(404, "not_found", "no such session (never created, deleted, or evicted)")
+    role = session_role(s, token)
+    if role is None:
+        raise ApiError(401, "unauthorized", "a valid session token is required (Authorization: Bearer TOKEN "
+                       "or ?token=TOKEN)")
+    if need == "stream" and role != "stream":
+        raise ApiError(403, "forbidden", "the watch token is read-only")
+    return s
+
+
+def stream_session(session_id: str, request: Request, token: str | None = Query(None),
+                   service: Service = Depends(get_service)) -> Session:
+    return _session(service, session_id, token or _bearer(request.headers.get("authorization")), "stream")
+
+
+def any_session(session_id: str, request: Request, token: str | None = Query(None),
+                service: Service = Depends(get_service)) -> Session:
+    return _session(service, session_id, token or _bearer(request.headers.get("authorization")), "watch")
+
+
+def _ws_base(request: Request, settings: ServeSettings) -> str:
+    base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
+    return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+
+
+# --------------------------------------------------------------------------------------------- routes
+
+api = APIRouter(prefix="/v1", tags=["sessions"])
+ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
+          409: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+
+@api.post("/sessions", status_code=201, response_model=SessionCreated, responses=ERRORS,
+          dependencies=[Depends(require_api_key)])
+async def create_session(request: Request, settings: SessionSettings | None = Body(None),
+                         service: Service = Depends(get_service)) -> SessionCreated:
+    """Create a session. Keep the returned tokens: they are never shown again."""
+    s = await service.manager.create(settings or service.settings.session_defaults())
+    return SessionCreated(id=s.id, token=s.token, watch_token=s.watch_token, worker_id=service.settings.worker_id,
+                          stream_url=f"{_ws_base(request, service.settings)}/v1/sessions/{s.id}/ws",
+                          protocol=PROTOCOL_VERSION, settings=s.settings)
+
+
+@api.get("/sessions/{session_id}", response_model=SessionStats, responses=ERRORS)
+async def session_stats(s: Session = Depends(any_session), service: Service = Depends(get_service)):
+    return s.stats(service.settings.worker_id)
+
+
+@api.delete("/sessions/{session_id}", status_code=204, responses=ERRORS)
+async def delete_session(s: Session = Depends(stream_session), service: Service = Depends(get_service)):
+    await service.manager.remove(s)
+    return Response(status_code=204)
+
+
+@api.post("/sessions/{session_id}/snapshot", responses=ERRORS)
+async def snapshot_session(s: Session = Depends(stream_session), service: Service = Depends(get_service)):
+    """Save the session to the server's state dir (it is also saved at graceful shutdown)."""
+    if service.settings.state_dir is None:
+        raise ApiError(409, "snapshot_unavailable", "the server has no state dir (--state-dir)")
+    s.touch()
+    return {"id": s.id, "frames": s.frames_processed, "snapshot_bytes": await service.manager.snapshot(s)}
+
+
+@api.get("/sessions/{session_id}/export/{kind}", responses={**ERRORS, 200: {"content": {
+    "application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}}})
+async def export_session(kind: ExportKind, s: Session = Depends(stream_session)):
+    """The fused, confidence-filtered cloud of every final so far (PLY, GLB), the camera trajectory, or a
+    nerfstudio transforms.json."""
+    if not s.export.poses or s.focal is None:
+        raise ApiError(409, "nothing_to_export", "no final pointmap yet (a stream needs at least two frames)")
+    s.touch()
+    data = await asyncio.to_thread(export_bytes, s.export, s.focal, kind)
+    return Response(data, media_type=MEDIA_TYPES[kind],
+                    headers={"Content-Disposition": f'attachment; filename="{s.id[:8]}-{kind.value}"'})
+
+
+@api.websocket("/sessions/{session_id}/ws")
+async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)):
+    """The streaming WebSocket (see docs/protocol.md). Token: ?token= or Authorization: Bearer."""
+    service: Service = ws.app.state.service
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", []) else None
+    await ws.accept(subprotocol=subprotocol)  # accept first so the client sees the close code and reason
+    if not service.ready:
+        return await ws.close(1013, "the model is still loading")
+    s = service.manager.get(session_id)
+    if s is None:
+        return await ws.close(CLOSE_NOT_FOUND, "no such session")
+    role = session_role(s, token or _bearer(ws.headers.get("authorization")))
+    if role is None:
+        return await ws.close(CLOSE_UNAUTHORIZED, "a valid session token is required")
+    if role == "watch" and len(s.watchers) >= service.settings.max_watchers:
+        return await ws.close(1013, "too many watchers on this session")
+    await serve_connection(ws, s, role, service)
+
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/healthz")
+async def healthz():
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", responses={503: {"model": ErrorBody}})
+async def readyz(request: Request):
+    """Ready when the model is loaded and the worker alive."""
+    service: Service = request.app.state.service
+    if not service.ready:
+        return JSONResponse({"code": "not_ready", "detail": service.load_error or "the model is still loading"},
+                            status_code=503)
+    return {"status": "ready", "model": service.worker.model_info().model_dump(),
+            "sessions": len(service.manager.sessions), "worker_id": service.settings.worker_id}
+
+
+@health.get("/metrics")
+async def metrics(request: Request):
+    """Prometheus metrics."""
+    return Response(request.app.state.service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# --------------------------------------------------------------------------------------------- factory
+
+
+def create_app(settings: ServeSettings | None = None, engine: Engine | None = None,
+               weights: LoadedWeights | None = None) -> FastAPI:
+    """The service app. Pass ``engine`` (and ``weights``) to reuse a model already built (tests, benchmarks)."""
+    settings = settings or ServeSettings()
+    service = Service(settings, engine, weights)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="Spann3R streaming service", version=str(PROTOCOL_VERSION), lifespan=lifespan,
+                  description="Real-time incremental 3D reconstruction. WebSocket protocol: docs/protocol.md.")
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: NotReady):
+        return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(CapacityError)
+    async def _capacity(request: Request, exc: CapacityError):
+        return JSONResponse({"code": "capacity", "detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": "30"})
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    app.include_router(api)
+    app.include_router(health)
+    static = settings.static_dir or REPO_CLIENT_DIST
+    if (static / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=static, html=True), name="client")
+    else:
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        async def no_client():
+            return NO_CLIENT_PAGE
+    return app

@@ -1,0 +1,94 @@
+"""``spann3r stream``: send a folder, a video, a camera or an RTSP/HTTP stream to a running service and write
+the results to OUT.npz (the layout of ``spann3r reconstruct``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stream", help="stream frames to a running service and save the results",
+                       description="Create a session on the service at URL, stream INPUT's frames over its "
+                                   "WebSocket and write the global pointmaps, confidences, colours and poses to "
+                                   "OUT.npz. Files are sent without loss (the client waits for results); "
+                                   "cameras and network streams are live (the server keeps the latest frame).")
+    p.add_argument("input", help="folder of images, video file, camera index (0) or rtsp://, http:// stream")
+    p.add_argument("--url", required=True, help="the service's base address, http[s]://host:port")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--rate", type=float, default=None, help="send at most this many frames per second "
+                   "(default: as fast as the server answers, within its limit)")
+    p.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "webp", "rgb8"],
+                   help="image encoding on the wire (rgb8: raw, lossless; jpeg: default)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="pointmaps on the wire")
+    p.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality")
+    p.add_argument("--policy", default=None, choices=["latest", "queue"],
+                   help="server frame policy (default: queue for files, latest for live sources)")
+    p.add_argument("--window", type=int, default=4, help="frames in flight at once")
+    p.add_argument("--kf-every", type=int, default=1, help="send every N-th frame")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (live sources)")
+    p.add_argument("--api-key", default=None, help="API key, when the server requires one (or SPANN3R_API_KEY)")
+    p.add_argument("--insecure", action="store_true", help="accept a self-signed TLS certificate")
+    p.add_argument("--preview", action="store_true", help="ask for previews too (not saved)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args) -> int:
+    import itertools
+    import os
+
+    from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
+    from ..server.protocol import DroppedMsg, ErrorMsg, HelloMsg, SessionSettings
+    from .cli import UserError
+
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise UserError(f"output folder does not exist: {out.parent}")
+    live = is_live(args.input)
+    frames = iter_source(args.input, args.kf_every)
+    first = next(frames)  # a bad input fails before any session is created
+    frames = itertools.islice(itertools.chain([first], frames), args.max_frames)
+    policy = args.policy or ("latest" if live else "queue")
+    window = args.window if policy == "queue" else max(args.window, 8)
+    settings = SessionSettings(frame_policy=policy, queue_size=min(max(args.window, 1), 64), encoding="full",
+                               dtype=args.dtype, preview=args.preview)
+    client = StreamClient(args.url, args.api_key or os.environ.get("SPANN3R_API_KEY"), not args.insecure)
+    recording, drops, errors = Recording(), 0, 0
+    t0 = time.perf_counter()
+    try:
+        async for msg in stream(args.url, frames, settings=settings, encoding=args.encoding, quality=args.quality,
+                                window=window, rate=args.rate, client=client):
+            if isinstance(msg, HelloMsg):
+                if msg.model.synthetic:
+                    log.warning("%s", msg.model.notice)
+                log.info("session %s on worker %s (%s model, %s)", msg.session_id, msg.worker_id,
+                         msg.model.preset, msg.model.device)
+            elif isinstance(msg, DroppedMsg):
+                drops += 1
+                log.info("frame %s dropped: %s", client.names.get(msg.seq, msg.seq), msg.reason)
+            elif isinstance(msg, ErrorMsg):
+                errors += 1
+                log.warning("server error %s (seq %s): %s", msg.code, msg.seq, msg.message)
+            recording.add(msg)
+    except ServiceError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot reach {args.url}: {exc}") from None
+    finally:
+        await client.close()
+    if not recording.finals:
+        raise UserError("the server returned no final pointmaps (a stream needs at least two frames)")
+    rec = recording.reconstruction(client.names)
+    rec.save_npz(out)
+    dt = time.perf_counter() - t0
+    log.info("%d frames in %.1f s (%.2f frames/s), %d dropped, %d errors; %d/%d poses valid; wrote %s",
+             len(rec.names), dt, len(rec.names) / dt, drops, errors, rec.pose_valid.sum(), len(rec.names), out)
+    return 0

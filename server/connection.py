@@ -1,0 +1,161 @@
+"""One WebSocket connection: an outbound queue with its writer task, and the dispatch of incoming messages.
+
+Incoming bytes are validated against ``protocol``; frames and controls go to the worker, everything else is
+answered here. A bad message costs its sender an error message (and, for protocol violations, one strike
+towards ``max_protocol_errors``); it never touches the session's stream or any other session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.websockets import WebSocket
+
+from .protocol import (CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, AckMsg, ControlMsg, ErrorMsg, FrameMsg, HelloMsg,
+                       Limits, PingMsg, PongMsg, ProtocolError, decode_client_message, pack)
+
+if TYPE_CHECKING:
+    from .service import Service
+    from .sessions import Session
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = 64  # messages buffered per connection; a watcher that falls further behind misses results
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, role: str):
+        self.ws, self.role = ws, role
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
+        self.closed = False
+        self.violations = 0
+        self.skipped = 0
+        self.bytes_sent = 0
+        self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        while (data := await self.queue.get()) is not None:
+            try:
+                await self.ws.send_bytes(data)
+                self.bytes_sent += len(data)
+            except Exception:  # the peer went away; the receive loop notices too
+                self.closed = True
+                return
+
+    async def send(self, data: bytes) -> None:
+        """Queue a message; waits while the queue is full (back-pressure on this session only)."""
+        if not self.closed:
+            await self.queue.put(data)
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue a message unless the queue is full (watchers: a slow viewer must not slow the stream)."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.skipped += 1
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush what is queued (briefly), then close with ``code``."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.queue.put_nowait(None)
+            await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+        except (asyncio.QueueFull, TimeoutError):
+            self._writer.cancel()
+        try:
+            await self.ws.close(code, reason)
+        except Exception:
+            pass
+
+    async def stop(self) -> None:
+        self.closed = True
+        self._writer.cancel()
+
+
+async def serve_connection(ws: WebSocket, session: "Session", role: str, service: "Service") -> None:
+    """Attach an accepted WebSocket to a session and serve it until it closes."""
+    settings, worker = service.settings, service.worker
+    conn = Connection(ws, role)
+    if role == "stream":
+        old, session.stream_conn = session.stream_conn, conn
+        session.touch()
+        if old is not None:
+            await old.close(CLOSE_REPLACED, "replaced by a newer connection to this session")
+    else:
+        session.watchers.add(conn)
+    await conn.send(pack(HelloMsg(
+        session_id=session.id, role=role, worker_id=settings.worker_id, model=worker.model_info(),
+        limits=Limits(max_message_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels,
+                      max_fps=settings.max_fps, max_protocol_errors=settings.max_protocol_errors,
+                      idle_timeout_s=settings.idle_timeout_s, max_batch=settings.max_batch),
+        settings=session.settings, frames_processed=session.frames_processed, last_seq=session.last_seq,
+        finished=session.finished)))
+    try:
+        while not conn.closed:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes")
+            if data is None:
+                await _violation(conn, service, ProtocolError("malformed", "text messages are not accepted; send "
+                                                                           "msgpack in binary messages"))
+            else:
+                await _dispatch(conn, session, data, service)
+            if conn.violations >= settings.max_protocol_errors:
+                await conn.close(CLOSE_PROTOCOL_VIOLATION, f"{conn.violations} protocol errors")
+    except Exception as exc:  # disconnects surface as various exceptions, depending on timing
+        if not conn.closed:
+            log.debug("connection to session %s ended: %r", session.id, exc)
+    finally:
+        if session.stream_conn is conn:
+            session.stream_conn = None
+        session.watchers.discard(conn)
+        await conn.stop()
+
+
+async def _violation(conn: Connection, service: "Service", err: ProtocolError) -> None:
+    conn.violations += 1
+    service.metrics.protocol_errors.labels(err.code).inc()
+    await conn.send(pack(ErrorMsg(code=err.code, message=err.message, seq=err.seq)))
+
+
+async def _dispatch(conn: Connection, session: "Session", data: bytes, service: "Service") -> None:
+    worker = service.worker
+    try:
+        msg = decode_client_message(data, service.settings.max_message_bytes)
+    except ProtocolError as err:
+        return await _violation(conn, service, err)
+    if isinstance(msg, PingMsg):
+        if conn.role == "stream":
+            session.touch()
+        return await conn.send(pack(PongMsg(id=msg.id, ts=msg.ts, server_ts=time.time())))
+    if conn.role != "stream":
+        return await _violation(conn, service, ProtocolError(
+            "read_only", "this is a watch-only connection: it cannot send frames or controls",
+            getattr(msg, "seq", None)))
+    session.touch()
+    if isinstance(msg, FrameMsg):
+        return await worker.accept_frame(session, msg)
+    assert isinstance(msg, ControlMsg)
+    if msg.action == "finish":
+        await worker.request_finish(session)
+    elif msg.action == "reset":
+        await worker.reset(session)
+    elif msg.action == "settings":
+        if msg.settings is None:
+            return await _violation(conn, service, ProtocolError("bad_schema", "control settings: 'settings' "
+                                                                               "is required"))
+        worker.change_settings(session, msg.settings.apply(session.settings))
+    elif msg.action == "snapshot":
+        if service.settings.state_dir is None:
+            return await conn.send(pack(ErrorMsg(code="snapshot_unavailable",
+                                                 message="the server has no state dir (--state-dir)")))
+        n = await service.manager.snapshot(session)
+        session.send_ordered(pack(AckMsg(action="snapshot", settings=session.settings, snapshot_bytes=n)))

@@ -1,0 +1,89 @@
+"""Wiring of one worker process: settings, metrics, the model (loaded in the background, so /healthz answers
+at once and /readyz says when the model is in), the worker and the session manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..core.engine import Engine
+from ..core.weights import LoadedWeights
+from .metrics import Metrics
+from .sessions import SessionManager
+from .settings import ServeSettings
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    pass
+
+
+def load_engine_for(settings: ServeSettings) -> tuple[Engine, LoadedWeights]:
+    """Model from the settings, through the ``reconstruct`` CLI's loader (same defaults and errors)."""
+    from types import SimpleNamespace
+
+    from .cmd_reconstruct import load_engine
+
+    s = settings
+    return load_engine(SimpleNamespace(weights=s.weights, device=s.device, model=s.model, threads=s.threads))
+
+
+class Service:
+    def __init__(self, settings: ServeSettings, engine: Engine | None = None,
+                 weights: LoadedWeights | None = None):
+        self.settings = settings
+        self.metrics = Metrics(settings.device)
+        self._engine, self._weights = engine, weights
+        self.worker: Worker | None = None
+        self.manager: SessionManager | None = None
+        self.load_error: str | None = None
+        self._loader: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.manager is not None and self.worker is not None and self.worker.alive
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady(self.load_error or "the model is still loading")
+
+    async def start(self) -> None:
+        self._loader = asyncio.create_task(self._load_and_start(), name="model-loader")
+
+    async def wait_ready(self) -> None:
+        await self._loader
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+
+    async def _load_and_start(self) -> None:
+        try:
+            if self._engine is None:
+                self._engine, self._weights = await asyncio.to_thread(load_engine_for, self.settings)
+            worker = Worker(self._engine, self._weights, self._preset(), self.settings, self.metrics)
+            await worker.start()
+            manager = SessionManager(self.settings, worker, self.metrics)
+            self.metrics.queue_depth.set_function(lambda: worker.queue_depth(manager.sessions.values()))
+            self.worker = worker
+            await manager.start()
+            self.manager = manager
+            log.info("ready: %s model, %s weights on %s (worker %s)", self._preset(), self._weights.kind,
+                     self._engine.device, self.settings.worker_id)
+        except Exception as exc:
+            self.load_error = f"{exc.__class__.__name__}: {exc}"
+            log.error("cannot start the worker: %s", self.load_error)
+
+    def _preset(self) -> str:
+        from ..core.config import ModelConfig
+
+        return "official" if self._engine.model.cfg == ModelConfig() else (
+            "tiny" if self._engine.model.cfg == ModelConfig.tiny() else "custom")
+
+    async def stop(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        if self.manager is not None:
+            await self.manager.stop()
+        if self.worker is not None:
+            await self.worker.stop()

@@ -1,0 +1,80 @@
+"""Server settings: ``spann3r serve`` flags and ``SPANN3R_*`` environment variables (flags win)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from .protocol import SessionSettings
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPANN3R_", extra="forbid")
+
+    # model
+    weights: str | None = Field(None, description="'synthetic' (untrained demo), a checkpoint path, or "
+                                "hf:OWNER/REPO/FILE (default: checkpoints/spann3r.pth)")
+    model: Literal["official", "tiny"] = Field("official", description="model size preset")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    # network
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    port: int = Field(8000, ge=0, le=65535)
+    tls_cert: Path | None = Field(None, description="TLS certificate (PEM); with tls_key serves HTTPS/WSS "
+                                  "(phones need HTTPS for the camera)")
+    tls_key: Path | None = Field(None, description="TLS private key (PEM)")
+    public_url: str | None = Field(None, description="base URL clients reach the server at, when behind a "
+                                   "proxy (default: from the request)")
+    # security
+    api_key: SecretStr | None = Field(None, description="required to create sessions when set")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed browser origins (comma-separated; '*' for any)")
+    # limits
+    max_sessions: int = Field(8, ge=1, description="sessions held at once; more are refused (503)")
+    idle_timeout_s: float = Field(300.0, gt=0, description="evict a session after this long without messages")
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, description="largest WebSocket message accepted")
+    max_pixels: int = Field(40_000_000, ge=4, description="largest image (width*height) accepted")
+    max_fps: float = Field(30.0, gt=0, description="frames per second per session; faster ones are dropped")
+    max_protocol_errors: int = Field(5, ge=1, description="protocol violations before a connection is closed")
+    max_watchers: int = Field(8, ge=0, description="watch-only connections per session")
+    max_export_points: int = Field(4_000_000, ge=1000, description="points a session keeps for export")
+    # worker
+    max_batch: int = Field(4, ge=1, description="frames of different sessions run in one step")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the worker waits to fill a batch")
+    worker_id: str = Field("w0", description="name of this worker (a router keys sessions on their worker)")
+    # state
+    state_dir: Path | None = Field(None, description="folder for session snapshots (saved at shutdown and on "
+                                   "request, restored at start)")
+    static_dir: Path | None = Field(None, description="browser client build to serve at / (default: "
+                                    "client_js/dist of the source tree)")
+    default_encoding: Literal["full", "compact"] = Field("compact", description="encoding of new sessions "
+                                                         "that do not choose one")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v):
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("worker_id")
+    @classmethod
+    def _safe_worker_id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", v):
+            raise ValueError("worker_id: 1-32 letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    def session_defaults(self) -> SessionSettings:
+        return SessionSettings(encoding=self.default_encoding)
