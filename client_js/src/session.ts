@@ -39,6 +39,8 @@ export interface LiveSessionOptions {
   backoff?: Backoff;
   clock?: Clock;
   pingIntervalMs?: number;
+  /** timer for reconnect delays and pings (tests run it by hand) */
+  schedule?: (fn: () => void, ms: number) => unknown;
 }
 
 export class LiveStats {
@@ -102,6 +104,7 @@ export class LiveSession implements FrameSink {
       socketFactory: options.socketFactory,
       backoff: options.backoff,
       pingIntervalMs: options.pingIntervalMs,
+      schedule: options.schedule,
     });
     this.connection.onState = (s) => this.handleState(s);
     this.connection.onMessage = (m, bytes) => this.handleMessage(m, bytes);

@@ -19,7 +19,7 @@ def test_committed_fixtures_match_current_protocol():
         if not path.is_file() or path.read_bytes() != data:
             stale.append(name)
     assert not stale, (f"client_js/test/fixtures is stale ({', '.join(stale)}): run "
-                       "`python tests/client/protocol_fixtures.py` and commit the result")
+                       "`python tests/client_js/protocol_fixtures.py` and commit the result")
 
 
 def test_fixtures_are_valid_server_messages():

@@ -1,6 +1,6 @@
 """Wire fixtures for the browser client's unit tests, written with server/protocol.py's real encoder.
 
-``python tests/client/protocol_fixtures.py`` rewrites client_js/test/fixtures/; test_protocol_fixtures.py
+``python tests/client_js/protocol_fixtures.py`` rewrites client_js/test/fixtures/; test_js_protocol_fixtures.py
 fails when the committed files differ from what the current protocol produces, so a protocol change that
 the JavaScript decoder has not seen cannot go unnoticed. Every map is small (a few dozen points) and built
 from a fixed seed; expected.json holds the values the JavaScript side must decode, computed here with numpy.
