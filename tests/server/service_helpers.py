@@ -1,0 +1,96 @@
+"""Helpers of the server tests: a real uvicorn server on a loopback port, in a thread of the test process (so
+it can reuse the session's models), async runners, and the reference README's acceptance checks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+import numpy as np
+
+
+class LiveServer:
+    def __init__(self, app, settings):
+        import uvicorn
+
+        from spann3r.server.cmd_serve import uvicorn_config
+
+        self.app, self.settings = app, settings
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", settings.port))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn_config(app, settings)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def service(self):
+        return self.app.state.service
+
+    def start(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not (self.server.started and self.service.ready):
+            if self.service.load_error:
+                raise RuntimeError(self.service.load_error)
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.sock.close()
+
+
+@contextmanager
+def live_server(engine, weights_kind: str = "synthetic", **overrides):
+    """``spann3r serve`` on 127.0.0.1:<free port> with ``engine``; settings overrides as keyword arguments."""
+    from spann3r.core.weights import LoadedWeights
+    from spann3r.server.app import create_app
+    from spann3r.server.settings import ServeSettings
+
+    settings = ServeSettings(**{"port": 0, "max_fps": 1000.0, "log_level": "warning", **overrides})
+    app = create_app(settings, engine, LoadedWeights(weights_kind, weights_kind, weights_kind == "synthetic"))
+    server = LiveServer(app, settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run(coro, timeout: float = 120):
+    """Run client coroutine code from a sync test, with a timeout so a hang fails instead of blocking."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+
+def check_close(name: str, ours: np.ndarray, ref: np.ndarray, scale_tol=1e-3, bulk_tol=1e-5) -> None:
+    """The reference README's checks 1-3: scale (max), bulk (p99) and per-element, against max|ref|."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    scale = np.abs(ref).max()
+    d = np.abs(ours - ref)
+    assert d.max() <= scale_tol * scale, f"{name}: max |d| {d.max() / scale:.3g} of scale"
+    assert np.percentile(d, 99) <= bulk_tol * scale, f"{name}: p99 |d| {np.percentile(d, 99) / scale:.3g} of scale"
+    over = int((d > 2e-3 * np.abs(ref) + 2e-4 * scale).sum())
+    assert over == 0, f"{name}: {over} elements beyond 2e-3|ref| + 2e-4 max|ref|"
+
+
+def answers_by_seq(messages) -> dict[int, list]:
+    """seq → every result / dropped / error naming it (each frame must get exactly one)."""
+    from spann3r.server.protocol import DroppedMsg, ErrorMsg, ResultMsg
+
+    out: dict[int, list] = {}
+    for m in messages:
+        if isinstance(m, (ResultMsg, DroppedMsg)) or (isinstance(m, ErrorMsg) and m.seq is not None):
+            out.setdefault(m.seq, []).append(m)
+    return out
