@@ -43,6 +43,9 @@ class SpatialMemory:
         self.cfg = cfg or MemoryConfig()
         self.norm_q, self.norm_k, self.norm_v = norm_q, norm_k, norm_v
         self.P = num_patches
+        if 0 < self.cfg.long_mem_size < self.cfg.work_mem_size * num_patches:
+            raise ValueError(f"long_mem_size ({self.cfg.long_mem_size}) must be 0 or at least work_mem_size x tokens "
+                             f"per frame ({self.cfg.work_mem_size * num_patches}): a prune keeps the working memory")
         self.dim = norm_k.normalized_shape[0]
         w = norm_k.weight
         self.device, self.dtype = w.device, w.dtype

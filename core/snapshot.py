@@ -44,7 +44,7 @@ def dump_stream(state: "StreamState") -> bytes:
         tensors["last_preview.pts3d"] = torch.from_numpy(p.pts3d)
         tensors["last_preview.conf"] = torch.from_numpy(p.conf)
         tensors["last_preview.colors"] = torch.from_numpy(np.ascontiguousarray(p.colors))
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}  # no shared storage
     return st_save(tensors, metadata={"stream": json.dumps(meta)})
 
 
