@@ -129,17 +129,20 @@ export class App {
     const opts = this.captureOptions();
     const camera = new CameraSource(video, opts);
     // the camera first: no session is created for a user who refuses it
-    const created = await this.createSession();
-    if (!created) return;
     try {
-      await camera.start(this.session!);
+      await camera.open();
     } catch (err) {
       const message = err instanceof CameraError ? err.message : `The camera could not be started: ${(err as Error).message}`;
       this.showBanner({ key: 'camera', level: 'error', text: message });
-      await this.stop();
+      camera.stop();
       return;
     }
     this.clearBanner('camera');
+    if (!(await this.createSession())) {
+      camera.stop();
+      return;
+    }
+    await camera.start(this.session!);
     video.hidden = false;
     this.source = camera;
     camera.onEnded = () => this.showBanner({ key: 'camera', level: 'warning', text: 'The camera stopped (unplugged or taken by another app).' });
@@ -172,7 +175,8 @@ export class App {
     const video = $('camera-preview') as HTMLVideoElement;
     video.hidden = true;
     ($('replay-progress') as HTMLElement).hidden = true;
-    if (this.session && this.session.role === 'stream' && !this.session.finished) this.session.finish();
+    if (this.session?.role === 'stream' && !this.session.finished) this.session.finish();
+    if (this.session?.role === 'watch') this.session.close();
     // keep the last session's view and export links; a new start replaces them
     ($('start-panel') as HTMLElement).hidden = false;
     ($('stop') as HTMLButtonElement).disabled = true;
@@ -355,7 +359,10 @@ export class App {
     $('stat-recv').textContent = String(st?.received.total ?? 0);
     $('stat-latency').textContent = st?.latencyMs.value != null ? `${st.latencyMs.value.toFixed(0)} ms` : '–';
     $('stat-points').textContent = formatCount(this.viewer.pointsShown);
+    const server = st ? st.framesDropped - st.droppedClient - st.lostInReconnect : 0;
     $('stat-dropped').textContent = String(st?.framesDropped ?? 0);
+    // client: camera frames skipped while the pipeline was full (or lost in a reconnect); server: its frame policy
+    $('stat-dropped-split').textContent = st ? `${st.droppedClient + st.lostInReconnect} / ${server}` : '–';
     $('stat-frame').textContent = st && st.lastFrameIndex >= 0 ? String(st.lastFrameIndex) : '–';
     $('stat-bytes').textContent = st?.bytesPerResult.value != null ? formatBytes(Math.round(st.bytesPerResult.value)) : '–';
     $('stat-decode').textContent = st?.decodeUploadMs.value != null ? `${st.decodeUploadMs.value.toFixed(1)} ms` : '–';

@@ -53,7 +53,9 @@ export class CameraSource implements FrameSource {
     this.encoder = new FrameEncoder(options);
   }
 
-  async start(sink: FrameSink): Promise<void> {
+  /** Asks for the camera (the permission prompt) and starts the preview; no frames are sent yet. */
+  async open(): Promise<void> {
+    if (this.stream) return;
     if (!window.isSecureContext) {
       throw new CameraError('insecure', 'Browsers only give pages served over HTTPS (or from localhost) access to the camera. See client_js/README.md for HTTPS.');
     }
@@ -78,6 +80,10 @@ export class CameraSource implements FrameSource {
     this.video.muted = true;
     this.video.playsInline = true;
     await this.video.play();
+  }
+
+  async start(sink: FrameSink): Promise<void> {
+    await this.open();
     this.timer = setInterval(() => void this.tick(sink), 1000 / this.options.fps);
   }
 

@@ -107,8 +107,11 @@ export class TrajectoryView {
     const m = this.poses.get(frameIndex)!;
     const { focal, width, height } = this.shape;
     const d = this.scale;
-    const hw = (width / 2 / focal) * d;
-    const hh = (height / 2 / focal) * d;
+    // an untrained model can report a focal near 0; cap the drawn field of view at ~120° so a bad focal
+    // does not turn every frustum into a screen-filling fan
+    const tanMax = 1.7;
+    const hw = Math.min(width / 2 / Math.max(focal, 1e-6), tanMax) * d;
+    const hh = Math.min(height / 2 / Math.max(focal, 1e-6), tanMax) * d;
     const apex = new Vector3(0, 0, 0).applyMatrix4(m);
     const corners = [
       new Vector3(-hw, -hh, d),

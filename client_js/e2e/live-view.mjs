@@ -1,0 +1,304 @@
+#!/usr/bin/env node
+// Drives the live-view page in Debian's Chromium (headless, via playwright-core; no browser download)
+// against a running `spann3r serve`, and prints one JSON report on the last stdout line. The assertions
+// live in tests/browser/test_live_view.py; this script only acts and measures.
+//
+//   node e2e/live-view.mjs --base http://127.0.0.1:PORT --scenario camera --y4m cam.y4m --out DIR
+//
+// Scenarios: camera, replay (--images DIR), watch, restart (prints "PHASE restart-server" and waits for a
+// line on stdin once the server is back), evicted, errors (server down, camera refused), bench.
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const { values: args } = parseArgs({
+  options: {
+    base: { type: 'string' },
+    scenario: { type: 'string' },
+    y4m: { type: 'string' },
+    images: { type: 'string' },
+    out: { type: 'string', default: 'test-artifacts/browser' },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+    'min-results': { type: 'string', default: '6' },
+    'timeout-s': { type: 'string', default: '150' },
+    'dead-port': { type: 'string' },
+  },
+});
+
+const base = args.base;
+const scenario = args.scenario;
+const outDir = resolve(args.out);
+mkdirSync(outDir, { recursive: true });
+const minResults = Number(args['min-results']);
+const deadline = Date.now() + Number(args['timeout-s']) * 1000;
+const report = { scenario, ok: false, samples: {}, overlays: {}, console: [], pageErrors: [], screenshots: [], notes: {} };
+
+const BASE_FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // WebGL without a GPU: SwiftShader through ANGLE
+  '--use-angle=swiftshader',
+  '--enable-unsafe-swiftshader',
+  // a hidden headless tab must not have its timers and rAF throttled
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+];
+
+const userDirs = [];
+async function launch({ camera = true, allowCamera = true } = {}) {
+  const flags = [...BASE_FLAGS];
+  if (camera) {
+    flags.push('--use-fake-device-for-media-stream');
+    if (args.y4m) flags.push(`--use-file-for-fake-video-capture=${resolve(args.y4m)}`);
+  }
+  // fake UI accepts the permission prompt; without it (and with --deny-permission-prompts) it is refused
+  flags.push(allowCamera ? '--use-fake-ui-for-media-stream' : '--deny-permission-prompts');
+  const userDataDir = mkdtempSync(join(tmpdir(), 'spann3r-chromium-'));
+  userDirs.push(userDataDir);
+  // a persistent context is the way to hand Chromium a fresh user-data-dir of our own
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: args.chromium,
+    headless: true,
+    args: flags,
+    viewport: { width: 1280, height: 800 },
+  });
+  return context;
+}
+
+function watchConsole(page, name) {
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' || msg.type() === 'warning') report.console.push({ page: name, type: msg.type(), text: msg.text() });
+  });
+  page.on('pageerror', (err) => report.pageErrors.push({ page: name, text: String(err) }));
+}
+
+async function snapshot(page) {
+  return page.evaluate(() => window.spann3rLive?.snapshot() ?? null);
+}
+
+async function overlay(page) {
+  return page.evaluate(() => Object.fromEntries([...document.querySelectorAll('#overlay dd')].map((dd) => [dd.previousElementSibling.textContent, dd.textContent.trim()])));
+}
+
+async function sample(page, name) {
+  (report.samples[name] ??= []).push({ t: Date.now(), ...(await snapshot(page)) });
+  (report.overlays[name] ??= []).push(await overlay(page));
+}
+
+async function shot(page, name) {
+  const path = join(outDir, `${scenario}-${name}.png`);
+  await page.screenshot({ path });
+  report.screenshots.push(path);
+  return path;
+}
+
+/** Polls (and records samples) until `predicate(snapshot)` holds. */
+async function until(page, name, predicate, what, timeoutMs = deadline - Date.now()) {
+  const end = Math.min(deadline, Date.now() + timeoutMs);
+  for (;;) {
+    await sample(page, name);
+    const last = report.samples[name].at(-1);
+    if (predicate(last)) return last;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last snapshot: ${JSON.stringify(last)}`);
+    await page.waitForTimeout(500);
+  }
+}
+
+async function openPage(context, name, query = '') {
+  const page = await context.newPage();
+  watchConsole(page, name);
+  await page.goto(`${base}/${query}`);
+  await page.waitForFunction(() => window.spann3rLive !== undefined);
+  return page;
+}
+
+async function waitLine() {
+  const rl = createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    rl.close();
+    return line;
+  }
+  return null;
+}
+
+// ----------------------------------------------------------------------------------------------- scenarios
+
+async function cameraScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'camera', '?fps=4&inflight=2&detail=2');
+  await page.click('#start-camera');
+  await until(page, 'camera', (s) => s.resultsReceived >= 2 && s.pointsShown > 0, 'first results');
+  await shot(page, 'early');
+  await until(page, 'camera', (s) => s.resultsReceived >= minResults, `${minResults} results`);
+  await page.waitForTimeout(600); // one more overlay refresh (every 250 ms)
+  await sample(page, 'camera');
+  await shot(page, 'rgb');
+
+  // the confidence slider hides points; colour modes and follow view render without errors
+  const before = (await snapshot(page)).pointsShown;
+  await page.locator('#conf-threshold').fill('0.6');
+  await page.locator('#conf-threshold').dispatchEvent('input');
+  const held = await snapshot(page);
+  report.notes.threshold = { before, after: held.pointsShown, held: held.pointsHeld, label: await page.textContent('#conf-value') };
+  await page.locator('#conf-threshold').fill('0');
+  await page.locator('#conf-threshold').dispatchEvent('input');
+  await page.selectOption('#color-mode', 'confidence');
+  await page.waitForTimeout(300);
+  await shot(page, 'confidence');
+  await page.selectOption('#color-mode', 'depth');
+  await page.click('#view-follow');
+  await page.waitForTimeout(800);
+  await shot(page, 'follow-depth');
+  report.notes.followPressed = await page.getAttribute('#view-follow', 'aria-pressed');
+  await page.click('#view-fit');
+  await page.selectOption('#color-mode', 'rgb');
+
+  // export links point at the server and download
+  const ply = await page.getAttribute('#export-ply', 'href');
+  const resp = await page.request.get(ply);
+  report.notes.exportPly = { status: resp.status(), bytes: (await resp.body()).length, head: (await resp.body()).subarray(0, 3).toString() };
+  const glb = await page.request.get(await page.getAttribute('#export-glb', 'href'));
+  report.notes.exportGlb = { status: glb.status(), magic: (await glb.body()).subarray(0, 4).toString() };
+
+  // reset clears the view and the stream continues from frame 0
+  const beforeReset = await snapshot(page);
+  report.notes.beforeReset = beforeReset;
+  await page.click('#reset');
+  // the server's ack clears the view; frame indices start again from 0
+  await until(page, 'after-reset', (s) => s.frames < beforeReset.frames && s.lastFrameIndex < beforeReset.lastFrameIndex, 'the reset to clear the view', 60_000);
+  await until(page, 'after-reset', (s) => s.resultsReceived >= 2 && s.pointsShown > 0, 'results after reset', 60_000);
+  report.notes.afterReset = await snapshot(page);
+
+  // phone-sized screen: the panel becomes a bottom sheet and touch orbit is available
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(500);
+  await shot(page, 'phone');
+  report.notes.phone = await page.evaluate(() => ({
+    menuVisible: getComputedStyle(document.getElementById('menu-toggle')).display !== 'none',
+    canvasTouchAction: getComputedStyle(document.querySelector('canvas')).touchAction,
+    canvasWidth: document.querySelector('canvas').clientWidth,
+  }));
+  await context.close();
+}
+
+async function replayScenario() {
+  const context = await launch({ camera: false });
+  const page = await openPage(context, 'replay', '?fps=4&inflight=2&detail=1');
+  const files = readdirSync(args.images).filter((f) => /\.(png|jpe?g)$/i.test(f)).sort().map((f) => join(args.images, f));
+  report.notes.images = files.length;
+  await page.setInputFiles('#file-input', files);
+  await until(page, 'replay', (s) => s.finished, 'the replay to finish');
+  await page.waitForTimeout(600);
+  await sample(page, 'replay');
+  await shot(page, 'finished');
+  await context.close();
+}
+
+async function watchScenario() {
+  const context = await launch();
+  const streamer = await openPage(context, 'streamer', '?fps=4&inflight=2&detail=2');
+  await streamer.click('#start-camera');
+  await until(streamer, 'streamer', (s) => s.resultsReceived >= 2, 'streamer results');
+  const link = await streamer.inputValue('#share-link');
+  report.notes.link = link.replace(/token=[^&]+/, 'token=…');
+  const watcher = await context.newPage();
+  watchConsole(watcher, 'watcher');
+  await watcher.goto(link);
+  await watcher.waitForFunction(() => window.spann3rLive !== undefined);
+  await until(watcher, 'watcher', (s) => s.resultsReceived >= 2 && s.pointsShown > 0, 'watcher results');
+  await shot(watcher, 'watcher-early');
+  await until(watcher, 'watcher', (s) => s.resultsReceived >= minResults, `${minResults} watcher results`);
+  await watcher.waitForTimeout(600);
+  await sample(watcher, 'watcher');
+  await sample(streamer, 'streamer');
+  await shot(watcher, 'watcher');
+  report.notes.watcherExport = await watcher.getAttribute('#export-ply', 'aria-disabled');
+  report.notes.watcherStartHidden = await watcher.evaluate(() => document.getElementById('start-panel').hidden);
+  await context.close();
+}
+
+async function restartScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'restart', '?fps=4&inflight=2&detail=2');
+  await page.click('#start-camera');
+  const before = await until(page, 'restart', (s) => s.resultsReceived >= 4, 'results before the restart');
+  report.notes.before = before;
+  console.log('PHASE restart-server');
+  await waitLine(); // the test stopped and restarted the server
+  await until(page, 'restart', (s) => s.state !== 'open', 'the page to notice the restart', 30_000).catch(() => {});
+  report.notes.sawBanners = (await snapshot(page)).banners;
+  await shot(page, 'reconnecting');
+  const resumedAt = (await snapshot(page)).resultsReceived;
+  await until(page, 'restart', (s) => s.state === 'open' && s.resultsReceived >= resumedAt + 3, 'results after the restart', 90_000);
+  await page.waitForTimeout(600);
+  await sample(page, 'restart');
+  await shot(page, 'resumed');
+  await context.close();
+}
+
+async function evictedScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'evicted', '?fps=4&inflight=2&detail=2');
+  await page.click('#start-camera');
+  await until(page, 'evicted', (s) => s.resultsReceived >= 2, 'results');
+  await page.click('#stop');
+  await until(page, 'evicted', (s) => s.state === 'closed', 'the idle eviction', 60_000);
+  await shot(page, 'evicted');
+  await context.close();
+}
+
+async function errorsScenario() {
+  // 1. server down: the page points at a port nobody listens on
+  let context = await launch();
+  let page = await openPage(context, 'server-down', `?server=http://127.0.0.1:${args['dead-port']}`);
+  await until(page, 'server-down', (s) => s.banners.some((b) => b.key === 'server'), 'the server-down banner', 20_000);
+  await page.click('#start-camera');
+  await page.waitForTimeout(1500);
+  await sample(page, 'server-down');
+  await shot(page, 'server-down');
+  await context.close();
+  // 2. camera refused by the user
+  context = await launch({ allowCamera: false });
+  page = await openPage(context, 'camera-refused');
+  await page.click('#start-camera');
+  await until(page, 'camera-refused', (s) => s.banners.some((b) => b.key === 'camera'), 'the camera-refused banner', 20_000);
+  await shot(page, 'camera-refused');
+  await context.close();
+}
+
+/** Page-side cost of one result: decode + copy into the GPU arrays + the render that uploads it. */
+async function benchScenario() {
+  const context = await launch({ camera: false });
+  const page = await openPage(context, 'bench');
+  report.notes.bench = await page.evaluate(async () => {
+    const app = window.spann3rLive;
+    const viewer = app.viewer;
+    return window.__spann3rBench ? window.__spann3rBench(viewer) : null;
+  });
+  await shot(page, 'bench');
+  await context.close();
+}
+
+const scenarios = { camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
+
+try {
+  if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
+  await scenarios[scenario]();
+  report.ok = true;
+} catch (err) {
+  report.error = String(err?.stack || err);
+} finally {
+  for (const d of userDirs) rmSync(d, { recursive: true, force: true });
+  // stdout is an asynchronous pipe: exit only once the report has been written out
+  process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(report.ok ? 0 : 1));
+}

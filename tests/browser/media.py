@@ -1,0 +1,42 @@
+"""Test media for the browser tests, made at test time from the reference frames (nothing binary committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_y4m(frames: list[np.ndarray], path: Path, width: int = 320, height: int = 240, fps: int = 10,
+              hold: int = 2) -> Path:
+    """A YUV4MPEG2 (4:2:0) video for Chromium's fake camera (--use-file-for-fake-video-capture).
+
+    Each frame is held for ``hold`` video frames so that a page sampling a few frames per second still
+    sees every distinct image; Chromium loops the file.
+    """
+    if width % 2 or height % 2:
+        raise ValueError("4:2:0 needs even sizes")
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+            i420 = cv2.cvtColor(small, cv2.COLOR_RGB2YUV_I420)  # planar Y, then U, then V
+            for _ in range(hold):
+                f.write(b"FRAME\n")
+                f.write(i420.tobytes())
+    return path
+
+
+def reference_frames(directory: Path) -> list[Path]:
+    frames = sorted(directory.glob("*.png"))
+    if not frames:
+        raise FileNotFoundError(f"no PNG frames in {directory}")
+    return frames

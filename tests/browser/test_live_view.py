@@ -1,0 +1,174 @@
+"""The live-view page in Debian's Chromium (headless, fake camera fed from frames_A) against a real
+``spann3r serve`` with synthetic weights and the tiny model. Screenshots land in test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from live_view_harness import CHROMIUM, chromium_available, free_port, run_driver, start_server
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not chromium_available(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"),
+]
+
+BACKGROUND = (13, 17, 23)  # the viewer's clear colour (#0d1117)
+# colours that are not points: trajectory (latest, others, dimmed path), axes helper
+NON_POINT_COLOURS = [BACKGROUND, (77, 191, 255), (46, 115, 153), (255, 89, 51), (153, 54, 31), (255, 0, 0),
+                     (0, 255, 0), (0, 0, 255)]
+
+
+def point_pixels(png: str | Path, width: int = 1280, height: int = 800) -> int:
+    """Pixels of the 3D view (outside the overlay, panel and camera preview) that are neither background nor
+    trajectory/axes lines: the rendered points."""
+    img = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB).astype(np.int32)
+    assert img.shape[:2] == (height, width), img.shape
+    view = img[110:650, 210:930]  # left of the panel, below the banners, above the camera preview
+    dist = np.min([np.abs(view - np.array(c)).sum(axis=2) for c in NON_POINT_COLOURS], axis=0)
+    return int((dist > 40).sum())
+
+
+def strictly_growing(values: list[int]) -> bool:
+    return len(values) >= 2 and values[-1] > values[0]
+
+
+def assert_no_console_errors(report: dict) -> None:
+    errors = [c for c in report["console"] if c["type"] == "error"]
+    assert not errors, errors
+    assert not report["pageErrors"], report["pageErrors"]
+
+
+def overlay_values(report: dict, key: str, name: str) -> list[str]:
+    return [o[key] for o in report["overlays"][name]]
+
+
+def test_camera_stream_grows_the_cloud(server, camera_y4m):
+    r = run_driver("camera", server.base, "--y4m", str(camera_y4m), "--min-results", "6")
+    samples = r["samples"]["camera"]
+    last = samples[-1]
+    assert last["state"] == "open" and last["role"] == "stream"
+    assert last["framesSent"] >= 6 and last["resultsReceived"] >= 6
+    # the cloud grows frame after frame, in preallocated buffers (no reallocation at this size)
+    shown = [s["pointsShown"] for s in samples if s["resultsReceived"] >= 2]
+    assert strictly_growing(shown), shown
+    assert all(b >= a for a, b in zip(shown, shown[1:])), shown
+    assert last["frames"] >= 6 and last["poses"] >= 1
+    assert last["reallocations"] == 0
+    assert last["synthetic"] is True
+    assert any(b["key"] == "synthetic" and "synthetic" in b["text"].lower() for b in last["banners"])
+    # the overlay shows the live numbers
+    received = overlay_values(r, "received", "camera")
+    assert len(set(received)) >= 3, received
+    assert overlay_values(r, "points", "camera")[-1] not in ("0", "")
+    assert overlay_values(r, "latency", "camera")[-1].endswith("ms")
+    assert last["latencyMs"] > 0 and last["decodeUploadMs"] is not None
+    # the page really draws points
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("camera-rgb.png"))) > 3000
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("camera-confidence.png"))) > 3000
+    # confidence slider hides points; follow view engaged; exports download from the server
+    t = r["notes"]["threshold"]
+    assert t["after"] < t["before"] == t["held"], t
+    assert r["notes"]["followPressed"] == "true"
+    assert r["notes"]["exportPly"]["status"] == 200 and r["notes"]["exportPly"]["head"] == "ply"
+    assert r["notes"]["exportGlb"] == {"status": 200, "magic": "glTF"}
+    # reset: the view was cleared and the new stream numbers frames from 0 again
+    before, after = r["notes"]["beforeReset"], r["notes"]["afterReset"]
+    assert after["sessionId"] == before["sessionId"]
+    assert after["lastFrameIndex"] < before["lastFrameIndex"] and after["pointsShown"] > 0
+    # phone-sized screen: bottom-sheet menu, touch orbit on the canvas
+    assert r["notes"]["phone"] == {"menuVisible": True, "canvasTouchAction": "none", "canvasWidth": 390}
+    assert_no_console_errors(r)
+
+
+def test_file_replay_sends_every_image(server, replay_images):
+    r = run_driver("replay", server.base, "--images", str(replay_images))
+    n = r["notes"]["images"]
+    last = r["samples"]["replay"][-1]
+    assert n >= 2
+    assert last["finished"] is True
+    # a replay waits for room instead of skipping: every image is sent and answered
+    assert last["framesSent"] == n
+    assert last["resultsReceived"] == n
+    assert last["framesDropped"] == 0
+    # finish delivered the last frame's final: one slot per image
+    assert last["frames"] == n
+    shown = [s["pointsShown"] for s in r["samples"]["replay"]]
+    assert strictly_growing(shown), shown
+    assert point_pixels(r["screenshots"][-1]) > 3000
+    assert_no_console_errors(r)
+
+
+def test_watch_only_follows_another_stream(server, camera_y4m):
+    r = run_driver("watch", server.base, "--y4m", str(camera_y4m), "--min-results", "5")
+    watcher = r["samples"]["watcher"]
+    last = watcher[-1]
+    assert last["role"] == "watch" and last["state"] == "open"
+    assert last["framesSent"] == 0
+    assert last["resultsReceived"] >= 5
+    assert strictly_growing([s["pointsShown"] for s in watcher if s["resultsReceived"] >= 1])
+    assert len(set(overlay_values(r, "received", "watcher"))) >= 3
+    # same session as the streamer, and read-only: no start panel, exports disabled
+    assert last["sessionId"] == r["samples"]["streamer"][-1]["sessionId"]
+    assert r["notes"]["watcherExport"] == "true"
+    assert r["notes"]["watcherStartHidden"] is True
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("watch-watcher.png"))) > 3000
+    assert_no_console_errors(r)
+
+
+def test_idle_session_eviction_is_explained(server, camera_y4m):
+    r = run_driver("evicted", server.base, "--y4m", str(camera_y4m))
+    last = r["samples"]["evicted"][-1]
+    assert last["state"] == "closed"
+    banner = next(b for b in last["banners"] if b["key"] == "connection")
+    assert banner["level"] == "error" and "evicted" in banner["text"]
+    assert_no_console_errors(r)
+
+
+def test_server_down_and_camera_refused_messages(server, camera_y4m):
+    r = run_driver("errors", server.base, "--y4m", str(camera_y4m), "--dead-port", str(free_port()))
+    down = r["samples"]["server-down"][-1]
+    text = " ".join(b["text"] for b in down["banners"] if b["key"] == "server")
+    assert "Cannot reach the server" in text, down["banners"]
+    assert down["sessionId"] is None and down["framesSent"] == 0
+    refused = r["samples"]["camera-refused"][-1]
+    cam = next(b for b in refused["banners"] if b["key"] == "camera")
+    assert cam["level"] == "error" and "refused" in cam["text"].lower()
+    # no session was created for a camera the user refused
+    assert refused["sessionId"] is None
+    # the failed fetches of the server-down page are expected console noise; nothing may throw
+    assert not r["pageErrors"], r["pageErrors"]
+
+
+def test_reconnect_resumes_the_session_after_a_server_restart(client_build, camera_y4m, tmp_path):
+    state = tmp_path / "state"
+    server = start_server(tmp_path, "--state-dir", str(state))
+    restarted = []
+
+    def on_line(line: str, proc) -> None:
+        if line == "PHASE restart-server":
+            server.restart()  # SIGTERM snapshots the session; the new process restores it
+            restarted.append(True)
+            proc.stdin.write("continue\n")
+            proc.stdin.flush()
+
+    try:
+        r = run_driver("restart", server.base, "--y4m", str(camera_y4m), on_line=on_line)
+    finally:
+        server.stop()
+    assert restarted
+    before = r["notes"]["before"]
+    samples = r["samples"]["restart"]
+    after = samples[-1]
+    assert any(s["state"] in ("reconnecting", "connecting") for s in samples), [s["state"] for s in samples]
+    assert after["state"] == "open"
+    assert after["sessionId"] == before["sessionId"]
+    # the stream continued: more results, frame indices past the ones before the restart
+    assert after["resultsReceived"] >= before["resultsReceived"] + 3
+    assert after["lastFrameIndex"] > before["lastFrameIndex"]
+    assert after["pointsShown"] > before["pointsShown"]
+    assert not r["pageErrors"], r["pageErrors"]
