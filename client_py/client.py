@@ -122,7 +122,15 @@ class StreamClient:
             ctx = ssl.create_default_context()
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         # no permessage-deflate: pointmaps hardly compress and deflate costs CPU on both ends
-        self.ws = await connect(uri, max_size=None, compression=None, ssl=ctx, subprotocols=[SUBPROTOCOL])
+        # max_queue=None: keep reading while the caller is busy sending, so neither side can stall the other
+        from websockets.exceptions import InvalidStatus
+
+        try:
+            self.ws = await connect(uri, max_size=None, max_queue=None, compression=None, ssl=ctx,
+                                    subprotocols=[SUBPROTOCOL])
+        except InvalidStatus as exc:  # refused before the WebSocket opened (no such route)
+            status = exc.response.status_code
+            raise ServiceError(f"WebSocket refused: HTTP {status}", code=f"http {status}", status=status) from None
         msg = await self.receive()
         if not isinstance(msg, HelloMsg):
             raise ServiceError(f"expected hello, got {msg.type}")

@@ -176,7 +176,8 @@ class Session:
     # ------------------------------------------------------------------ intake policy (event loop, no I/O)
     @property
     def waiting(self) -> int:
-        return len(self.buffer) + (self.decoding is not None) + (self.ready is not None)
+        decoding = self.decoding is not None and not self.decoding.cancelled
+        return len(self.buffer) + decoding + (self.ready is not None)
 
     def intake(self, raw: RawFrame) -> list[tuple[int, str]]:
         """Apply the frame policy to a newly accepted frame; returns the (seq, reason) of frames dropped."""
@@ -200,7 +201,7 @@ class Session:
         if self.ready is not None:
             seqs.append(self.ready.raw.seq)
             self.ready = None
-        if self.decoding is not None:
+        if self.decoding is not None and not self.decoding.cancelled:  # stays set until its decode returns
             self.decoding.cancelled = True
             seqs.append(self.decoding.seq)
         seqs.extend(r.seq for r in self.buffer)
@@ -208,7 +209,7 @@ class Session:
         return sorted(seqs)
 
     def pipeline_empty(self) -> bool:
-        return self.waiting == 0 and not self.in_model
+        return self.waiting == 0 and self.decoding is None and not self.in_model
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

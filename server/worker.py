@@ -221,6 +221,7 @@ class Worker:
             s.decoding = None
         if raw.cancelled or s.closed:  # its drop was reported when it was superseded
             self.pump(s)
+            self.maybe_finish(s)
             return
         if error is not None:
             self.pump(s)
