@@ -20,6 +20,7 @@ const { values: args } = parseArgs({
     scenario: { type: 'string' },
     y4m: { type: 'string' },
     images: { type: 'string' },
+    video: { type: 'string' },
     out: { type: 'string', default: 'test-artifacts/browser' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     'min-results': { type: 'string', default: '6' },
@@ -194,13 +195,15 @@ async function cameraScenario() {
 async function replayScenario() {
   const context = await launch({ camera: false });
   const page = await openPage(context, 'replay', '?fps=4&inflight=2&detail=1');
-  const files = readdirSync(args.images).filter((f) => /\.(png|jpe?g)$/i.test(f)).sort().map((f) => join(args.images, f));
+  const files = args.video
+    ? [resolve(args.video)]
+    : readdirSync(args.images).filter((f) => /\.(png|jpe?g)$/i.test(f)).sort().map((f) => join(args.images, f));
   report.notes.images = files.length;
   await page.setInputFiles('#file-input', files);
   await until(page, 'replay', (s) => s.finished, 'the replay to finish');
   await page.waitForTimeout(600);
   await sample(page, 'replay');
-  await shot(page, 'finished');
+  await shot(page, args.video ? 'video-finished' : 'finished');
   await context.close();
 }
 

@@ -45,6 +45,8 @@ export class App {
   session: LiveSession | null = null;
   source: FrameSource | null = null;
   sessionId: string | null = null;
+  /** the latest replay, kept after it ends so its frame count stays readable */
+  private lastReplay: ReplaySource | null = null;
   private banners = new Map<string, HTMLElement>();
   private serverLabel: string;
 
@@ -153,6 +155,7 @@ export class App {
     await this.stop();
     const video = $('camera-preview') as HTMLVideoElement;
     const replay = new ReplaySource(files, video, this.captureOptions());
+    this.lastReplay = replay;
     if (!(await this.createSession())) return;
     const session = this.session!;
     this.source = replay;
@@ -394,6 +397,7 @@ export class App {
       renderedFrames: this.viewer.renderedFrames,
       synthetic: s?.hello?.model.synthetic ?? null,
       finished: s?.finished ?? false,
+      replayFrames: this.lastReplay?.frameTotal ?? null,
       banners: [...this.banners.entries()].map(([key, el]) => ({ key, level: el.dataset.level, text: el.querySelector('.text')?.textContent ?? '' })),
     };
   }

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from media import read_rgb, reference_frames, write_y4m
+from media import read_rgb, reference_frames, write_webm, write_y4m
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "client_js"
@@ -117,6 +117,13 @@ def camera_y4m(media_dir) -> Path:
     """The fake camera's video: frames_A, 320x240, each frame held 2 video frames at 10 fps (looped)."""
     frames = [read_rgb(p) for p in reference_frames(REFERENCE / "frames_A")]
     return write_y4m(frames, media_dir / "frames_A.y4m")
+
+
+@pytest.fixture(scope="session")
+def replay_video(media_dir) -> Path:
+    """frames_A as a 4 fps VP8 WebM: 8 frames, 2 s."""
+    frames = [read_rgb(p) for p in reference_frames(REFERENCE / "frames_A")]
+    return write_webm(frames, media_dir / "frames_A.webm", fps=4)
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,16 @@ def reference_frames(directory: Path) -> list[Path]:
     if not frames:
         raise FileNotFoundError(f"no PNG frames in {directory}")
     return frames
+
+
+def write_webm(frames: list[np.ndarray], path: Path, width: int = 320, height: int = 240, fps: int = 4) -> Path:
+    """A VP8 WebM (which every Chromium plays) with one video frame per reference frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError("this OpenCV build cannot write VP8/WebM")
+    try:
+        for rgb in frames:
+            writer.write(cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path

@@ -90,7 +90,7 @@ def test_file_replay_sends_every_image(server, replay_images):
     n = r["notes"]["images"]
     last = r["samples"]["replay"][-1]
     assert n >= 2
-    assert last["finished"] is True
+    assert last["finished"] is True and last["replayFrames"] == n
     # a replay waits for room instead of skipping: every image is sent and answered
     assert last["framesSent"] == n
     assert last["resultsReceived"] == n
@@ -99,6 +99,19 @@ def test_file_replay_sends_every_image(server, replay_images):
     assert last["frames"] == n
     shown = [s["pointsShown"] for s in r["samples"]["replay"]]
     assert strictly_growing(shown), shown
+    assert point_pixels(r["screenshots"][-1]) > 3000
+    assert_no_console_errors(r)
+
+
+def test_video_file_replay(server, replay_video):
+    r = run_driver("replay", server.base, "--video", str(replay_video))
+    last = r["samples"]["replay"][-1]
+    # 2 s of video sampled at 4 frames/s: 8 frames (7 if the container reports 1.75 s), each answered
+    n = last["replayFrames"]
+    assert n in (7, 8), n
+    assert last["finished"] is True
+    assert last["framesSent"] == n and last["resultsReceived"] == n
+    assert last["frames"] == n
     assert point_pixels(r["screenshots"][-1]) > 3000
     assert_no_console_errors(r)
 

@@ -73,6 +73,11 @@ export class ReplaySource implements FrameSource {
     return this.total ? this.done / this.total : null;
   }
 
+  /** frames this replay sends (images, or video samples at the chosen rate); 0 until known */
+  get frameTotal(): number {
+    return this.total;
+  }
+
   private async send(sink: FrameSink, source: CanvasImageSource, w: number, h: number, due: number): Promise<void> {
     // pace to the chosen rate, then wait for room in flight (never skip: this is a recording)
     const wait = due - performance.now();

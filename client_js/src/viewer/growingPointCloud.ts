@@ -67,6 +67,8 @@ export class GrowingPointCloud {
   private threshold = 0;
   private shownTotal = 0;
   private heldTotal = 0;
+  private confLo = Infinity;
+  private confHi = -Infinity;
   private bounds = { min: new Vector3(Infinity, Infinity, Infinity), max: new Vector3(-Infinity, -Infinity, -Infinity) };
   /** how many times the arrays were reallocated (stays logarithmic in the number of points) */
   reallocations = 0;
@@ -192,22 +194,15 @@ export class GrowingPointCloud {
     this.cursor = this.highWater = this.shownTotal = this.heldTotal = this.recycledFrames = 0;
     this.bounds.min.set(Infinity, Infinity, Infinity);
     this.bounds.max.set(-Infinity, -Infinity, -Infinity);
+    this.confLo = Infinity;
+    this.confHi = -Infinity;
     this.geometry.setDrawRange(0, 0);
   }
 
-  /** Range of the confidences held (for the confidence colour map and the slider's range). */
+  /** Range of the confidences written since the last clear (the confidence colour map's range). Kept
+   * while writing, because a scan of millions of points per frame would cost more than the frame itself. */
   confidenceRange(): [number, number] {
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const slot of this.slots.values()) {
-      const end = slot.offset + slot.count;
-      for (let i = slot.offset; i < end; i++) {
-        const c = this.conf[i];
-        if (c < lo) lo = c;
-        if (c > hi) hi = c;
-      }
-    }
-    return Number.isFinite(lo) ? [lo, hi] : [1, 2];
+    return Number.isFinite(this.confLo) ? [this.confLo, this.confHi] : [1, 2];
   }
 
   dispose(): void {
@@ -293,8 +288,27 @@ export class GrowingPointCloud {
 
   private countShown(offset: number, count: number): number {
     const t = this.threshold;
+    const conf = this.conf;
     let shown = 0;
-    for (let i = offset, end = offset + count; i < end; i++) if (this.conf[i] >= t && this.conf[i] > HIDDEN_CONF) shown++;
+    for (let i = offset, end = offset + count; i < end; i++) if (conf[i] >= t && conf[i] > HIDDEN_CONF) shown++;
+    return shown;
+  }
+
+  /** Points of a just-written frame that pass the threshold; also widens the confidence range. */
+  private scanFrame(offset: number, count: number): number {
+    const t = this.threshold;
+    const conf = this.conf;
+    let lo = this.confLo;
+    let hi = this.confHi;
+    let shown = 0;
+    for (let i = offset, end = offset + count; i < end; i++) {
+      const c = conf[i];
+      if (c >= t && c > HIDDEN_CONF) shown++;
+      if (c < lo) lo = c;
+      if (c > hi) hi = c;
+    }
+    this.confLo = lo;
+    this.confHi = hi;
     return shown;
   }
 
@@ -319,6 +333,6 @@ export class GrowingPointCloud {
       if (z < min.z) min.z = z;
       if (z > max.z) max.z = z;
     }
-    return this.countShown(offset, count);
+    return this.scanFrame(offset, count);
   }
 }

@@ -158,6 +158,16 @@ export class Viewer {
     this.requestRender();
   }
 
+  /** Sends pending buffer ranges to the GPU now, without drawing, and waits for it (benchmarks). three.js
+   * updates an object's attributes before it looks at material visibility, so a hidden material uploads. */
+  uploadNow(): void {
+    this.material.visible = false;
+    this.renderer.render(this.scene, this.camera);
+    this.material.visible = true;
+    this.renderer.getContext().finish();
+    this.requestRender();
+  }
+
   requestRender(): void {
     this.frameRequested = true;
   }
