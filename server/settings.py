@@ -63,6 +63,12 @@ class ServeSettings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v):
+        # compose files pass SPANN3R_API_KEY= when unset: an empty key means "no key", never "the empty key"
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
     @field_validator("worker_id")
     @classmethod
     def _safe_worker_id(cls, v: str) -> str:

@@ -1,0 +1,114 @@
+"""The commands as a user runs them: ``spann3r serve`` (flags + SPANN3R_* environment) in its own process,
+``spann3r stream`` writing the same npz as ``spann3r reconstruct``, graceful shutdown snapshotting sessions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from spann3r.server.cmd_serve import settings_from_args
+from spann3r.server.settings import ServeSettings
+
+SPANN3R = [sys.executable, "-m", "spann3r.server.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_flags_and_environment(monkeypatch):
+    from spann3r.server.cli import build_parser
+
+    monkeypatch.setenv("SPANN3R_MAX_SESSIONS", "3")
+    monkeypatch.setenv("SPANN3R_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("SPANN3R_MAX_FPS", "9")
+    args = build_parser().parse_args(["serve", "--model", "tiny", "--max-fps", "12.5", "--port", "0"])
+    s = settings_from_args(args)
+    assert (s.model, s.max_sessions, s.max_fps, s.port) == ("tiny", 3, 12.5, 0)  # flags win over env
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    # every setting has a flag
+    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    for name in ServeSettings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text, name
+    with pytest.raises(Exception, match="tls"):
+        settings_from_args(build_parser().parse_args(["serve", "--tls-cert", "cert.pem"]))
+
+
+def test_bad_weights_fail_in_one_line(tmp_path):
+    r = subprocess.run([*SPANN3R, "serve", "--model", "tiny", "--weights", str(tmp_path / "none.pth"),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def served(tmp_path):
+    """``spann3r serve`` in a subprocess (tiny model, state dir, settings partly from the environment)."""
+    port = free_port()
+    env = {**os.environ, "SPANN3R_MAX_FPS": "40", "SPANN3R_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([*SPANN3R, "serve", "--model", "tiny", "--weights", "synthetic", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    yield url, proc, tmp_path / "state"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_stream_command_writes_what_reconstruct_writes(served, small_frames, tmp_path):
+    url, proc, state = served
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name, rgb in small_frames[:5]:
+        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    streamed = subprocess.run([*SPANN3R, "stream", str(frames), "--url", url, "--out", str(tmp_path / "s.npz"),
+                               "--encoding", "rgb8", "--dtype", "float32"], capture_output=True, text=True,
+                              timeout=300)
+    assert streamed.returncode == 0, streamed.stderr
+    assert "UNTRAINED MODEL" in streamed.stderr  # synthetic weights are announced
+    offline = subprocess.run([*SPANN3R, "reconstruct", str(frames), "--model", "tiny", "--weights", "synthetic",
+                              "--out", str(tmp_path / "r.npz")], capture_output=True, text=True, timeout=300)
+    assert offline.returncode == 0, offline.stderr
+    s, r = np.load(tmp_path / "s.npz"), np.load(tmp_path / "r.npz")
+    assert sorted(s.files) == sorted(r.files)
+    for key in r.files:
+        np.testing.assert_array_equal(s[key], r[key], err_msg=key)  # NaN poses compare equal
+
+    # the session the command created is still held (a client may export it); SIGTERM saves it
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
+    saved = sorted(p.suffix for p in state.iterdir())
+    assert saved == [".json", ".npz", ".stream"]
+
+
+def test_stream_command_refuses_a_bad_input(served, tmp_path):
+    url, _, _ = served
+    r = subprocess.run([*SPANN3R, "stream", str(tmp_path / "nothing"), "--url", url, "--out",
+                        str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "input not found" in r.stderr
+    r = subprocess.run([*SPANN3R, "stream", str(tmp_path), "--url", "http://127.0.0.1:9", "--out",
+                        str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no images" in r.stderr
