@@ -58,8 +58,9 @@ export class LiveStats {
   framesReceivedTotal = 0;
 
   constructor(clock?: Clock) {
-    this.sent = new RateMeter(2000, clock);
-    this.received = new RateMeter(2000, clock);
+    // 5 s: a CPU server answers well under 1 result/s, and a 2 s window would flicker between 0 and 0.5
+    this.sent = new RateMeter(5000, clock);
+    this.received = new RateMeter(5000, clock);
   }
 
   get framesDropped(): number {
