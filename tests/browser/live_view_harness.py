@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from media import read_rgb, reference_frames, write_webm, write_y4m
+from browser_media import read_rgb, reference_frames, write_webm, write_y4m
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "client_js"
