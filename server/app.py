@@ -143,7 +143,7 @@ async def export_session(kind: ExportKind, s: Session = Depends(stream_session))
     if not s.export.poses or s.focal is None:
         raise ApiError(409, "nothing_to_export", "no final pointmap yet (a stream needs at least two frames)")
     s.touch()
-    data = await asyncio.to_thread(export_bytes, s.export, s.focal, kind)
+    data = await asyncio.to_thread(export_bytes, s.export.frozen(), s.focal, kind)
     return Response(data, media_type=MEDIA_TYPES[kind],
                     headers={"Content-Disposition": f'attachment; filename="{s.id[:8]}-{kind.value}"'})
 

@@ -101,31 +101,35 @@ class RateLimiter:
 
 @dataclass
 class ExportBuffer:
-    """Confident points of every final (for PLY/GLB), within a point budget, and the camera trajectory."""
+    """Confident points of every final (for PLY/GLB), within a point budget, and the camera trajectory. Keyed by
+    frame index: post-processing finishes out of order, exports come out in frame order."""
 
     max_points: int
-    xyz: list[np.ndarray] = field(default_factory=list)
-    rgb: list[np.ndarray] = field(default_factory=list)
+    points_by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index → (xyz, rgb)
     poses: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # final frame index → (c2w, valid)
     decimation: int = 1  # keep every n-th confident point; doubles whenever the budget is exceeded
 
     @property
     def points(self) -> int:
-        return sum(len(a) for a in self.xyz)
+        return sum(len(x) for x, _ in self.points_by_frame.values())
 
     def add(self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool) -> None:
-        self.xyz.append(xyz[:: self.decimation])
-        self.rgb.append(rgb[:: self.decimation])
+        self.points_by_frame[index] = (xyz[:: self.decimation], rgb[:: self.decimation])
         self.poses[index] = (c2w, valid)
         while self.points > self.max_points:
             self.decimation *= 2
-            self.xyz = [a[::2] for a in self.xyz]
-            self.rgb = [a[::2] for a in self.rgb]
+            self.points_by_frame = {i: (x[::2], c[::2]) for i, (x, c) in self.points_by_frame.items()}
+
+    def frozen(self) -> "ExportBuffer":
+        """A copy that later additions do not touch (for reading in another thread)."""
+        return ExportBuffer(self.max_points, dict(self.points_by_frame), dict(self.poses), self.decimation)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.xyz:
+        if not self.points_by_frame:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
-        return np.concatenate(self.xyz), np.concatenate(self.rgb)
+        order = sorted(self.points_by_frame)
+        return (np.concatenate([self.points_by_frame[i][0] for i in order]),
+                np.concatenate([self.points_by_frame[i][1] for i in order]))
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.poses) + 1 if self.poses else 0
@@ -133,6 +137,21 @@ class ExportBuffer:
         for i, (p, v) in self.poses.items():
             c2w[i], valid[i] = p, v
         return c2w, valid
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """For the snapshot file (plain arrays, no pickle)."""
+        order = sorted(self.points_by_frame)
+        xyz, rgb = self.cloud()
+        c2w, valid = self.trajectory()
+        return {"xyz": xyz, "rgb": rgb, "frames": np.array(order, np.int64),
+                "counts": np.array([len(self.points_by_frame[i][0]) for i in order], np.int64),
+                "c2w": c2w, "valid": valid}
+
+    def load_arrays(self, z) -> None:
+        bounds = np.cumsum(z["counts"])[:-1]
+        self.points_by_frame = {int(i): (x, c) for i, x, c in zip(z["frames"], np.split(z["xyz"], bounds),
+                                                                   np.split(z["rgb"], bounds))}
+        self.poses = {i: (z["c2w"][i], bool(z["valid"][i])) for i in range(len(z["valid"]))}
 
 
 class Session:
@@ -162,6 +181,7 @@ class Session:
         self.decoding: RawFrame | None = None
         self.ready: ReadyFrame | None = None
         self.in_model = False
+        self.posting = 0  # results in post-processing
         self.busy = False  # a reset / finish / snapshot runs on the model thread: keep frames out
         self._nth = 0
         # counters
@@ -373,14 +393,12 @@ class SessionManager:
         if self.settings.state_dir is None:
             raise RuntimeError("no state dir configured (--state-dir)")
         data = await self.worker.snapshot_stream(s)
-        meta, export = s.metadata(), s.export
-        xyz, rgb = export.cloud()
-        c2w, valid = export.trajectory()
+        meta, export = s.metadata(), s.export.arrays()
 
         def write():
             meta_p, stream_p, export_p = self._paths(s.id)
             for path, write_fn in ((stream_p, lambda f: f.write(data)),
-                                   (export_p, lambda f: np.savez(f, xyz=xyz, rgb=rgb, c2w=c2w, valid=valid)),
+                                   (export_p, lambda f: np.savez(f, **export)),
                                    (meta_p, lambda f: f.write(json.dumps(meta).encode()))):  # metadata last
                 tmp = path.with_suffix(path.suffix + ".tmp")
                 with open(tmp, "wb") as f:
@@ -417,8 +435,7 @@ class SessionManager:
             s.calibration = asyncio.get_running_loop().create_future()
             s.calibration.set_result(Calibration(**meta["calibration"]))
         with np.load(export_p, allow_pickle=False) as z:
-            s.export.xyz, s.export.rgb = [z["xyz"]], [z["rgb"]]
-            s.export.poses = {i: (z["c2w"][i], bool(z["valid"][i])) for i in range(len(z["valid"]))}
+            s.export.load_arrays(z)
         s.export.decimation = meta["export_decimation"]
         await self.worker.restore_stream(s, stream_p.read_bytes())
         self.sessions[s.id] = s

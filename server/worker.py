@@ -38,6 +38,7 @@ from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+MAX_POSTING = 2  # results of one session in post-processing (poses, encoding) before it gets no new step
 SYNTHETIC_NOTICE = ("UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
                     "the computation, not a reconstruction")
 
@@ -169,6 +170,7 @@ class Worker:
             s.export = type(s.export)(s.max_export_points)
         finally:
             s.busy = False
+            self._wake.set()  # frames that became ready meanwhile
         s.send_ordered(pack(AckMsg(action="reset", settings=s.settings)))
 
     def change_settings(self, s: Session, settings: SessionSettings) -> None:
@@ -237,7 +239,9 @@ class Worker:
     def _pick(self) -> list[Session]:
         for s in [s for s in self._ready if s.ready is None or s.closed]:
             del self._ready[s]
-        return [s for s in self._ready if not s.busy][: self.settings.max_batch]
+        # a session whose results are still being post-processed waits: its frame policy then drops frames
+        # upstream instead of a backlog growing behind pose recovery
+        return [s for s in self._ready if not s.busy and s.posting < MAX_POSTING][: self.settings.max_batch]
 
     async def _schedule(self) -> None:
         max_wait = self.settings.max_wait_ms / 1000
@@ -297,6 +301,7 @@ class Worker:
             s.in_model = False
             timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
                        "step_s": step_s, "batch": float(len(items))}
+            s.posting += 1
             s.chain(self._result_producer(s, rf, res, prev_seq, gen, settings, cal, timings))
             self.pump(s)
             self.maybe_finish(s)
@@ -346,6 +351,9 @@ class Worker:
                 log.exception("post-processing frame %d of session %s", rf.raw.seq, s.id)
                 return pack(ErrorMsg(code="internal", message=f"post-processing failed: {exc.__class__.__name__}",
                                      seq=rf.raw.seq))
+            finally:
+                s.posting -= 1
+                self._wake.set()
 
         return produce
 

@@ -251,3 +251,33 @@ def test_cors_origins(tiny_engine):
 
         assert preflight("https://viewer.example").get("access-control-allow-origin") == "https://viewer.example"
         assert "access-control-allow-origin" not in preflight("https://evil.example")
+
+
+def test_tls_serves_https_and_wss(tiny_engine, small_frames, tmp_path):
+    """Phones only open the camera on HTTPS pages: with a certificate the service speaks HTTPS and WSS."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    with live_server(tiny_engine, tls_cert=cert, tls_key=key) as srv:
+        url = srv.url.replace("http://", "https://")
+
+        async def main():
+            c = StreamClient(url, verify_tls=False)
+            messages = [m async for m in stream(url, small_frames[:2], client=c, encoding="jpeg",
+                                                settings={"frame_policy": "queue"})]
+            await c.close()
+            return c.session, messages
+
+        created, messages = run(main())
+        assert created.stream_url.startswith("wss://127.0.0.1:")
+        assert [m.type for m in messages] == ["hello", "result", "result", "finished"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/healthz")  # a self-signed certificate is refused by default
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{srv.url}/healthz")  # and plain HTTP is not served
