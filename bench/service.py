@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -180,10 +181,10 @@ def main(argv=None) -> int:
     if url is None:
         url, server, device = start_server(args)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device,
-              "host": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",
+              "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "model": args.model, "clients": args.clients, "fps_per_client": args.fps, "duration_s": args.duration,
               "max_batch": args.max_batch, "jpeg_bytes_mean": int(np.mean([len(j) for j in jpegs])),
-              "results": {}}
+              "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "results": {}}
     try:
         for name in args.encodings:
             report["results"][name] = asyncio.run(run_phase(url, jpegs, ENCODINGS[name], args.clients, args.fps,
@@ -192,6 +193,7 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.should_exit = True
+    report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)  # other work on the host skews every number
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
