@@ -59,6 +59,18 @@ class RoPE2D(nn.Module):
         )
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over [B, H, N, d] tensors.
+
+    On the CPU this is the explicit matmul-softmax-matmul of the official code: it is bit-identical to the
+    reference outputs there, where the fused kernel's different summation order would move the read
+    threshold decisions of long streams. Elsewhere the fused kernel (flash/memory-efficient) is used."""
+    if q.device.type == "cpu":
+        attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        return attn.softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -86,7 +98,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each [B, H, N, d]
         if self.rope is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attend(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -111,7 +123,7 @@ class CrossAttention(nn.Module):
         v = self.projv(y).reshape(B, M, h, d).transpose(1, 2)
         if self.rope is not None:
             q, k = self.rope(q, xpos), self.rope(k, ypos)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attend(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 

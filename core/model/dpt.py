@@ -72,7 +72,9 @@ class DPT(nn.Module):
     def forward(self, tokens: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         # tokens: the 4 hooked entries, each [B, h*w, C_i]
         h, w = grid
-        maps = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w) for t in tokens]
+        # [B, h*w, C] → [B, C, h, w] as a channels-last view: oneDNN picks its kernels from these strides, and
+        # this layout is the one that reproduces the official outputs bit for bit
+        maps = [t.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2) for t in tokens]
         maps = [post(m) for post, m in zip(self.act_postprocess, maps)]
         maps = [rn(m) for rn, m in zip(self.scratch.layer_rn, maps)]
         s = self.scratch
