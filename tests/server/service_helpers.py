@@ -1,5 +1,5 @@
 """Helpers of the server tests: a real uvicorn server on a loopback port, in a thread of the test process (so
-it can reuse the session's models), async runners, and the reference README's acceptance checks."""
+it can reuse the session's models), and async runners. The reference README's acceptance checks are tests/golden.py's."""
 
 from __future__ import annotations
 
@@ -71,18 +71,6 @@ def run(coro, timeout: float = 120):
     """Run client coroutine code from a sync test, with a timeout so a hang fails instead of blocking."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
-
-
-def check_close(name: str, ours: np.ndarray, ref: np.ndarray, scale_tol=1e-3, bulk_tol=1e-5) -> None:
-    """The reference README's checks 1-3: scale (max), bulk (p99) and per-element, against max|ref|."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
-    scale = np.abs(ref).max()
-    d = np.abs(ours - ref)
-    assert d.max() <= scale_tol * scale, f"{name}: max |d| {d.max() / scale:.3g} of scale"
-    assert np.percentile(d, 99) <= bulk_tol * scale, f"{name}: p99 |d| {np.percentile(d, 99) / scale:.3g} of scale"
-    over = int((d > 2e-3 * np.abs(ref) + 2e-4 * scale).sum())
-    assert over == 0, f"{name}: {over} elements beyond 2e-3|ref| + 2e-4 max|ref|"
 
 
 def answers_by_seq(messages) -> dict[int, list]:

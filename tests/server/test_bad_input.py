@@ -12,7 +12,8 @@ import cv2
 import msgpack
 import numpy as np
 import pytest
-from service_helpers import answers_by_seq, check_close, live_server, run
+from golden import check_close
+from service_helpers import answers_by_seq, live_server, run
 
 from spann3r.client import Recording, ServiceError, StreamClient, stream
 from spann3r.core.reconstruct import reconstruct

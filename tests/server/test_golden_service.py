@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from service_helpers import check_close, live_server, run
+from golden import check_close, check_decisions
+from service_helpers import live_server, run
 
 from spann3r.client import Recording, StreamClient, stream
 from spann3r.server.encoding import decode_map
@@ -39,11 +40,7 @@ def test_golden_A_through_the_service(official_engine, golden_A, frames_a):
     check_close("previews pts3d", np.stack([p["pts3d"] for p in previews]), golden_A["step_res2_pts3d"])
     check_close("previews conf", np.stack([p["conf"] for p in previews]), golden_A["step_res2_conf"])
     # 4: identical memory decisions
-    traces = [r.memory for r in results[1:]]
-    for key in ("skipped", "pruned", "mem_tokens", "wm", "lm"):
-        assert [getattr(t, key) for t in traces] == golden_A[f"trace_{key}"].tolist(), key
-    sims = np.array([np.nan if t.similarity is None else t.similarity for t in traces])
-    np.testing.assert_allclose(sims, golden_A["trace_sim"], atol=1e-4)
+    check_decisions([r.memory for r in results[1:]], golden_A)
     # camera as the reference computes it (synthetic weights: focal clipped to 0, every PnP fails)
     assert ours.focal == pytest.approx(float(golden_A["cam_focal"]), abs=1e-6)
     assert ours.pose_valid.tolist() == golden_A["cam_pnp_success"].tolist()

@@ -7,7 +7,8 @@ import asyncio
 
 import numpy as np
 import pytest
-from service_helpers import answers_by_seq, check_close, live_server, run
+from golden import check_close
+from service_helpers import answers_by_seq, live_server, run
 
 from spann3r.client import Recording, ServiceError, StreamClient, stream
 from spann3r.core.reconstruct import reconstruct
@@ -37,20 +38,20 @@ def record(messages, names=None):
     return rec.reconstruction(names)
 
 
-def assert_same_reconstruction(ours, ref, tol=None):
+def assert_same_reconstruction(ours, ref, batched=False):
     assert list(ours.names) == list(ref.names)
-    if tol is None:  # same computation, batch of one: bit-identical
+    if not batched:  # same computation, batch of one: bit-identical
         np.testing.assert_array_equal(ours.pts3d, ref.pts3d)
         np.testing.assert_array_equal(ours.conf, ref.conf)
     else:
-        check_close("pts3d", ours.pts3d, ref.pts3d, *tol)
-        check_close("conf", ours.conf, ref.conf, *tol)
+        check_close("pts3d", ours.pts3d, ref.pts3d)
+        check_close("conf", ours.conf, ref.conf)
     np.testing.assert_array_equal(ours.colors, ref.colors)
     np.testing.assert_array_equal(ours.skipped, ref.skipped)
     np.testing.assert_array_equal(ours.mem_tokens, ref.mem_tokens)
     np.testing.assert_array_equal(ours.pose_valid, ref.pose_valid)
     # the tiny model's focal is ~1e-3 px and ill-conditioned: batched rounding moves it by a few 1e-5 px
-    assert ours.focal == (pytest.approx(ref.focal, rel=1e-6, abs=0) if tol is None else
+    assert ours.focal == (pytest.approx(ref.focal, rel=1e-6, abs=0) if not batched else
                           pytest.approx(ref.focal, abs=1e-4))
 
 
@@ -92,7 +93,7 @@ def test_concurrent_sessions_equal_each_alone(server, tiny_engine, small_frames)
     assert max(batches) >= 2, "the sessions were never batched together"
     for (messages, names), seq in zip(outcomes, sequences):
         # batched matmuls may round differently from a batch of one: the reference tolerances apply
-        assert_same_reconstruction(record(messages, names), reconstruct(tiny_engine, seq), tol=(1e-3, 1e-5))
+        assert_same_reconstruction(record(messages, names), reconstruct(tiny_engine, seq), batched=True)
 
 
 async def _burst(url, frames, settings, n, gap=0.0):
