@@ -31,6 +31,12 @@ def register(sub) -> None:
     p.add_argument("--conf-thresh", type=float, default=1e-3,
                    help="PLY filter on (conf-1)/conf, as the official demo (default 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    from .reconstruct_unordered import DEFAULT_MAX_FRAMES, MAX_FRAMES_HELP
+
+    p.add_argument("--unordered", action="store_true",
+                   help="INPUT is an unordered collection: choose the order (best pair, then greedy next-best view), "
+                        "as the official offline mode; adds 'order' and 'pair_conf' to OUT.npz")
+    p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help=MAX_FRAMES_HELP)
     p.set_defaults(func=run)
 
 
@@ -71,6 +77,10 @@ def run(args) -> int:
     from ..core.reconstruct import reconstruct
     from ..core.sources import count_frames, iter_frames
 
+    if getattr(args, "unordered", False):
+        from .reconstruct_unordered import run_unordered
+
+        return run_unordered(args)
     out = Path(args.out)
     if not out.parent.exists():
         from .cli import UserError
