@@ -9,9 +9,9 @@ import argparse
 import logging
 import sys
 
-from . import cmd_reconstruct, cmd_serve, cmd_stream
+from . import cmd_eval, cmd_reconstruct, cmd_serve, cmd_stream
 
-COMMAND_MODULES = [cmd_reconstruct, cmd_serve, cmd_stream]
+COMMAND_MODULES = [cmd_reconstruct, cmd_serve, cmd_stream, cmd_eval]
 
 
 class UserError(Exception):
