@@ -22,7 +22,6 @@ import torch
 
 from .config import ModelConfig
 from .model import Spann3R
-from .model.cpu import pack_linears_for_cpu
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +184,10 @@ def save_checkpoint(model: Spann3R, path: str | os.PathLike) -> None:
         torch.save({"model": model.state_dict()}, path)
 
 
-def build_model(weights: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu",
-                pack_cpu: bool = True) -> tuple[Spann3R, LoadedWeights]:
+def build_model(weights: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu"
+                ) -> tuple[Spann3R, LoadedWeights]:
     """Construct (on the meta device: no wasted random init), load, and move to ``device`` in eval mode."""
     with torch.device("meta"):
         model = Spann3R(cfg)
     info = load_weights(model, weights)
-    model = model.to(device).eval().requires_grad_(False)
-    if torch.device(device).type == "cpu" and pack_cpu:
-        pack_linears_for_cpu(model)
-    return model, info
+    return model.to(device).eval().requires_grad_(False), info

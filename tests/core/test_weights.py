@@ -53,7 +53,7 @@ def test_rule_scales():
 
 @pytest.fixture(scope="module")
 def tiny_pair():
-    model, _ = build_model("synthetic", ModelConfig.tiny(), pack_cpu=False)
+    model, _ = build_model("synthetic", ModelConfig.tiny())
     # perturb so that a round trip cannot pass by re-generating the synthetic rule
     with torch.no_grad():
         for p in model.parameters():
@@ -68,7 +68,7 @@ def test_checkpoint_round_trip_strict(tiny_pair, tmp_path, suffix):
     if suffix == ".pth":
         raw = torch.load(path, weights_only=True)
         assert set(raw) == {"model"}  # the official layout: {'model': state_dict}
-    loaded, info = build_model(str(path), ModelConfig.tiny(), pack_cpu=False)
+    loaded, info = build_model(str(path), ModelConfig.tiny())
     assert not info.synthetic and info.kind == "checkpoint"
     a, b = tiny_pair.state_dict(), loaded.state_dict()
     assert set(a) == set(b)
@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_strict(tiny_pair, tmp_path, suffix):
 def test_bare_state_dict_also_loads(tiny_pair, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(tiny_pair.state_dict(), path)
-    loaded, _ = build_model(str(path), ModelConfig.tiny(), pack_cpu=False)
+    loaded, _ = build_model(str(path), ModelConfig.tiny())
     assert torch.equal(loaded.value_out.weight, tiny_pair.value_out.weight)
 
 
@@ -98,7 +98,7 @@ def test_wrong_keys_are_refused_with_names(tiny_pair, tmp_path):
 
 def test_checkpoint_of_another_size_is_refused(tmp_path):
     path = tmp_path / "tiny.pth"
-    save_checkpoint(build_model("synthetic", ModelConfig.tiny(), pack_cpu=False)[0], path)
+    save_checkpoint(build_model("synthetic", ModelConfig.tiny())[0], path)
     from dataclasses import replace
 
     narrower = replace(ModelConfig.tiny(), dec_embed_dim=32)
@@ -141,5 +141,5 @@ def test_hub_cached_file_loads(tiny_pair, tmp_path, monkeypatch):
     src = tmp_path / "spann3r.pth"
     save_checkpoint(tiny_pair, src)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename: str(src))
-    model, info = build_model("hf:someone/spann3r/spann3r.pth", ModelConfig.tiny(), pack_cpu=False)
+    model, info = build_model("hf:someone/spann3r/spann3r.pth", ModelConfig.tiny())
     assert info.kind == "hub" and torch.equal(model.value_out.weight, tiny_pair.value_out.weight)
