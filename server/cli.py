@@ -46,4 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the imported module so that `python -m` shares UserError with the command modules
+    from spann3r.server.cli import main as _main
+
+    sys.exit(_main())
