@@ -9,7 +9,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from service_helpers import check_close, live_server, run
+from service_helpers import live_server, run
 
 from spann3r.client import Recording, ServiceError, StreamClient, stream
 from spann3r.core.reconstruct import reconstruct
