@@ -1,4 +1,5 @@
-"""FastAPI application factory: REST routes, the WebSocket route, health, metrics and the browser client.
+"""FastAPI application factory: REST routes (sessions, collection jobs), the WebSocket route, health, metrics and
+the browser client.
 
 Handlers only authenticate and delegate: the session manager, the worker and the connection code do the work.
 """
@@ -13,18 +14,20 @@ from pathlib import Path
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights
 from .connection import serve_connection
 from .exports import MEDIA_TYPES, ExportKind, export_bytes
-from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody,
-                       SessionCreated, SessionSettings, SessionStats)
+from .jobs import Job, JobDownloadName, JobNotReady
+from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody, JobCreated,
+                       JobStatus, SessionCreated, SessionSettings, SessionStats)
 from .service import NotReady, Service
 from .sessions import CapacityError, Session, token_matches
 from .settings import ServeSettings
+from .uploads import UploadRefused
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,8 @@ def require_api_key(request: Request, service: Service = Depends(get_service)) -
         return
     given = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization")) or ""
     if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise ApiError(401, "unauthorized", "a valid API key is required to create sessions (X-API-Key header)")
+        raise ApiError(401, "unauthorized", "a valid API key is required to create sessions and jobs (X-API-Key "
+                       "header)")
 
 
 def session_role(session: Session, token: str | None) -> str | None:
@@ -90,6 +94,21 @@ def stream_session(session_id: str, request: Request, token: str | None = Query(
 def any_session(session_id: str, request: Request, token: str | None = Query(None),
                 service: Service = Depends(get_service)) -> Session:
     return _session(service, session_id, token or _bearer(request.headers.get("authorization")), "watch")
+
+
+def job_with_token(job_id: str, request: Request, token: str | None = Query(None),
+                   service: Service = Depends(get_service)) -> Job:
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "no such job (never created, deleted, or expired)")
+    if not token_matches(token or _bearer(request.headers.get("authorization")), job.token_hash):
+        raise ApiError(401, "unauthorized", "a valid job token is required (Authorization: Bearer TOKEN or "
+                       "?token=TOKEN)")
+    return job
+
+
+def _base(request: Request, settings: ServeSettings) -> str:
+    return settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
 
 
 def _ws_base(request: Request, settings: ServeSettings) -> str:
@@ -167,6 +186,64 @@ async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)
     await serve_connection(ws, s, role, service)
 
 
+jobs_api = APIRouter(prefix="/v1", tags=["jobs"])
+UPLOAD_ERRORS = {**ERRORS, 400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+                 422: {"model": ErrorBody}}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"files": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "images (JPEG, PNG, WebP, BMP, TIFF) and/or zip archives of images"}}}},
+    "application/zip": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@jobs_api.post("/jobs", status_code=201, response_model=JobCreated, responses=UPLOAD_ERRORS,
+               dependencies=[Depends(require_api_key)], openapi_extra=UPLOAD_BODY)
+async def create_job(request: Request, session_id: str | None = Query(None, description="attach the job to this "
+                     "session: its WebSocket receives the job's progress messages"),
+                     session_token: str | None = Query(None, description="the session's stream token (or the "
+                                                       "X-Session-Token header)"),
+                     conf_thresh: float = Query(1e-3, ge=0.0, lt=1.0, description="confidence filter of the "
+                                                "PLY / GLB downloads"),
+                     service: Service = Depends(get_service)) -> JobCreated:
+    """Reconstruct an unordered collection of images (the model chooses the order). Keep the returned token:
+    it is never shown again. The upload is checked and decoded before the job exists; a bad one is refused."""
+    session = None
+    if session_id is not None:
+        session = _session(service, session_id, session_token or request.headers.get("x-session-token"), "stream")
+    length = request.headers.get("content-length")
+    job = await service.jobs.create(request.stream(), request.headers.get("content-type"),
+                                    int(length) if length and length.isdigit() else None, session, conf_thresh)
+    return JobCreated(id=job.id, token=job.token, status_url=f"{_base(request, service.settings)}/v1/jobs/{job.id}",
+                      worker_id=service.settings.worker_id, images=job.images, input_names=job.input_names,
+                      units_total=job.units_total, session_id=session.id if session else None)
+
+
+@jobs_api.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+async def job_status(job: Job = Depends(job_with_token)) -> JobStatus:
+    return job.status()
+
+
+@jobs_api.delete("/jobs/{job_id}", status_code=204, responses=ERRORS)
+async def delete_job(job: Job = Depends(job_with_token), service: Service = Depends(get_service)):
+    """Cancel the job if it still runs; remove it, its result and its temporary folder."""
+    await service.jobs.remove(job, "deleted")
+    return Response(status_code=204)
+
+
+@jobs_api.get("/jobs/{job_id}/result/{name}", responses={**ERRORS, 200: {"content": {
+    "application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}}})
+async def job_result(name: JobDownloadName, job: Job = Depends(job_with_token),
+                     service: Service = Depends(get_service)):
+    """result.npz (the layout of ``spann3r reconstruct --unordered``), the fused cloud (PLY, GLB), the camera
+    trajectory, or a nerfstudio transforms.json; 409 until the job is done."""
+    filename = f"{job.id[:8]}-{name.value}"
+    if name is JobDownloadName.npz:
+        return FileResponse(service.jobs.result_file(job), media_type="application/octet-stream", filename=filename)
+    data = await service.jobs.result_bytes(job, name.value)
+    return Response(data, media_type=MEDIA_TYPES[ExportKind(name.value)],
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 health = APIRouter(tags=["health"])
 
 
@@ -184,7 +261,8 @@ async def readyz(request: Request):
         return JSONResponse({"code": "not_ready", "detail": service.load_error or "the model is still loading"},
                             status_code=503)
     return {"status": "ready", "model": service.worker.model_info().model_dump(),
-            "sessions": len(service.manager.sessions), "worker_id": service.settings.worker_id}
+            "sessions": len(service.manager.sessions), "jobs": len(service.jobs.jobs),
+            "worker_id": service.settings.worker_id}
 
 
 @health.get("/metrics")
@@ -221,6 +299,16 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=503,
                             headers={"Retry-After": "5"})
 
+    @app.exception_handler(UploadRefused)
+    async def _refused(request: Request, exc: UploadRefused):
+        # the rest of a refused body is not read: close the connection rather than drain it
+        return JSONResponse({"code": exc.code, "detail": exc.message}, status_code=exc.status,
+                            headers={"Connection": "close"})
+
+    @app.exception_handler(JobNotReady)
+    async def _job_not_ready(request: Request, exc: JobNotReady):
+        return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=409)
+
     @app.exception_handler(CapacityError)
     async def _capacity(request: Request, exc: CapacityError):
         return JSONResponse({"code": "capacity", "detail": str(exc)}, status_code=503,
@@ -230,6 +318,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.include_router(api)
+    app.include_router(jobs_api)
     app.include_router(health)
     static = settings.static_dir or REPO_CLIENT_DIST
     if (static / "index.html").is_file():

@@ -19,12 +19,14 @@ MEDIA_TYPES = {ExportKind.ply: "application/octet-stream", ExportKind.glb: "mode
                ExportKind.trajectory: "application/json", ExportKind.transforms: "application/json"}
 
 
-def export_bytes(export: ExportBuffer, focal: float, kind: ExportKind) -> bytes:
-    """Runs in a thread (GLB export of millions of points takes a while)."""
+def export_bytes(export: ExportBuffer, focal: float, kind: ExportKind, image_paths: list[str] | None = None
+                 ) -> bytes:
+    """Runs in a thread (GLB export of millions of points takes a while). ``image_paths``: transforms.json's
+    file_path per frame index (default images/frame_00000.png, ...)."""
     if kind in (ExportKind.ply, ExportKind.glb):
         xyz, rgb = export.cloud()
         return ply_bytes(xyz, rgb) if kind is ExportKind.ply else glb_bytes(xyz, rgb)
     c2w, valid = export.trajectory()
     if kind is ExportKind.trajectory:
         return trajectory_json(c2w, valid, focal).encode()
-    return transforms_json(c2w, valid, focal, ply_file_path="cloud.ply").encode()
+    return transforms_json(c2w, valid, focal, ply_file_path="cloud.ply", image_paths=image_paths).encode()

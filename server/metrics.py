@@ -62,6 +62,13 @@ class Metrics:
                                         registry=r)
         self.sessions_refused = Counter("spann3r_sessions_refused", "session creations refused at capacity",
                                         registry=r)
+        self.job_unit_seconds = Histogram("spann3r_job_unit_seconds", "one unit of collection-job model work",
+                                          buckets=_LATENCY, registry=r)
+        self.jobs_created = Counter("spann3r_jobs_created", "collection jobs accepted", registry=r)
+        self.jobs_refused = Counter("spann3r_jobs_refused", "collection uploads refused, by code", ["code"],
+                                    registry=r)
+        self.jobs_ended = Counter("spann3r_jobs_ended", "collection jobs ended, by state", ["state"], registry=r)
+        self.active_jobs = Gauge("spann3r_active_jobs", "collection jobs held", registry=r)
         r.register(_DeviceMemory(device))
 
     def render(self) -> bytes:

@@ -222,7 +222,8 @@ class ResultMsg(_Msg):
     memory: MemoryInfo | None = None
     timings: dict[str, float] = Field(
         default_factory=dict, description="seconds: queue_s (received → model), decode_s, step_s (model, whole "
-        "batch), batch (size), pose_s, encode_s, server_s (received → sent)")
+        "batch), batch (size), pose_s, encode_s, server_s (received → sent); job_units: units of collection-job "
+        "work the worker ran while this frame was ready and waiting (a count, not seconds)")
 
 
 class DroppedMsg(_Msg):
@@ -275,8 +276,53 @@ class ErrorMsg(_Msg):
     seq: int | None = Field(None, description="seq of the offending frame, when there is one")
 
 
+JobStateName = Literal["queued", "running", "finishing", "done", "failed", "cancelled"]
+JobStage = Literal["encode", "pairs", "views", "poses"]
+JobDownload = Literal["result.npz", "cloud.ply", "cloud.glb", "trajectory.json", "transforms.json"]
+
+
+class JobError(_Msg):
+    code: str = Field(description="'unordered' (the collection cannot be ordered, e.g. degenerate confidences), "
+                      "'cancelled' (deleted, or the server shut down), 'internal'")
+    message: str
+
+
+class JobStatus(_Msg):
+    """A collection job: the unordered reconstruction of uploaded images (``GET /v1/jobs/{id}``, and the
+    payload of ``job`` messages)."""
+
+    id: str
+    state: JobStateName = Field(description="'queued' (no unit run yet), 'running', 'finishing' (poses and "
+                                "result files, off the model), 'done', 'failed', 'cancelled'")
+    stage: JobStage | None = Field(description="'encode' (images), 'pairs' (ordered pairs, plain DUSt3R), "
+                                   "'views' (greedy next-best-view decodes), 'poses'; null when finished")
+    units_done: int = Field(description="units of model work done (a unit is one batch of images, pairs or "
+                            "candidates; the worker runs stream frames between units)")
+    units_total: int
+    stage_done: int = Field(description="progress within the stage, in its own items (images, pairs, decodes)")
+    stage_total: int
+    images: int
+    session_id: str | None = Field(None, description="session whose WebSocket receives this job's messages")
+    order: list[int] | None = Field(None, description="'done': input indices in the order the model chose")
+    downloads: list[JobDownload] = Field(default_factory=list, description="'done': files at "
+                                         "/v1/jobs/{id}/result/{name}")
+    error: JobError | None = None
+    elapsed_s: float = Field(description="seconds since the job was created")
+    expires_in_s: float | None = Field(None, description="finished jobs: seconds until the job and its result "
+                                       "are removed")
+
+
+class JobMsg(_Msg):
+    """Progress of a collection job attached to this session: on every state or stage change, at most a few
+    times a second while it runs, and once when it ends."""
+
+    type: Literal["job"] = "job"
+    job: JobStatus
+
+
 ServerMessage = Annotated[
-    Union[HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg], Field(discriminator="type")]
+    Union[HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg, JobMsg],
+    Field(discriminator="type")]
 
 # WebSocket close codes the server uses (4000-4999: application codes).
 CLOSE_PROTOCOL_VIOLATION = 1008  # too many protocol errors
@@ -319,6 +365,18 @@ class SessionStats(_Msg):
                                    "session's point budget is reached)")
 
 
+class JobCreated(_Msg):
+    id: str
+    token: str = Field(description="job token: read progress, download the result, cancel (shown only once)")
+    status_url: str = Field(description="GET it for a JobStatus; add the token (Authorization: Bearer or ?token=)")
+    worker_id: str
+    images: int
+    input_names: list[str] = Field(description="image names in input order (zip members sorted by name, "
+                                   "multipart files in the order sent); 'order' indexes this list")
+    units_total: int
+    session_id: str | None = None
+
+
 class ErrorBody(_Msg):
     code: str
     detail: str
@@ -329,7 +387,7 @@ class ErrorBody(_Msg):
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
 _server_adapter: TypeAdapter = TypeAdapter(ServerMessage)
 CLIENT_TYPES = ("frame", "control", "ping")
-SERVER_TYPES = ("hello", "result", "dropped", "finished", "ack", "pong", "error")
+SERVER_TYPES = ("hello", "result", "dropped", "finished", "ack", "pong", "error", "job")
 
 
 class ProtocolError(ValueError):
@@ -380,7 +438,8 @@ def decode_server_message(data: bytes) -> BaseModel:
 def protocol_json_schema() -> dict:
     """JSON Schema of every message (client → server, server → client) and REST body, in one document."""
     models = [FrameMsg, ControlMsg, PingMsg, HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
-              ErrorMsg, SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats, ErrorBody]
+              ErrorMsg, JobMsg, SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats, ErrorBody,
+              JobCreated, JobStatus]
     defs: dict[str, Any] = {}
     for m in models:
         schema = m.model_json_schema(ref_template="#/$defs/{model}")
@@ -398,7 +457,7 @@ def protocol_json_schema() -> dict:
                                                                                     "PingMsg")]},
             {"title": "ServerMessage", "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in
                                                  (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
-                                                  ErrorMsg)]},
+                                                  ErrorMsg, JobMsg)]},
         ],
     }
 

@@ -1,5 +1,5 @@
 """Wiring of one worker process: settings, metrics, the model (loaded in the background, so /healthz answers
-at once and /readyz says when the model is in), the worker and the session manager."""
+at once and /readyz says when the model is in), the worker, the session manager and the job manager."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights
+from .jobs import JobManager
 from .metrics import Metrics
 from .sessions import SessionManager
 from .settings import ServeSettings
@@ -38,12 +39,14 @@ class Service:
         self._engine, self._weights = engine, weights
         self.worker: Worker | None = None
         self.manager: SessionManager | None = None
+        self.jobs: JobManager | None = None
         self.load_error: str | None = None
         self._loader: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
-        return self.manager is not None and self.worker is not None and self.worker.alive
+        return (self.manager is not None and self.jobs is not None and self.worker is not None
+                and self.worker.alive)
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -67,7 +70,9 @@ class Service:
             self.metrics.queue_depth.set_function(lambda: worker.queue_depth(manager.sessions.values()))
             self.worker = worker
             await manager.start()
-            self.manager = manager
+            jobs = JobManager(self.settings, worker, self.metrics)
+            await jobs.start()
+            self.manager, self.jobs = manager, jobs
             log.info("ready: %s model, %s weights on %s (worker %s)", self._preset(), self._weights.kind,
                      self._engine.device, self.settings.worker_id)
         except Exception as exc:
@@ -83,6 +88,8 @@ class Service:
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.manager is not None:
             await self.manager.stop()
         if self.worker is not None:

@@ -72,6 +72,7 @@ class ReadyFrame:
     prepared: object  # core.preprocess.PreparedFrame
     decode_s: float
     ready_at: float
+    background_units: int = 0  # the worker's count of job units done when this frame became ready
 
 
 @dataclass

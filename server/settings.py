@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 from .protocol import SessionSettings
+from .reconstruct_unordered import DEFAULT_MAX_FRAMES
 
 
 class ServeSettings(BaseSettings):
@@ -31,7 +32,7 @@ class ServeSettings(BaseSettings):
     public_url: str | None = Field(None, description="base URL clients reach the server at, when behind a "
                                    "proxy (default: from the request)")
     # security
-    api_key: SecretStr | None = Field(None, description="required to create sessions when set")
+    api_key: SecretStr | None = Field(None, description="required to create sessions and jobs when set")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed browser origins (comma-separated; '*' for any)")
     # limits
@@ -47,6 +48,21 @@ class ServeSettings(BaseSettings):
     max_batch: int = Field(4, ge=1, description="frames of different sessions run in one step")
     max_wait_ms: float = Field(5.0, ge=0, description="how long the worker waits to fill a batch")
     worker_id: str = Field("w0", description="name of this worker (a router keys sessions on their worker)")
+    # collection jobs (unordered reconstruction of uploaded images)
+    max_jobs: int = Field(4, ge=1, description="collection jobs held at once (running or awaiting download); "
+                          "more are refused (503)")
+    job_max_files: int = Field(DEFAULT_MAX_FRAMES, ge=2, description="images per collection job: the unordered "
+                               "mode decodes every ordered pair, N(N-1) decodes (as reconstruct --max-frames)")
+    job_max_bytes: int = Field(256 * 2**20, ge=1024, description="largest job upload, and largest total size "
+                               "of an archive's files once uncompressed")
+    job_ttl_s: float = Field(3600.0, gt=0, description="a finished job (and its result) is removed after this long")
+    job_batch: int = Field(4, ge=1, le=64, description="images, pairs or candidates per unit of job work; stream "
+                           "frames wait for at most one unit. 4 = spann3r reconstruct --unordered's batches, so "
+                           "job results equal the CLI's; smaller units cost streams less latency")
+    job_stream_batches: int = Field(4, ge=1, description="stream batches run in a row while a job waits, before "
+                                    "the job gets one unit (jobs still progress under a saturating stream load)")
+    job_dir: Path | None = Field(None, description="folder for the jobs' temporary folders (default: the system "
+                                 "temporary folder)")
     # state
     state_dir: Path | None = Field(None, description="folder for session snapshots (saved at shutdown and on "
                                    "request, restored at start)")

@@ -10,6 +10,10 @@ Threads, and what runs where (the event loop never waits on any of them):
 Scheduling: a session holds at most one decoded frame ("ready"); the scheduler takes up to ``max_batch``
 ready sessions, oldest first, waiting at most ``max_wait_ms`` after the oldest became ready to fill a
 batch. One frame per session per step keeps each session's frames in order.
+
+Background work (collection jobs, jobs.py) runs on the same model thread in small units, one at a time,
+round-robin between jobs: a unit runs when no stream frame is ready, or after ``job_stream_batches`` stream
+batches in a row kept a job waiting. A ready frame therefore waits for one unit at most, never for a job.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import io
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -83,6 +89,17 @@ def decode_frame(msg: FrameMsg, max_pixels: int) -> PreparedFrame:
         raise FrameRejected("bad_image", str(exc)) from None
 
 
+class BackgroundWork(Protocol):
+    """Model work split into units (a collection job). ``has_work`` and ``unit_done`` run on the event loop,
+    ``run_unit`` on the model thread."""
+
+    def has_work(self) -> bool: ...
+
+    def run_unit(self) -> None: ...
+
+    def unit_done(self, error: BaseException | None, seconds: float) -> None: ...
+
+
 def _memory_info(trace) -> MemoryInfo | None:
     if trace is None:
         return None
@@ -105,6 +122,9 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.step_started: float | None = None
+        self._background: deque[BackgroundWork] = deque()  # round-robin: the next to get a unit is first
+        self._batches_since_unit = 0  # stream batches run while background work waited
+        self.background_units = 0  # units completed so far (frames record it when they become ready)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -231,7 +251,7 @@ class Worker:
             await self.reject(s, raw.seq, error.code, error.message)
             return
         self.metrics.decode_seconds.observe(dt)
-        s.ready = ReadyFrame(raw, prepared, dt, time.perf_counter())
+        s.ready = ReadyFrame(raw, prepared, dt, time.perf_counter(), self.background_units)
         self._ready[s] = None
         self._wake.set()
 
@@ -249,6 +269,13 @@ class Worker:
             await self._wake.wait()
             self._wake.clear()
             batch = self._pick()
+            work = self._pick_background()
+            if work is not None and (not batch or self._batches_since_unit >= self.settings.job_stream_batches):
+                await self._run_unit(work)
+                self._batches_since_unit = 0
+                if self._pick() or self._pick_background():
+                    self._wake.set()
+                continue
             if not batch:
                 continue
             if len(batch) < self.settings.max_batch and max_wait > 0:
@@ -264,7 +291,9 @@ class Worker:
                 await self._run_batch(batch)
             except Exception:
                 log.exception("batch failed")
-            if self._pick():
+            if self._background:
+                self._batches_since_unit += 1
+            if self._pick() or self._pick_background():
                 self._wake.set()
 
     async def _run_batch(self, batch: list[Session]) -> None:
@@ -281,6 +310,7 @@ class Worker:
             items.append((s, rf, prev_seq, s.generation, s.settings, s.stream, s.calibration))
             self.pump(s)
         taken = time.perf_counter()
+        units_before = self.background_units
         jobs = [(stream, rf.prepared, settings.preview) for s, rf, _, _, settings, stream, _ in items]
         self.step_started = time.monotonic()
         try:
@@ -300,7 +330,8 @@ class Worker:
         for (s, rf, prev_seq, gen, settings, _, cal), res in zip(items, results):
             s.in_model = False
             timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
-                       "step_s": step_s, "batch": float(len(items))}
+                       "step_s": step_s, "batch": float(len(items)),
+                       "job_units": float(units_before - rf.background_units)}
             s.posting += 1
             s.chain(self._result_producer(s, rf, res, prev_seq, gen, settings, cal, timings))
             self.pump(s)
@@ -310,6 +341,35 @@ class Worker:
         for stream, _, preview in jobs:
             stream.preview = preview  # a settings change takes effect at the next step
         return self.engine.step([(stream, frame) for stream, frame, _ in jobs])
+
+    # ------------------------------------------------------------------ background work
+    def add_background(self, work: BackgroundWork) -> None:
+        self._background.append(work)
+        self._wake.set()
+
+    def _pick_background(self) -> BackgroundWork | None:
+        for w in [w for w in self._background if not w.has_work()]:  # finished, failed or cancelled
+            self._background.remove(w)
+        return self._background[0] if self._background else None
+
+    async def _run_unit(self, work: BackgroundWork) -> None:
+        self._background.rotate(-1)  # the next job gets the next unit
+        t0 = time.perf_counter()
+        error = None
+        self.step_started = time.monotonic()
+        try:
+            await self.on_model(work.run_unit)
+        except Exception as exc:
+            error = exc
+        finally:
+            self.step_started = None
+        dt = time.perf_counter() - t0
+        self.background_units += 1
+        self.metrics.job_unit_seconds.observe(dt)
+        try:
+            work.unit_done(error, dt)
+        except Exception:
+            log.exception("background work: unit_done failed")
 
     # ------------------------------------------------------------------ post-processing
     async def _calibrated(self, cal: asyncio.Future, final, settings: SessionSettings) -> Calibration:

@@ -7,7 +7,7 @@
  */
 export type Spann3RStreamingProtocolV1 = ClientMessage | ServerMessage | RestBody;
 export type ClientMessage = FrameMsg | ControlMsg | PingMsg;
-export type ServerMessage = HelloMsg | ResultMsg | DroppedMsg | FinishedMsg | AckMsg | PongMsg | ErrorMsg;
+export type ServerMessage = HelloMsg | ResultMsg | DroppedMsg | FinishedMsg | AckMsg | PongMsg | ErrorMsg | JobMsg;
 export type RestBody =
   | SessionSettingsPatch
   | Limits
@@ -19,9 +19,12 @@ export type RestBody =
   | FullMap
   | MemoryInfo
   | Pose
+  | JobError
+  | JobStatus
   | SessionCreated
   | SessionStats
-  | ErrorBody;
+  | ErrorBody
+  | JobCreated;
 
 /**
  * One camera frame. Answered by exactly one ``result``, ``dropped`` or ``error`` carrying the same seq.
@@ -200,7 +203,7 @@ export interface ResultMsg {
   preview?: FrameData | null;
   memory?: MemoryInfo | null;
   /**
-   * seconds: queue_s (received → model), decode_s, step_s (model, whole batch), batch (size), pose_s, encode_s, server_s (received → sent)
+   * seconds: queue_s (received → model), decode_s, step_s (model, whole batch), batch (size), pose_s, encode_s, server_s (received → sent); job_units: units of collection-job work the worker ran while this frame was ready and waiting (a count, not seconds)
    */
   timings?: {
     [k: string]: number | undefined;
@@ -331,6 +334,68 @@ export interface ErrorMsg {
    */
   seq?: number | null;
 }
+/**
+ * Progress of a collection job attached to this session: on every state or stage change, at most a few
+ * times a second while it runs, and once when it ends.
+ */
+export interface JobMsg {
+  type: 'job';
+  job: JobStatus;
+}
+/**
+ * A collection job: the unordered reconstruction of uploaded images (``GET /v1/jobs/{id}``, and the
+ * payload of ``job`` messages).
+ */
+export interface JobStatus {
+  id: string;
+  /**
+   * 'queued' (no unit run yet), 'running', 'finishing' (poses and result files, off the model), 'done', 'failed', 'cancelled'
+   */
+  state: 'queued' | 'running' | 'finishing' | 'done' | 'failed' | 'cancelled';
+  /**
+   * 'encode' (images), 'pairs' (ordered pairs, plain DUSt3R), 'views' (greedy next-best-view decodes), 'poses'; null when finished
+   */
+  stage: ('encode' | 'pairs' | 'views' | 'poses') | null;
+  /**
+   * units of model work done (a unit is one batch of images, pairs or candidates; the worker runs stream frames between units)
+   */
+  units_done: number;
+  units_total: number;
+  /**
+   * progress within the stage, in its own items (images, pairs, decodes)
+   */
+  stage_done: number;
+  stage_total: number;
+  images: number;
+  /**
+   * session whose WebSocket receives this job's messages
+   */
+  session_id?: string | null;
+  /**
+   * 'done': input indices in the order the model chose
+   */
+  order?: number[] | null;
+  /**
+   * 'done': files at /v1/jobs/{id}/result/{name}
+   */
+  downloads?: ('result.npz' | 'cloud.ply' | 'cloud.glb' | 'trajectory.json' | 'transforms.json')[];
+  error?: JobError | null;
+  /**
+   * seconds since the job was created
+   */
+  elapsed_s: number;
+  /**
+   * finished jobs: seconds until the job and its result are removed
+   */
+  expires_in_s?: number | null;
+}
+export interface JobError {
+  /**
+   * 'unordered' (the collection cannot be ordered, e.g. degenerate confidences), 'cancelled' (deleted, or the server shut down), 'internal'
+   */
+  code: string;
+  message: string;
+}
 export interface SessionCreated {
   id: string;
   /**
@@ -380,4 +445,23 @@ export interface SessionStats {
 export interface ErrorBody {
   code: string;
   detail: string;
+}
+export interface JobCreated {
+  id: string;
+  /**
+   * job token: read progress, download the result, cancel (shown only once)
+   */
+  token: string;
+  /**
+   * GET it for a JobStatus; add the token (Authorization: Bearer or ?token=)
+   */
+  status_url: string;
+  worker_id: string;
+  images: number;
+  /**
+   * image names in input order (zip members sorted by name, multipart files in the order sent); 'order' indexes this list
+   */
+  input_names: string[];
+  units_total: number;
+  session_id?: string | null;
 }

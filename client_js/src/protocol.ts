@@ -16,7 +16,7 @@ import type { FramePoints } from './viewer/growingPointCloud.ts';
 export type * from './protocol.generated.ts';
 
 export const PROTOCOL_VERSION = 1;
-export const SERVER_MESSAGE_TYPES = ['hello', 'result', 'dropped', 'finished', 'ack', 'pong', 'error'] as const;
+export const SERVER_MESSAGE_TYPES = ['hello', 'result', 'dropped', 'finished', 'ack', 'pong', 'error', 'job'] as const;
 
 /** WebSocket close codes (server/protocol.py CLOSE_*). */
 export const CloseCode = {
