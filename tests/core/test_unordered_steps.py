@@ -34,9 +34,10 @@ def assert_same_result(a, b) -> None:
                (t.step, t.frame_index, t.skipped, t.pruned, t.mem_tokens, t.similarity)
 
 
-@pytest.mark.parametrize("n, batch", [(4, 1), (4, 4)])
+@pytest.mark.parametrize("n, batch", [(4, 1), (3, 4)])
 def test_stepwise_equals_reconstruct_unordered(tiny_engine, frames_D, n, batch):
-    """Batches of 1 split a greedy step over several units (the running best across them); 4 is the default."""
+    """Batches of 1 split a greedy step over several units (the running best across them); 4 is the default
+    (the service's job test checks it on 4 images)."""
     frames = frames_D[:n]
     kw = dict(pair_batch=batch, candidate_batch=batch, encode_batch=batch)
     direct = reconstruct_unordered(tiny_engine, frames, **kw)
@@ -81,9 +82,5 @@ def test_finish_before_the_last_unit_and_too_few_images(tiny_engine, frames_D):
         run.run_unit()
     r = run.finish()
     assert r.order.tolist() == list(r.initial_pair) and r.reconstruction.pts3d.shape == (2, 224, 224, 3)
-
-
-def test_stepwise_helper_runs_every_unit(tiny_model, frames_D):
-    a = reconstruct_unordered_stepwise(tiny_model, frames_D[:3], with_poses=False)
-    b = reconstruct_unordered(tiny_model, frames_D[:3], with_poses=False)
-    assert_same_result(a, b)
+    assert_same_result(reconstruct_unordered_stepwise(tiny_engine, frames_D[:2], with_poses=False),
+                       reconstruct_unordered(tiny_engine, frames_D[:2], with_poses=False))
