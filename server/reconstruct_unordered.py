@@ -13,18 +13,18 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Measured on a shared 2-core x86-64 CPU (bench/results/unordered_scaling.md), full-size model, batch 4:
-# about SECONDS_PER_PAIR per ordered pair and SECONDS_PER_STEP per step decode. 24 images are 552 pair decodes
-# and 254 step decodes: roughly 40 minutes there (a GPU is two orders of magnitude faster).
-SECONDS_PER_PAIR = 2.7
-SECONDS_PER_STEP = 3.2
-DEFAULT_MAX_FRAMES = 24
+# bench/results/unordered_scaling.md, full-size model on a 2-core x86-64 CPU: 5.7 CPU-seconds per pair decode
+# and per step decode (1 thread), so about 3 s each with both cores free. 20 images are 380 pair decodes and
+# 172 step decodes: about half an hour there (an hour on one core; a GPU is orders of magnitude faster).
+SECONDS_PER_PAIR = 3.0
+SECONDS_PER_STEP = 3.0
+DEFAULT_MAX_FRAMES = 20
 
 MAX_FRAMES_HELP = (
     f"refuse collections of more images than this (default {DEFAULT_MAX_FRAMES}). --unordered decodes every "
-    "ordered pair, N(N-1) pair decodes plus (N-1)(N-2)/2 next-best-view decodes: with the full model on a 2-core "
-    f"CPU about {SECONDS_PER_PAIR:g} s per pair, so {DEFAULT_MAX_FRAMES} images take about "
-    "40 min and 50 images about 2.5 h (bench/results/unordered_scaling.md)"
+    "ordered pair of images: N(N-1) pair decodes plus (N-1)(N-2)/2 next-best-view decodes, about 3 s each with "
+    f"the full model on a 2-core CPU, so {DEFAULT_MAX_FRAMES} images take about half an hour, 32 about 75 min "
+    "and 50 about 3 h (measured: bench/results/unordered_scaling.md). Raise it on a GPU"
 )
 
 
@@ -40,7 +40,8 @@ def _duration(seconds: float) -> str:
 
 
 def collect_frames(args) -> list:
-    """Read the input (refusing early when it holds more than --max-frames images)."""
+    """Read and prepare the input (224×224 model inputs; refused early above --max-frames images)."""
+    from ..core.preprocess import prepare
     from ..core.sources import count_frames, iter_frames
     from ..core.unordered import pair_count
     from .cli import UserError
@@ -62,9 +63,9 @@ def collect_frames(args) -> list:
 
     if total is not None and total > args.max_frames and Path(args.input).is_dir():
         refuse(total, exact=True)
-    frames = [first]
-    for item in frames_iter:
-        frames.append(item)
+    frames = [(first[0], prepare(first[1]))]
+    for name, rgb in frames_iter:
+        frames.append((name, prepare(rgb)))  # keep only the 224×224 crop, not the full-resolution image
         if len(frames) > args.max_frames:
             refuse(len(frames), exact=False)
     if len(frames) < 2:
@@ -76,7 +77,7 @@ def run_unordered(args) -> int:
     from tqdm import tqdm
 
     from ..core.export import fuse, write_ply
-    from ..core.unordered import pair_count, reconstruct_unordered, step_decode_count
+    from ..core.unordered import UnorderedError, pair_count, reconstruct_unordered, step_decode_count
     from .cli import UserError
     from .cmd_reconstruct import load_engine
 
@@ -103,6 +104,8 @@ def run_unordered(args) -> int:
     t0 = time.perf_counter()
     try:
         result = reconstruct_unordered(engine, frames, progress=progress)
+    except UnorderedError as exc:
+        raise UserError(str(exc)) from None
     finally:
         for bar in bars.values():
             bar.close()
