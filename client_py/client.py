@@ -17,6 +17,7 @@ import cv2
 import httpx
 import numpy as np
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from ..server.protocol import (SUBPROTOCOL, ControlMsg, DroppedMsg, ErrorMsg, FinishedMsg, FrameMsg, HelloMsg,
                                PingMsg, ResultMsg, SessionCreated, SessionSettings, SessionSettingsPatch,
@@ -191,8 +192,11 @@ class StreamClient:
 
     async def disconnect(self) -> None:
         if self.ws is not None:
-            await self.ws.close()
-            self.ws = None
+            ws, self.ws = self.ws, None
+            try:
+                await ws.close()
+            except ConnectionClosed:  # the server already closed it (e.g. 1009 for an oversized message)
+                pass
 
     async def close(self) -> None:
         await self.disconnect()
