@@ -87,6 +87,41 @@ class UnorderedResult:
         np.savez_compressed(path, **self.arrays())
 
 
+# ----------------------------------------------------------------------------- cost
+# bench/results/unordered_scaling.md, full-size model on a 2-core x86-64 CPU: 5.7 CPU-seconds per pair decode
+# and per step decode (1 thread), so about 3 s each with both cores free. 20 images are 380 pair decodes and
+# 172 step decodes: about half an hour there (an hour on one core; a GPU is orders of magnitude faster).
+SECONDS_PER_PAIR = 3.0
+SECONDS_PER_STEP = 3.0
+DEFAULT_MAX_FRAMES = 20
+
+MAX_FRAMES_HELP = (
+    f"refuse collections of more images than this (default {DEFAULT_MAX_FRAMES}). --unordered decodes every "
+    "ordered pair of images: N(N-1) pair decodes plus (N-1)(N-2)/2 next-best-view decodes, about 3 s each with "
+    f"the full model on a 2-core CPU, so {DEFAULT_MAX_FRAMES} images take about half an hour, 32 about 75 min "
+    "and 50 about 3 h (measured: bench/results/unordered_scaling.md). Raise it on a GPU"
+)
+
+
+def pair_count(n: int) -> int:
+    return n * (n - 1)
+
+
+def step_decode_count(n: int) -> int:
+    """Decodes of the ordering stage: step 0, then N−1−k candidates at greedy step k = 1 … N−2."""
+    return 1 + (n - 1) * (n - 2) // 2 if n >= 2 else 0
+
+
+def estimate_seconds(n: int) -> float:
+    """Full-size model on a 2-core CPU (see the constants above)."""
+    return SECONDS_PER_PAIR * pair_count(n) + SECONDS_PER_STEP * step_decode_count(n)
+
+
+def format_duration(seconds: float) -> str:
+    """``"25 min"``, or hours with one decimal from 90 minutes on."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 # ----------------------------------------------------------------------------- graph and scores
 def complete_pair_list(n: int) -> list[tuple[int, int]]:
     """The official symmetrised complete graph: (i, j) for i > j (i, then j ascending), then all swapped."""
@@ -228,13 +263,6 @@ def _prepared(frames: Iterable[tuple[str, np.ndarray | PreparedFrame]]) -> tuple
     return names, prepared
 
 
-def pair_count(n: int) -> int:
-    return n * (n - 1)
-
-
-def step_decode_count(n: int) -> int:
-    """Decodes of the ordering stage: step 0, then N−1−k candidates at greedy step k = 1 … N−2."""
-    return 1 + (n - 1) * (n - 2) // 2 if n >= 2 else 0
 
 
 @torch.inference_mode()
@@ -328,7 +356,7 @@ def reconstruct_unordered(engine_or_model: Engine | Spann3R,
 
 
 __all__ = [
-    "PairOutput", "UnorderedError", "UnorderedResult", "beats", "complete_pair_list", "first_max", "next_best",
-    "pair_count",
-    "pair_score", "reconstruct_unordered", "score_pairs", "step_decode_count",
+    "DEFAULT_MAX_FRAMES", "MAX_FRAMES_HELP", "SECONDS_PER_PAIR", "SECONDS_PER_STEP", "PairOutput", "UnorderedError",
+    "UnorderedResult", "beats", "complete_pair_list", "estimate_seconds", "first_max", "format_duration",
+    "next_best", "pair_count", "pair_score", "reconstruct_unordered", "score_pairs", "step_decode_count",
 ]
