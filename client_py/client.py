@@ -19,9 +19,9 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from ..server.protocol import (SUBPROTOCOL, ControlMsg, DroppedMsg, ErrorMsg, FinishedMsg, FrameMsg, HelloMsg,
-                               PingMsg, ResultMsg, SessionCreated, SessionSettings, SessionSettingsPatch,
-                               SessionStats, decode_server_message, pack)
+from ..server.protocol import (MAX_SERVER_MESSAGE_BYTES, SUBPROTOCOL, ControlMsg, DroppedMsg, ErrorMsg, FinishedMsg,
+                               FrameMsg, HelloMsg, PingMsg, ResultMsg, SessionCreated, SessionSettings,
+                               SessionSettingsPatch, SessionStats, decode_server_message, pack)
 
 IMAGE_ENCODINGS = ("jpeg", "png", "webp", "rgb8")
 
@@ -48,6 +48,9 @@ def encode_image(rgb: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> 
 
 
 class StreamClient:
+    # the largest message the server can send (full float32 final + preview); a larger one is an error
+    max_message_bytes = MAX_SERVER_MESSAGE_BYTES
+
     def __init__(self, url: str, api_key: str | None = None, verify_tls: bool = True, timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.api_key = api_key
@@ -127,7 +130,7 @@ class StreamClient:
         from websockets.exceptions import InvalidStatus
 
         try:
-            self.ws = await connect(uri, max_size=None, max_queue=None, compression=None, ssl=ctx,
+            self.ws = await connect(uri, max_size=self.max_message_bytes, max_queue=None, compression=None, ssl=ctx,
                                     subprotocols=[SUBPROTOCOL])
         except InvalidStatus as exc:  # refused before the WebSocket opened (no such route)
             status = exc.response.status_code

@@ -11,15 +11,20 @@ This module depends on pydantic, msgpack and numpy only, so clients can import i
 from __future__ import annotations
 
 import json
+import reprlib
 import sys
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "spann3r.v1"  # optional WebSocket subprotocol name a client may offer
+MAX_SEQ = 2**53 - 1  # seq and ping ids stay exact in every client language (JavaScript numbers)
+MAX_DEPTH = 16  # msgpack nesting refused beyond this ('malformed'); real messages nest 5 levels at most
+MAX_ERROR_MESSAGE_CHARS = 300  # error texts are capped: they quote at most a short prefix of the input
+ECHO_CHARS = 100  # longest piece of input (value, key) quoted in an error text
 
 # --------------------------------------------------------------------------------------------- shared parts
 
@@ -27,6 +32,13 @@ SUBPROTOCOL = "spann3r.v1"  # optional WebSocket subprotocol name a client may o
 class _Msg(BaseModel):
     # Unknown keys are refused: a typo in a field name is an error the client hears about, not a silent no-op.
     model_config = ConfigDict(extra="forbid")
+
+
+class _Inbound(_Msg):
+    """What clients send: strict types (no "12" or true for an integer, no "yes" for a bool) and finite floats
+    only (NaN and Infinity have no JSON form and no meaning in any setting)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Array(_Msg):
@@ -57,7 +69,7 @@ FloatDtype = Literal["float32", "float16"]
 ImageFormat = Literal["jpeg", "png", "webp", "rgb8"]
 
 
-class SessionSettings(_Msg):
+class SessionSettings(_Inbound):
     """Per-session behaviour. Set when the session is created; changed later with a ``settings`` control."""
 
     frame_policy: FramePolicy = Field(
@@ -79,21 +91,24 @@ class SessionSettings(_Msg):
     preview: bool = Field(True, description="compute the preview of each new frame (costs one more head)")
 
 
-class SessionSettingsPatch(_Msg):
-    """Partial update of ``SessionSettings``: fields left out keep their value."""
-
-    frame_policy: FramePolicy | None = None
-    queue_size: int | None = Field(None, ge=1, le=64)
-    every_n: int | None = Field(None, ge=1, le=1000)
-    encoding: OutputEncoding | None = None
-    dtype: FloatDtype | None = None
-    conf_thresh: float | None = Field(None, ge=0.0, lt=1.0)
-    stride: int | None = Field(None, ge=1, le=16)
-    compact_scale: float | None = Field(None, gt=0.0)
-    preview: bool | None = None
-
+class _SettingsPatchBase(_Inbound):
     def apply(self, settings: SessionSettings) -> SessionSettings:
         return settings.model_copy(update=self.model_dump(exclude_none=True))
+
+
+def _all_optional(model: type[BaseModel], name: str, base: type[BaseModel], doc: str) -> type[BaseModel]:
+    """``model`` with every field optional (default None), each keeping its type, bounds and description."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[field_name] = (Optional[kind], Field(None, description=info.description))
+    return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
+
+
+# Derived, so a bound changed in SessionSettings cannot be forgotten here. compact_scale cannot be set back to
+# None ("auto") with a patch: None means "keep".
+SessionSettingsPatch = _all_optional(SessionSettings, "SessionSettingsPatch", _SettingsPatchBase,
+                                     "Partial update of ``SessionSettings``: fields left out keep their value.")
 
 
 class Limits(_Msg):
@@ -117,11 +132,12 @@ class ModelInfo(_Msg):
 # --------------------------------------------------------------------------------------------- client → server
 
 
-class FrameMsg(_Msg):
+class FrameMsg(_Inbound):
     """One camera frame. Answered by exactly one ``result``, ``dropped`` or ``error`` carrying the same seq."""
 
     type: Literal["frame"] = "frame"
-    seq: int = Field(ge=0, description="client sequence number, strictly increasing within a session")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="client sequence number, strictly increasing within a session "
+                     "(a reset starts anew)")
     ts: float | None = Field(None, description="capture time, seconds (client clock), echoed in results")
     format: ImageFormat = Field(description="encoded image, or 'rgb8': raw height*width*3 bytes")
     data: bytes
@@ -129,7 +145,7 @@ class FrameMsg(_Msg):
     height: int | None = Field(None, ge=1, description="'rgb8' only: image height")
 
 
-class ControlMsg(_Msg):
+class ControlMsg(_Inbound):
     """``finish``: end the stream (the last frame's final is sent in ``finished``); ``reset``: start a new
     stream in the same session (memory cleared); ``settings``: change settings; ``snapshot``: save the
     session's state on the server (needs a state dir)."""
@@ -139,13 +155,14 @@ class ControlMsg(_Msg):
     settings: SessionSettingsPatch | None = None
 
 
-class PingMsg(_Msg):
+class PingMsg(_Inbound):
     type: Literal["ping"] = "ping"
-    id: int = 0
+    id: int = Field(0, ge=-MAX_SEQ, le=MAX_SEQ)
     ts: float | None = None
 
 
-ClientMessage = Annotated[Union[FrameMsg, ControlMsg, PingMsg], Field(discriminator="type")]
+CLIENT_MESSAGES: tuple[type[_Msg], ...] = (FrameMsg, ControlMsg, PingMsg)
+ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]
 
 # --------------------------------------------------------------------------------------------- server → client
 
@@ -254,7 +271,7 @@ class PongMsg(_Msg):
 
 
 ErrorCode = Literal[
-    "malformed",  # not msgpack, or not a map
+    "malformed",  # not msgpack, not a map, or nested deeper than MAX_DEPTH
     "unknown_type",  # 'type' missing or not a known message
     "bad_schema",  # fields missing, of the wrong type, or unknown
     "message_too_large",
@@ -320,18 +337,35 @@ class JobMsg(_Msg):
     job: JobStatus
 
 
-ServerMessage = Annotated[
-    Union[HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg, JobMsg],
-    Field(discriminator="type")]
+SERVER_MESSAGES: tuple[type[_Msg], ...] = (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg,
+                                            JobMsg)
+ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]
 
-# WebSocket close codes the server uses (4000-4999: application codes).
+# WebSocket close codes the server uses (4000-4999: application codes). Every CLOSE_* name below is exported
+# to the clients (CLOSE_CODES), so add new ones here.
+CLOSE_SHUTDOWN = 1012  # server restarting (uvicorn closes every socket with 1012 at shutdown; sessions are
+#                       snapshotted when a state dir is set): reconnect later
 CLOSE_PROTOCOL_VIOLATION = 1008  # too many protocol errors
+CLOSE_TOO_BIG = 1009  # a message far beyond max_message_bytes, cut off by the WebSocket layer
+CLOSE_TRY_LATER = 1013  # the model is still loading, or the session has max_watchers already
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_IDLE = 4408  # evicted after the idle timeout
 CLOSE_REPLACED = 4409  # a newer stream connection took over the session
 CLOSE_DELETED = 4410
-CLOSE_SHUTDOWN = 1001  # server going away (state snapshotted when a state dir is set)
+CLOSE_CODES: dict[str, int] = {k.removeprefix("CLOSE_"): v for k, v in dict(globals()).items()
+                               if k.startswith("CLOSE_") and isinstance(v, int)}
+
+
+def _full_map_bytes(dtype: str, resolution: int = 224) -> int:
+    pixels = resolution * resolution
+    return pixels * (3 + 1) * np.dtype(dtype).itemsize + pixels * 3  # pts3d + conf, then uint8 colors
+
+
+# The largest message the server sends: a result with full float32 final and preview maps; everything else in
+# it (msgpack keys, pose, timings, memory info) fits well within the allowance. Clients size their limit by it.
+SERVER_MESSAGE_ALLOWANCE = 64 * 1024
+MAX_SERVER_MESSAGE_BYTES = 2 * _full_map_bytes("float32") + SERVER_MESSAGE_ALLOWANCE
 
 # --------------------------------------------------------------------------------------------- REST bodies
 
@@ -378,6 +412,9 @@ class JobCreated(_Msg):
 
 
 class ErrorBody(_Msg):
+    """Every REST error (4xx, 5xx): a stable code and a human-readable detail (never more than a short prefix of
+    the request)."""
+
     code: str
     detail: str
 
@@ -386,8 +423,42 @@ class ErrorBody(_Msg):
 
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
 _server_adapter: TypeAdapter = TypeAdapter(ServerMessage)
-CLIENT_TYPES = ("frame", "control", "ping")
-SERVER_TYPES = ("hello", "result", "dropped", "finished", "ack", "pong", "error", "job")
+
+
+def _type_name(model: type[BaseModel]) -> str:
+    (name,) = get_args(model.model_fields["type"].annotation)
+    return name
+
+
+CLIENT_TYPES: tuple[str, ...] = tuple(_type_name(m) for m in CLIENT_MESSAGES)
+SERVER_TYPES: tuple[str, ...] = tuple(_type_name(m) for m in SERVER_MESSAGES)
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+DROP_REASONS: tuple[str, ...] = get_args(DroppedMsg.model_fields["reason"].annotation)
+
+def _echo_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # Python 3.11 has no keyword arguments here
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 2, ECHO_CHARS, ECHO_CHARS, 4, 4
+    return r
+
+
+_echo = _echo_repr()
+
+
+def short(value: Any) -> str:
+    """A bounded quote of client input for an error text: never more than about ECHO_CHARS characters."""
+    text = value if isinstance(value, str) else _echo.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "..."
+
+
+def capped(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS - 3] + "..."
+
+
+def validation_summary(exc: ValidationError, skip_loc: int = 0) -> str:
+    """``where: what (n problem(s))`` of the first problem, quoting only short prefixes of the input."""
+    first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+    where = ".".join(short(str(p)) for p in first["loc"][skip_loc:]) or "body"
+    return capped(f"{where}: {short(first['msg'])} ({exc.error_count()} problem(s))")
 
 
 class ProtocolError(ValueError):
@@ -400,6 +471,19 @@ def pack(msg: BaseModel) -> bytes:
     return msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
 
 
+def _nested_deeper_than(obj: Any, limit: int) -> bool:
+    """Iterative (no recursion), so any depth msgpack can produce is measured safely."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _unpack_map(data: bytes, max_bytes: int | None) -> dict:
     if max_bytes is not None and len(data) > max_bytes:
         raise ProtocolError("message_too_large", f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
@@ -409,21 +493,26 @@ def _unpack_map(data: bytes, max_bytes: int | None) -> dict:
         raise ProtocolError("malformed", f"not a msgpack message ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", f"a message must be a msgpack map, got {type(obj).__name__}")
+    if _nested_deeper_than(obj, MAX_DEPTH):
+        raise ProtocolError("malformed", f"a message may nest at most {MAX_DEPTH} levels of maps and arrays")
     return obj
+
+
+def _echoable_seq(obj: dict) -> int | None:
+    seq = obj.get("seq")
+    return seq if type(seq) is int and abs(seq) <= MAX_SEQ else None
 
 
 def _validate(adapter: TypeAdapter, obj: dict, known: tuple[str, ...]) -> Any:
     kind = obj.get("type")
-    seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
-    if kind not in known:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of {list(known)}", seq)
+    seq = _echoable_seq(obj)
+    if not isinstance(kind, str) or kind not in known:
+        raise ProtocolError("unknown_type", capped(f"unknown message type {short(kind)}; expected one of "
+                                                   f"{list(known)}"), seq)
     try:
         return adapter.validate_python(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or "message"
-        raise ProtocolError("bad_schema", f"{kind}: {where}: {first['msg']} ({exc.error_count()} problem(s))",
-                            seq) from None
+        raise ProtocolError("bad_schema", f"{kind}: {validation_summary(exc, skip_loc=1)}", seq) from None
 
 
 def decode_client_message(data: bytes, max_bytes: int | None = None) -> FrameMsg | ControlMsg | PingMsg:
@@ -435,11 +524,22 @@ def decode_server_message(data: bytes) -> BaseModel:
     return _validate(_server_adapter, _unpack_map(data, None), SERVER_TYPES)
 
 
+def protocol_constants() -> dict[str, Any]:
+    """The values clients must agree on besides the types (the browser client generates constants from these)."""
+    return {"PROTOCOL_VERSION": PROTOCOL_VERSION, "SUBPROTOCOL": SUBPROTOCOL, "MAX_SEQ": MAX_SEQ,
+            "MAX_DEPTH": MAX_DEPTH, "MAX_SERVER_MESSAGE_BYTES": MAX_SERVER_MESSAGE_BYTES,
+            "CLIENT_MESSAGE_TYPES": list(CLIENT_TYPES), "SERVER_MESSAGE_TYPES": list(SERVER_TYPES),
+            "ERROR_CODES": list(ERROR_CODES), "DROP_REASONS": list(DROP_REASONS), "CLOSE_CODES": CLOSE_CODES}
+
+
+REST_BODIES: tuple[type[BaseModel], ...] = (SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats,
+                                            ErrorBody, JobCreated, JobStatus)
+
+
 def protocol_json_schema() -> dict:
-    """JSON Schema of every message (client → server, server → client) and REST body, in one document."""
-    models = [FrameMsg, ControlMsg, PingMsg, HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
-              ErrorMsg, JobMsg, SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats, ErrorBody,
-              JobCreated, JobStatus]
+    """JSON Schema of every message (client → server, server → client) and REST body, in one document, with
+    the protocol's constants under ``x-constants``."""
+    models = [*CLIENT_MESSAGES, *SERVER_MESSAGES, *REST_BODIES]
     defs: dict[str, Any] = {}
     for m in models:
         schema = m.model_json_schema(ref_template="#/$defs/{model}")
@@ -451,13 +551,11 @@ def protocol_json_schema() -> dict:
         "description": "Every WebSocket message is one msgpack map; 'bytes' fields (format: binary) are msgpack "
                        "bin. Arrays are little-endian, C order.",
         "protocol": PROTOCOL_VERSION,
+        "x-constants": protocol_constants(),
         "$defs": defs,
         "oneOf": [
-            {"title": "ClientMessage", "oneOf": [{"$ref": f"#/$defs/{m}"} for m in ("FrameMsg", "ControlMsg",
-                                                                                    "PingMsg")]},
-            {"title": "ServerMessage", "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in
-                                                 (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg,
-                                                  ErrorMsg, JobMsg)]},
+            {"title": "ClientMessage", "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in CLIENT_MESSAGES]},
+            {"title": "ServerMessage", "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in SERVER_MESSAGES]},
         ],
     }
 

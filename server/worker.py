@@ -185,6 +185,7 @@ class Worker:
             s.generation += 1
             s.stream = await self.on_model(self.engine.new_stream, s.settings.preview)
             s.frames_processed, s.finished, s.finish_sent, s._nth = 0, False, False, 0
+            s.last_seq = None  # a new stream: any seq goes again (a reset unbricks a huge seq)
             s.seq_by_index = {}
             s.calibration = self._loop.create_future()
             s.export = type(s.export)(s.max_export_points)

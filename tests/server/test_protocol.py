@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing
 
 import msgpack
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from spann3r.server import protocol as P
 from spann3r.server.encoding import choose_scale, confident, decode_map, encode_map
@@ -129,3 +131,132 @@ def test_compact_encoding_keeps_confident_points_within_quantisation():
     m = encode_map(far, conf, colors, s, scale)
     assert m.clipped > 0 and len(decode_map(m)["points"]) + m.clipped == keep.sum()
     assert np.abs(decode_map(m)["points"]).max() <= 32767 * scale
+
+
+# --------------------------------------------------------------------------------------------- derivation
+
+
+def test_message_type_lists_come_from_the_message_classes():
+    def literal_types(union) -> set[str]:
+        return {m.model_fields["type"].default for m in typing.get_args(typing.get_args(union)[0])}
+
+    assert set(P.CLIENT_TYPES) == literal_types(P.ClientMessage) == {"frame", "control", "ping"}
+    assert set(P.SERVER_TYPES) == literal_types(P.ServerMessage)
+    assert "job" in P.SERVER_TYPES and "error" in P.SERVER_TYPES
+    assert set(P.ERROR_CODES) == set(typing.get_args(P.ErrorCode))
+
+
+def test_settings_patch_has_every_setting_optional_with_the_same_bounds():
+    assert set(P.SessionSettingsPatch.model_fields) == set(P.SessionSettings.model_fields)
+    assert all(f.default is None for f in P.SessionSettingsPatch.model_fields.values())
+    for name, value in [("queue_size", 65), ("every_n", 0), ("conf_thresh", 1.0), ("stride", 17),
+                        ("compact_scale", 0.0), ("frame_policy", "newest")]:
+        with pytest.raises(ValidationError):
+            P.SessionSettings.model_validate({name: value})
+        with pytest.raises(ValidationError):
+            P.SessionSettingsPatch.model_validate({name: value})
+
+
+def test_schema_carries_the_constants_the_clients_generate():
+    constants = P.protocol_json_schema()["x-constants"]
+    assert constants["CLIENT_MESSAGE_TYPES"] == list(P.CLIENT_TYPES)
+    assert constants["SERVER_MESSAGE_TYPES"] == list(P.SERVER_TYPES)
+    assert constants["ERROR_CODES"] == list(P.ERROR_CODES)
+    assert constants["CLOSE_CODES"]["SHUTDOWN"] == P.CLOSE_SHUTDOWN
+    assert constants["CLOSE_CODES"]["PROTOCOL_VIOLATION"] == P.CLOSE_PROTOCOL_VIOLATION
+    assert constants["MAX_SEQ"] == 2**53 - 1
+
+
+# --------------------------------------------------------------------------------------------- strict types
+
+
+@pytest.mark.parametrize("settings", [
+    {"preview": "yes"}, {"preview": 1}, {"queue_size": "12"}, {"queue_size": True}, {"stride": 2.0},
+    {"compact_scale": float("inf")}, {"conf_thresh": float("nan")}, {"compact_scale": float("nan")},
+])
+def test_settings_are_strict_and_finite(settings):
+    with pytest.raises(ValidationError):
+        P.SessionSettings.model_validate(settings)
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb({"type": "control", "action": "settings", "settings": settings}))
+    assert err.value.code == "bad_schema"
+
+
+@pytest.mark.parametrize("fields", [{"seq": 2**53}, {"seq": 2**64 - 1}, {"seq": True}, {"ts": float("nan")},
+                                    {"ts": float("-inf")}, {"width": "64", "format": "rgb8"}])
+def test_frames_are_strict(fields):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb(_frame(**fields)))
+    assert err.value.code == "bad_schema"
+    assert err.value.seq is None or abs(err.value.seq) <= P.MAX_SEQ  # an echoed seq always fits the protocol
+
+
+def test_largest_seq_is_accepted_and_integral_floats_still_pass():
+    assert P.decode_client_message(msgpack.packb(_frame(seq=P.MAX_SEQ))).seq == P.MAX_SEQ
+    assert P.decode_client_message(msgpack.packb(_frame(ts=3))).ts == 3.0  # an int is a fine float
+
+
+# --------------------------------------------------------------------------------------------- nesting, echo
+
+
+def _nested(depth: int):
+    obj: object = 1
+    for _ in range(depth):
+        obj = [obj]
+    return obj
+
+
+@pytest.mark.parametrize("where", ["type", "extra", "settings"])
+def test_deep_nesting_is_malformed_not_a_crash(where):
+    deep = _nested(1000)
+    msg = {"type": deep} if where == "type" else _frame(junk=deep) if where == "extra" else \
+        {"type": "control", "action": "settings", "settings": {"preview": deep}}
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb(msg))
+    assert err.value.code == "malformed" and "nest" in err.value.message
+
+
+def test_modest_nesting_is_judged_by_the_schema():
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb(_frame(junk=_nested(P.MAX_DEPTH - 2))))
+    assert err.value.code == "bad_schema"
+
+
+@pytest.mark.parametrize("msg", [
+    {"type": "x" * 15_000_000}, {"type": ["y" * 1_000_000] * 3}, _frame(**{"k" * 5_000_000: 1}),
+    _frame(format="z" * 5_000_000), {"type": "control", "action": "a" * 5_000_000},
+])
+def test_error_messages_never_echo_more_than_a_short_prefix(msg):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb(msg))
+    assert len(err.value.message) <= P.MAX_ERROR_MESSAGE_CHARS
+    assert len(P.pack(P.ErrorMsg(code=err.value.code, message=err.value.message))) < 1024
+
+
+# --------------------------------------------------------------------------------------------- size bound
+
+
+def test_largest_server_message_fits_the_derived_bound():
+    """A result with full float32 final and preview maps and every optional field set."""
+    pts, conf, colors = _maps()
+    full = P.FullMap(pts3d=P.Array.of(pts), conf=P.Array.of(conf), colors=P.Array.of(colors))
+    pose = P.Pose(c2w=[0.123456789] * 16, valid=True)
+
+    def frame_data(kind: str) -> P.FrameData:
+        return P.FrameData(index=P.MAX_SEQ, seq=P.MAX_SEQ, kind=kind, map=full, pose=pose, focal=123.456)
+
+    memory = P.MemoryInfo(step=10**9, frame_index=10**9, similarity=0.5, skipped=False, pruned=True,
+                          mem_tokens=10**9, wm=10**9, lm=10**9, attn_zeroed_frac=0.25)
+    timings = {k: 1.0 for k in ("queue_s", "decode_s", "step_s", "batch", "pose_s", "encode_s", "server_s",
+                                "job_units")}
+    msg = P.ResultMsg(seq=P.MAX_SEQ, frame_index=10**9, ts=1e9, final=frame_data("final"),
+                      preview=frame_data("preview"), memory=memory, timings=timings)
+    size = len(P.pack(msg))
+    assert size > 2 * 2**20 - 300_000  # two full float32 maps: about 1.9 MB
+    assert size <= P.MAX_SERVER_MESSAGE_BYTES
+
+
+def test_python_client_accepts_the_largest_server_message():
+    from spann3r.client import StreamClient
+
+    assert StreamClient.max_message_bytes == P.MAX_SERVER_MESSAGE_BYTES
