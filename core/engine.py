@@ -3,9 +3,9 @@ step that advances many independent streams in one forward pass.
 
 Order of one step for a stream whose previous frame is i and new frame is i+1 (the official forward):
 encode frame i+1 → read memory with K2 of the previous step (step 0: no read, view 1 = E_i) → decode
-(view 1 = fused, view 2 = E_{i+1}) → keys K1 = head1([E_i | dec1]), K2 = head2([E_{i+1} | dec2]) → DPT head 1
-(final of frame i) and, when wanted, head 2 (preview of frame i+1) → value of head 1's pointmap → write K1,
-V + K1 with the similarity check.
+(view 1 = fused, view 2 = E_{i+1}) → DPT head 1 (final of frame i) and, when wanted, head 2 (preview of frame
+i+1) → ``memorize``: keys K1 = head1([E_i | dec1]), K2 = head2([E_{i+1} | dec2]), value of head 1's pointmap,
+write K1, V + K1 with the similarity check (the unordered mode's steps end with the same call).
 
 Batched: encoder, decoders, key heads, DPT heads and the value encoder run once over all streams; memory
 read, skip and prune are decided per stream (the official similarity max spans the whole batch, which would
@@ -30,6 +30,22 @@ from .model import Spann3R
 from .preprocess import PreparedFrame
 
 log = logging.getLogger(__name__)
+
+
+def memorize(model: Spann3R, memories: list[SpatialMemory], e1: torch.Tensor, dec1: torch.Tensor,
+             e2: torch.Tensor, dec2: torch.Tensor, pts1: torch.Tensor
+             ) -> tuple[list[WriteDecision], torch.Tensor]:
+    """The memory update of one decode step for B streams, stream b writing into ``memories[b]``.
+
+    e1, e2 [B, P, C] encoder tokens of view 1 and view 2; dec1, dec2 [B, P, C_dec] their final decoder tokens;
+    pts1 [B, H, W, 3] head 1's pointmap. Keys K1 = head1([e1 | dec1]) and K2 = head2([e2 | dec2]), value V of
+    pts1, then each memory writes (K1, V + K1) with its similarity check. Returns the write decisions and
+    K2 [B, P, C]: each stream's next memory query."""
+    k1 = model.keys(1, e1, dec1)
+    k2 = model.keys(2, e2, dec2)
+    values = model.encode_value(pts1)
+    decisions = [memory.write(k1[b], values[b] + k1[b]) for b, memory in enumerate(memories)]
+    return decisions, k2
 
 
 class StreamError(RuntimeError):
@@ -147,8 +163,6 @@ class Engine:
                 zeroed.append(frac)
         view1 = torch.stack(view1)
         dec1, dec2 = m.decode(view1, pos_a, e_new, pos_a)
-        k1 = m.keys(1, e_prev, dec1[-1])
-        k2 = m.keys(2, e_new, dec2[-1])
         res1 = m.head(1, m.hooked(dec1))
         hooked2 = m.hooked(dec2)
         want_preview = [i for i, s in enumerate(states) if s.preview]
@@ -158,7 +172,7 @@ class Engine:
             res2 = m.head(2, [t[want_preview] for t in hooked2])
         else:
             res2 = None
-        values = m.encode_value(res1.pts3d)
+        decisions, k2 = memorize(m, [s.memory for s in states], e_prev, dec1[-1], e_new, dec2[-1], res1.pts3d)
 
         # one copy to the host for everything the caller sees
         pts1, conf1 = res1.pts3d.cpu().numpy(), res1.conf.cpu().numpy()
@@ -166,12 +180,11 @@ class Engine:
             pts2, conf2 = res2.pts3d.cpu().numpy(), res2.conf.cpu().numpy()
         for i, (b, s) in enumerate(zip(active, states)):
             step = s.frames - 1
-            decision = s.memory.write(k1[i], values[i] + k1[i])
             z = None if zeroed[i] is None else float(zeroed[i])
             s.query = k2[i]
             r = results[b]
             r.final = FrameOutput(step, "final", pts1[i], conf1[i], s.prev_colors)
-            r.memory = MemoryTrace.from_write(step, decision, z)
+            r.memory = MemoryTrace.from_write(step, decisions[i], z)
             if s.preview:
                 j = want_preview.index(i)
                 r.preview = FrameOutput(step + 1, "preview", pts2[j], conf2[j], batch[b][1].colors)

@@ -20,6 +20,20 @@ decodes are independent forward passes and run in batches.
 
 Cost for N images: N encodes, N(N−1) pair decodes, 1 + (N−1)(N−2)/2 step decodes (step 0 and every
 candidate), N−1 value encodes.
+
+The computation runs as small units of model work (``UnorderedSteps``), so that a scheduler can interleave
+them with other work on the same device (the service runs collection jobs between streaming steps); one
+``run_unit()`` call is one unit:
+
+- ``encode``: one batch of ``encode_batch`` images through the encoder;
+- ``pairs``: one batch of ``pair_batch`` ordered pairs through plain DUSt3R;
+- ``views``: one batch of ``candidate_batch`` next-best-view candidates; the last batch of a greedy step also
+  makes the winner's memory write (cheap: two key projections and one value encode).
+
+``finish()`` assembles the result (focal and a PnP pose per frame): CPU work that needs no model, so a caller
+can run it away from the model's thread. The state between units is plain tensors and lists; nothing holds a
+thread or a generator frame, so a caller may simply stop calling (cancellation) and drop the object.
+``reconstruct_unordered`` runs every unit in a row.
 """
 
 from __future__ import annotations
@@ -28,11 +42,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from math import ceil
 
 import numpy as np
 import torch
 
-from .engine import Engine, FrameOutput, MemoryTrace
+from .engine import Engine, FrameOutput, MemoryTrace, memorize
 from .memory import SpatialMemory
 from .model import Spann3R
 from .preprocess import PreparedFrame, prepare
@@ -160,18 +175,10 @@ def first_max(matrix: np.ndarray) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- forward passes
-def encode_all(model: Spann3R, imgs: torch.Tensor, batch: int, progress: Progress | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_all(model: Spann3R, imgs: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """imgs [N, 3, H, W] → encoder tokens [N, P, C] and positions [N, P, 2], in chunks of ``batch``."""
-    tokens, positions = [], []
-    n = imgs.shape[0]
-    for start in range(0, n, batch):
-        enc, pos = model.encode(imgs[start: start + batch].to(model.device))
-        tokens.append(enc)
-        positions.append(pos)
-        if progress:
-            progress("encode", min(start + batch, n), n)
-    return torch.cat(tokens), torch.cat(positions)
+    chunks = [model.encode(imgs[start: start + batch].to(model.device)) for start in range(0, imgs.shape[0], batch)]
+    return torch.cat([enc for enc, _ in chunks]), torch.cat([pos for _, pos in chunks])
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -179,7 +186,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def score_pairs(model: Spann3R, enc: torch.Tensor, pos: torch.Tensor, pairs: Sequence[tuple[int, int]],
-                batch: int, keep: Iterable[tuple[int, int]] = (), progress: Progress | None = None
+                batch: int, keep: Iterable[tuple[int, int]] = ()
                 ) -> tuple[np.ndarray, dict[tuple[int, int], PairOutput]]:
     """Plain DUSt3R on ``pairs`` (view 1 = enc[i], view 2 = enc[j], no memory), ``batch`` pairs per forward.
 
@@ -201,8 +208,6 @@ def score_pairs(model: Spann3R, enc: torch.Tensor, pos: torch.Tensor, pairs: Seq
             if (i, j) in keep:
                 kept[(i, j)] = PairOutput(_to_numpy(res1.pts3d[b]), _to_numpy(res2.pts3d[b]),
                                           _to_numpy(res1.conf[b]), _to_numpy(res2.conf[b]))
-        if progress:
-            progress("pairs", start + len(chunk), len(pairs))
     return matrix, kept
 
 
@@ -221,8 +226,7 @@ class CandidateDecode:
 
 
 def decode_candidates(model: Spann3R, view1: torch.Tensor, pos1: torch.Tensor, enc: torch.Tensor,
-                      pos: torch.Tensor, candidates: Sequence[int], batch: int,
-                      progress: Callable[[int], None] | None = None
+                      pos: torch.Tensor, candidates: Sequence[int], batch: int
                       ) -> tuple[list[float], CandidateDecode | None]:
     """Decode ``view1`` [P, C] against every candidate's encoder tokens, ``batch`` candidates per forward.
 
@@ -249,114 +253,215 @@ def decode_candidates(model: Spann3R, view1: torch.Tensor, pos1: torch.Tensor, e
                 best = CandidateDecode(image, s, dec1[-1][one].clone(), dec2[-1][one].clone(),
                                        res1.pts3d[one].clone(), res1.conf[one].clone(),
                                        res2.pts3d[one].clone(), res2.conf[one].clone())
-        if progress:
-            progress(b)
     return scores, best
 
 
-# ----------------------------------------------------------------------------- the reconstruction
-def _prepared(frames: Iterable[tuple[str, np.ndarray | PreparedFrame]]) -> tuple[list[str], list[PreparedFrame]]:
-    names, prepared = [], []
-    for name, frame in frames:
-        names.append(name)
-        prepared.append(frame if isinstance(frame, PreparedFrame) else prepare(frame))
-    return names, prepared
+# ----------------------------------------------------------------------------- the reconstruction, unit by unit
+def unit_count(n: int, pair_batch: int = 4, candidate_batch: int = 4, encode_batch: int = 4) -> int:
+    """Units of an ``n``-image collection: encode batches, pair batches, and per greedy step its candidate
+    batches (step 0 has one candidate, step k ≥ 1 has N−1−k)."""
+    if n < 2:
+        return 0
+    views = 1 + sum(ceil((n - 1 - k) / candidate_batch) for k in range(1, n - 1))
+    return ceil(n / encode_batch) + ceil(pair_count(n) / pair_batch) + views
 
 
+class UnorderedSteps:
+    """One collection's reconstruction, advanced a unit at a time (see the module docstring).
+
+    ``frames``: ``(name, RGB uint8 image or PreparedFrame)``. ``keep_pairs`` lists ordered pairs whose
+    plain-DUSt3R outputs the result carries (``pair_outputs``)."""
+
+    def __init__(self, engine_or_model: Engine | Spann3R,
+                 frames: Iterable[tuple[str, np.ndarray | PreparedFrame]], *, pair_batch: int = 4,
+                 candidate_batch: int = 4, encode_batch: int = 4, keep_pairs: Iterable[tuple[int, int]] = (),
+                 with_poses: bool = True):
+        if isinstance(engine_or_model, Engine):
+            self.model, self.memory_cfg = engine_or_model.model, engine_or_model.memory_cfg
+        else:
+            self.model, self.memory_cfg = engine_or_model.eval(), None
+        self.names: list[str] = []
+        self.frames: list[PreparedFrame] = []
+        for name, frame in frames:
+            self.names.append(name)
+            self.frames.append(frame if isinstance(frame, PreparedFrame) else prepare(frame))
+        n = self.n = len(self.frames)
+        if n < 2:
+            raise UnorderedError(f"an unordered collection needs at least two images, got {n}")
+        self.pair_batch, self.candidate_batch, self.encode_batch = pair_batch, candidate_batch, encode_batch
+        self.with_poses = with_poses
+        self.units_total = unit_count(n, pair_batch, candidate_batch, encode_batch)
+        self.units_done = 0
+        self.stage = "encode"
+        self.stage_done = 0  # in the stage's own units: images, ordered pairs, step decodes
+        self.timings: dict[str, float] = {"encode_s": 0.0, "pairs_s": 0.0, "order_s": 0.0}
+        # encode
+        self._tokens: list[torch.Tensor] = []
+        self._positions: list[torch.Tensor] = []
+        self.enc = self.pos = None  # [N, P, C], [N, P, 2] once every image is encoded
+        # pairs
+        self._pairs = complete_pair_list(n)
+        self._keep_pairs = set(keep_pairs)
+        self.pair_conf = np.zeros((n, n), dtype=np.float32)
+        self.pair_outputs: dict[tuple[int, int], PairOutput] = {}
+        self.initial_pair: tuple[int, int] | None = None
+        # views (greedy ordering)
+        self.memory: SpatialMemory | None = None
+        self.order: list[int] = []
+        self.remaining: list[int] = []
+        self.nbv_best = np.full(max(n - 2, 0), np.nan, dtype=np.float32)
+        self.nbv_all = np.full((max(n - 2, 0), n), np.nan, dtype=np.float32)
+        self.finals: list[FrameOutput] = []
+        self.previews: list[FrameOutput] = []
+        self.traces: list[MemoryTrace] = []
+        self._query: torch.Tensor | None = None  # K2 of the previous step [P, C]
+        self._step = 0
+        self._step_view1: torch.Tensor | None = None  # view 1 of the step under way (None: not started)
+        self._step_zeroed: float | None = None
+        self._step_candidates: list[int] = []
+        self._step_next = 0  # position of the next candidate batch in _step_candidates
+        self._step_scores: list[float] = []
+        self._step_best: CandidateDecode | None = None
+
+    # ------------------------------------------------------------------ progress
+    @property
+    def done(self) -> bool:
+        """Every model unit has run (``finish()`` may be called)."""
+        return self.stage == "done"
+
+    @property
+    def stage_total(self) -> int:
+        return {"encode": self.n, "pairs": pair_count(self.n), "views": step_decode_count(self.n)}.get(self.stage, 0)
+
+    # ------------------------------------------------------------------ units
+    def run_unit(self) -> None:
+        """Run the next unit of model work. Call only from the thread that owns the model."""
+        if self.done:
+            raise RuntimeError("every unit has run")
+        t0 = time.perf_counter()
+        stage = self.stage
+        with torch.inference_mode():
+            {"encode": self._encode_unit, "pairs": self._pairs_unit, "views": self._views_unit}[stage]()
+        self.units_done += 1
+        self.timings[{"encode": "encode_s", "pairs": "pairs_s", "views": "order_s"}[stage]] += \
+            time.perf_counter() - t0
+
+    def _encode_unit(self) -> None:
+        start = self.stage_done
+        imgs = torch.stack([f.img for f in self.frames[start: start + self.encode_batch]])  # [b, 3, H, W]
+        enc, pos = self.model.encode(imgs.to(self.model.device))
+        self._tokens.append(enc)
+        self._positions.append(pos)
+        self.stage_done = min(start + self.encode_batch, self.n)
+        if self.stage_done == self.n:
+            self.enc, self.pos = torch.cat(self._tokens), torch.cat(self._positions)
+            self._tokens = self._positions = []
+            self.stage, self.stage_done = "pairs", 0
+
+    def _pairs_unit(self) -> None:
+        start = self.stage_done
+        chunk = self._pairs[start: start + self.pair_batch]
+        scores, kept = score_pairs(self.model, self.enc, self.pos, chunk, self.pair_batch, self._keep_pairs)
+        for i, j in chunk:
+            self.pair_conf[i, j] = scores[i, j]
+        self.pair_outputs.update(kept)
+        self.stage_done = start + len(chunk)
+        if self.stage_done == len(self._pairs):
+            row, col = self.initial_pair = first_max(self.pair_conf)
+            log.info("initial pair (%d, %d), score %.5f", row, col, self.pair_conf[row, col])
+            m = self.model
+            self.memory = SpatialMemory(m.norm_q, m.norm_k, m.norm_v, m.cfg.num_patches, self.memory_cfg)
+            self.order = [row]
+            self.remaining = [i for i in range(self.n) if i != row]
+            self.stage, self.stage_done = "views", 0
+
+    def _views_unit(self) -> None:
+        placed = self.order[-1]
+        if self._step_view1 is None:  # first batch of this step: the memory read
+            if self._step == 0:  # streaming step 0: no memory yet, view 1 = raw tokens, the initial pair's column
+                self._step_view1, self._step_zeroed = self.enc[placed], None
+                self._step_candidates = [self.initial_pair[1]]
+            else:
+                view1, zeroed = self.memory.read(self._query)  # fused = read(query) + query
+                self._step_view1, self._step_zeroed = view1, float(zeroed)
+                self._step_candidates = list(self.remaining)
+            self._step_next, self._step_scores, self._step_best = 0, [], None
+        chunk = self._step_candidates[self._step_next: self._step_next + self.candidate_batch]
+        scores, best = decode_candidates(self.model, self._step_view1, self.pos[placed], self.enc, self.pos, chunk,
+                                         self.candidate_batch)
+        # batches are scanned in candidate order: a later batch's winner must be strictly better (ties → earlier)
+        if best is not None and beats(best.score, self._step_best.score if self._step_best else None):
+            self._step_best = best
+        self._step_scores.extend(scores)
+        self._step_next += len(chunk)
+        self.stage_done += len(chunk)
+        if self._step_next == len(self._step_candidates):
+            self._place_winner(placed)
+
+    def _place_winner(self, placed: int) -> None:
+        step, best, candidates = self._step, self._step_best, self._step_candidates
+        if best is None:
+            raise UnorderedError(
+                f"next-best view at step {step}: no candidate scored above 0 (scores {self._step_scores}); "
+                "the confidences are degenerate")
+        if step > 0:
+            self.nbv_all[step - 1, candidates] = self._step_scores
+            self.nbv_best[step - 1] = best.score
+            log.debug("next-best view %d: image %d, score %.5f", step, best.index, best.score)
+        # the winner's decode becomes a streaming step: keys, value, memory write; K2 is the next query
+        (decision,), k2 = memorize(self.model, [self.memory], self.enc[placed].unsqueeze(0), best.dec1_final,
+                                   self.enc[best.index].unsqueeze(0), best.dec2_final, best.pts1)
+        self._query = k2[0]
+        self.finals.append(FrameOutput(step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]),
+                                       self.frames[placed].colors))
+        self.previews.append(FrameOutput(step + 1, "preview", _to_numpy(best.pts2[0]), _to_numpy(best.conf2[0]),
+                                         self.frames[best.index].colors))
+        self.traces.append(MemoryTrace.from_write(step, decision, self._step_zeroed))
+        self.order.append(best.index)
+        self.remaining.remove(best.index)
+        self._step += 1
+        self._step_view1 = self._step_best = None
+        if self._step == self.n - 1:
+            self.stage = "done"
+            self.enc = self.pos = self.memory = self._query = None  # device memory goes back before finish()
+
+    # ------------------------------------------------------------------ result
+    def finish(self) -> UnorderedResult:
+        """Focal and poses (CPU only, no model) → the result."""
+        if not self.done:
+            raise RuntimeError(f"{self.units_total - self.units_done} units have not run yet")
+        t0 = time.perf_counter()
+        last = self.previews[-1]  # the last frame's final output is its preview
+        finals = self.finals + [FrameOutput(last.index, "final", last.pts3d, last.conf, last.colors)]
+        rec = assemble(finals, self.traces, [self.names[i] for i in self.order], self.with_poses)
+        timings = dict(self.timings, poses_s=time.perf_counter() - t0)
+        timings["total_s"] = sum(timings.values())
+        return UnorderedResult(rec, np.array(self.order, dtype=np.int32), list(self.names), self.pair_conf,
+                               self.initial_pair, self.nbv_best, self.nbv_all, self.previews, self.pair_outputs,
+                               timings)
 
 
-@torch.inference_mode()
 def reconstruct_unordered(engine_or_model: Engine | Spann3R,
                           frames: Iterable[tuple[str, np.ndarray | PreparedFrame]], *,
                           pair_batch: int = 4, candidate_batch: int = 4, encode_batch: int = 4,
                           keep_pairs: Iterable[tuple[int, int]] = (), progress: Progress | None = None,
                           with_poses: bool = True) -> UnorderedResult:
-    """Reconstruct a collection of ``(name, RGB uint8 image or PreparedFrame)`` in the order the model picks.
-
-    ``keep_pairs`` lists ordered pairs whose plain-DUSt3R outputs are returned (``pair_outputs``)."""
-    if isinstance(engine_or_model, Engine):
-        model, memory_cfg = engine_or_model.model, engine_or_model.memory_cfg
-    else:
-        model, memory_cfg = engine_or_model.eval(), None
-    names, prepared = _prepared(frames)
-    n = len(prepared)
-    if n < 2:
-        raise UnorderedError(f"an unordered collection needs at least two images, got {n}")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    imgs = torch.stack([f.img for f in prepared])  # [N, 3, H, W]
-    enc, pos = encode_all(model, imgs, encode_batch, progress)  # [N, P, C], [N, P, 2]
-    t1 = time.perf_counter()
-    timings["encode_s"] = t1 - t0
-
-    pair_conf, pair_outputs = score_pairs(model, enc, pos, complete_pair_list(n), pair_batch, keep_pairs, progress)
-    row, col = first_max(pair_conf)
-    t2 = time.perf_counter()
-    timings["pairs_s"] = t2 - t1
-    log.info("initial pair (%d, %d), score %.5f", row, col, pair_conf[row, col])
-
-    memory = SpatialMemory(model.norm_q, model.norm_k, model.norm_v, model.cfg.num_patches, memory_cfg)
-    order = [row]
-    remaining = [i for i in range(n) if i != row]
-    nbv_best = np.full(max(n - 2, 0), np.nan, dtype=np.float32)
-    nbv_all = np.full((max(n - 2, 0), n), np.nan, dtype=np.float32)
-    finals: list[FrameOutput] = []
-    previews: list[FrameOutput] = []
-    traces: list[MemoryTrace] = []
-    query: torch.Tensor | None = None  # K2 of the previous step [P, C]
-    views_done, views_total = 0, step_decode_count(n)
-
-    def count_views(k: int) -> None:
-        nonlocal views_done
-        views_done += k
-        if progress:
-            progress("views", views_done, views_total)
-
-    for step in range(n - 1):
-        placed = order[-1]
-        if step == 0:  # streaming step 0: no memory yet, view 1 = raw tokens, the initial pair's column
-            view1, zeroed, candidates = enc[placed], None, [col]
-        else:
-            view1, zeroed_t = memory.read(query)  # fused = read(query) + query
-            zeroed, candidates = float(zeroed_t), remaining
-        scores, best = decode_candidates(model, view1, pos[placed], enc, pos, candidates, candidate_batch,
-                                         count_views)
-        if best is None:
-            raise UnorderedError(
-                f"next-best view at step {step}: no candidate scored above 0 (scores {scores}); "
-                "the confidences are degenerate")
-        if step > 0:
-            nbv_all[step - 1, candidates] = scores
-            nbv_best[step - 1] = best.score
-        # the winner's decode becomes a streaming step (same order as Engine._decode_step)
-        k1 = model.keys(1, enc[placed].unsqueeze(0), best.dec1_final)  # [1, P, C]
-        k2 = model.keys(2, enc[best.index].unsqueeze(0), best.dec2_final)
-        value = model.encode_value(best.pts1)  # [1, P, C]
-        decision = memory.write(k1[0], value[0] + k1[0])
-        query = k2[0]
-        finals.append(FrameOutput(step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]),
-                                  prepared[placed].colors))
-        previews.append(FrameOutput(step + 1, "preview", _to_numpy(best.pts2[0]), _to_numpy(best.conf2[0]),
-                                    prepared[best.index].colors))
-        traces.append(MemoryTrace.from_write(step, decision, zeroed))
-        order.append(best.index)
-        remaining.remove(best.index)
-        if step > 0:
-            log.debug("next-best view %d: image %d, score %.5f", step, best.index, best.score)
-    last = previews[-1]  # the last frame's final output is its preview
-    finals.append(FrameOutput(last.index, "final", last.pts3d, last.conf, last.colors))
-    t3 = time.perf_counter()
-    timings["order_s"] = t3 - t2
-
-    rec = assemble(finals, traces, [names[i] for i in order], with_poses)
-    timings["total_s"] = time.perf_counter() - t0
-    return UnorderedResult(rec, np.array(order, dtype=np.int32), names, pair_conf, (row, col), nbv_best, nbv_all,
-                           previews, pair_outputs, timings)
+    """Reconstruct a collection of ``(name, RGB uint8 image or PreparedFrame)`` in the order the model picks:
+    every unit of ``UnorderedSteps`` in a row. ``keep_pairs`` lists ordered pairs whose plain-DUSt3R outputs
+    are returned (``pair_outputs``)."""
+    run = UnorderedSteps(engine_or_model, frames, pair_batch=pair_batch, candidate_batch=candidate_batch,
+                         encode_batch=encode_batch, keep_pairs=keep_pairs, with_poses=with_poses)
+    while not run.done:
+        stage, total = run.stage, run.stage_total
+        run.run_unit()
+        if progress:  # a stage's last unit moves the run on to the next stage
+            progress(stage, run.stage_done if run.stage == stage else total, total)
+    return run.finish()
 
 
 __all__ = [
-    "DEFAULT_MAX_FRAMES", "MAX_FRAMES_HELP", "SECONDS_PER_PAIR", "SECONDS_PER_STEP", "PairOutput", "UnorderedError",
-    "UnorderedResult", "beats", "complete_pair_list", "estimate_seconds", "first_max", "format_duration",
-    "next_best", "pair_count", "pair_score", "reconstruct_unordered", "score_pairs", "step_decode_count",
+    "DEFAULT_MAX_FRAMES", "MAX_FRAMES_HELP", "SECONDS_PER_PAIR", "SECONDS_PER_STEP", "PairOutput",
+    "UnorderedError", "UnorderedResult", "UnorderedSteps", "beats", "complete_pair_list", "estimate_seconds",
+    "first_max", "format_duration", "next_best", "pair_count", "pair_score", "reconstruct_unordered", "score_pairs",
+    "step_decode_count", "unit_count",
 ]

@@ -1,5 +1,6 @@
-"""The unordered mode one unit at a time (core/unordered_steps.py, what the service's jobs run): the same
-numbers as ``reconstruct_unordered`` with the same batches, unit counts, progress, and refusals (tiny model)."""
+"""The unordered mode one unit at a time (``UnorderedSteps``, what the service's jobs run and what
+``reconstruct_unordered`` loops over): the same numbers driven unit by unit from outside, unit counts, progress,
+and refusals (tiny model)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from spann3r.core.preprocess import load_frame
-from spann3r.core.unordered import UnorderedError, pair_count, reconstruct_unordered, step_decode_count
-from spann3r.core.unordered_steps import UnorderedSteps, reconstruct_unordered_stepwise, unit_count
+from spann3r.core.unordered import (UnorderedError, UnorderedSteps, pair_count, reconstruct_unordered,
+                                    step_decode_count, unit_count)
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +83,5 @@ def test_finish_before_the_last_unit_and_too_few_images(tiny_engine, frames_D):
         run.run_unit()
     r = run.finish()
     assert r.order.tolist() == list(r.initial_pair) and r.reconstruction.pts3d.shape == (2, 224, 224, 3)
-    assert_same_result(reconstruct_unordered_stepwise(tiny_engine, frames_D[:2], with_poses=False),
-                       reconstruct_unordered(tiny_engine, frames_D[:2], with_poses=False))
+    assert_same_result(r, reconstruct_unordered(tiny_engine, frames_D[:2], pair_batch=1, candidate_batch=1,
+                                                encode_batch=1))
