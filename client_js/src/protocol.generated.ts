@@ -32,7 +32,7 @@ export type RestBody =
 export interface FrameMsg {
   type: 'frame';
   /**
-   * client sequence number, strictly increasing within a session
+   * client sequence number, strictly increasing within a session (a reset starts anew)
    */
   seq: number;
   /**
@@ -67,14 +67,41 @@ export interface ControlMsg {
  * Partial update of ``SessionSettings``: fields left out keep their value.
  */
 export interface SessionSettingsPatch {
+  /**
+   * what to do with frames that arrive while the worker is busy: 'latest' keeps only the newest waiting frame (latest-frame-wins), 'queue' keeps up to queue_size in order and drops new ones when full, 'every_nth' keeps every every_n-th received frame, then queues
+   */
   frame_policy?: ('latest' | 'queue' | 'every_nth') | null;
+  /**
+   * waiting frames kept by 'queue' and 'every_nth'
+   */
   queue_size?: number | null;
+  /**
+   * keep one received frame in every_n ('every_nth')
+   */
   every_n?: number | null;
+  /**
+   * 'full': whole 224x224 maps; 'compact': confident points only, int16 positions
+   */
   encoding?: ('full' | 'compact') | null;
+  /**
+   * float type of 'full' pointmaps and confidences
+   */
   dtype?: ('float32' | 'float16') | null;
+  /**
+   * a point is confident when (conf-1)/conf > conf_thresh (compact output and exports)
+   */
   conf_thresh?: number | null;
+  /**
+   * 'compact': keep every stride-th row and column
+   */
   stride?: number | null;
+  /**
+   * 'compact': metres (model units) per int16 step; None: chosen from the first output of the stream (4x headroom over its extent) and then fixed for the session
+   */
   compact_scale?: number | null;
+  /**
+   * compute the preview of each new frame (costs one more head)
+   */
   preview?: boolean | null;
 }
 export interface PingMsg {
@@ -442,6 +469,10 @@ export interface SessionStats {
    */
   export_decimation: number;
 }
+/**
+ * Every REST error (4xx, 5xx): a stable code and a human-readable detail (never more than a short prefix of
+ * the request).
+ */
 export interface ErrorBody {
   code: string;
   detail: string;
@@ -465,3 +496,69 @@ export interface JobCreated {
   units_total: number;
   session_id?: string | null;
 }
+
+/** Protocol version (hello.protocol). */
+export const PROTOCOL_VERSION = 1;
+/** WebSocket subprotocol name a client may offer. */
+export const SUBPROTOCOL = 'spann3r.v1';
+/** Largest frame seq (and ping id magnitude) the server accepts: exact in a JS number. */
+export const MAX_SEQ = 9007199254740991;
+/** Deepest nesting of maps and arrays in a message the server accepts. */
+export const MAX_DEPTH = 16;
+/** Largest message the server sends (full float32 final + preview maps). */
+export const MAX_SERVER_MESSAGE_BYTES = 1972224;
+/** `type` of every client → server message. */
+export const CLIENT_MESSAGE_TYPES = [
+  'frame',
+  'control',
+  'ping',
+] as const;
+/** `type` of every server → client message. */
+export const SERVER_MESSAGE_TYPES = [
+  'hello',
+  'result',
+  'dropped',
+  'finished',
+  'ack',
+  'pong',
+  'error',
+  'job',
+] as const;
+/** `code` of every error message. */
+export const ERROR_CODES = [
+  'malformed',
+  'unknown_type',
+  'bad_schema',
+  'message_too_large',
+  'bad_image',
+  'image_too_large',
+  'bad_seq',
+  'finished',
+  'read_only',
+  'not_finishable',
+  'snapshot_unavailable',
+  'internal',
+] as const;
+/** `reason` of every dropped message. */
+export const DROP_REASONS = [
+  'superseded',
+  'queue_full',
+  'every_nth',
+  'rate_limit',
+  'reset',
+  'finished',
+  'shutdown',
+  'evicted',
+] as const;
+/** WebSocket close codes the server uses (server/protocol.py CLOSE_*). */
+export const CLOSE_CODES = {
+  SHUTDOWN: 1012,
+  PROTOCOL_VIOLATION: 1008,
+  TOO_BIG: 1009,
+  TRY_LATER: 1013,
+  UNAUTHORIZED: 4401,
+  NOT_FOUND: 4404,
+  IDLE: 4408,
+  REPLACED: 4409,
+  DELETED: 4410,
+} as const;

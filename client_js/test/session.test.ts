@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import { decode, encode } from '@msgpack/msgpack';
 import { Backoff } from '../src/backoff.ts';
 import type { SocketLike } from '../src/connection.ts';
+import { CloseCode } from '../src/protocol.ts';
 import { LiveSession, type Banner, type ReconstructionView } from '../src/session.ts';
 import { GrowingPointCloud, type FramePoints } from '../src/viewer/growingPointCloud.ts';
 import { fixture } from './helpers.ts';
@@ -150,7 +151,7 @@ test('a dropped connection is reopened with backoff and resumes above the last a
   session.push(jpeg);
   assert.equal(sockets[2].sent[0].seq, 11);
   // after a good connection the backoff starts again from its base
-  sockets[2].drop(1001);
+  sockets[2].drop(CloseCode.SHUTDOWN); // the server restarting
   assert.equal(timers[0].ms, 100);
   assert.match(banners.at(-1)!.text, /restarting/);
 });
