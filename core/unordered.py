@@ -11,8 +11,8 @@
 5. Greedy next-best view, step k = 1 … N−2: one memory read with the view-2 key of the image placed last;
    every image not yet placed (ascending index) is decoded with view 1 = the fused tokens and view 2 = its
    encoder tokens; the one with the strictly highest score (same formula; ties → lowest index) is taken.
-   Its decode is then a streaming step: keys K1 (raw tokens of ``order[k]``) and K2 (the winner), the value
-   of head 1's pointmap, the memory write with the similarity check; K2 is the next query.
+   Its decode is then a streaming step (``engine.memorize``): keys K1 (raw tokens of ``order[k]``) and K2 (the
+   winner), the value of head 1's pointmap, the memory write with the similarity check; K2 is the next query.
 
 Outputs are those of streaming on the images in ``order`` (finals in the chosen order, all in the camera
 frame of ``order[0]``), plus the order, the pair matrix and the next-best-view scores. Pair and candidate
