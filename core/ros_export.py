@@ -222,7 +222,8 @@ class McapRosWriter:
         self._writer = Writer(self._file or output)
         self._schemas = {name: self._writer.register_msgdef(name, text) for name, text in MSGDEFS.items()}
         self.conf_thresh, self.stride, self.rate, self.start_time = conf_thresh, stride, rate, start_time
-        self.topics, self.map_frame, self.camera_frame, self.jpeg_quality = topics, map_frame, camera_frame, jpeg_quality
+        self.topics, self.map_frame, self.camera_frame = topics, map_frame, camera_frame
+        self.jpeg_quality = jpeg_quality
         self.frames = 0
         self._closed = False
 

@@ -41,3 +41,20 @@ def synthetic_run(n: int = 4, size: int = 24, seed: int = 0) -> dict[str, np.nda
 @pytest.fixture
 def run_arrays() -> dict[str, np.ndarray]:
     return synthetic_run()
+
+
+def server_messages(arrays: dict[str, np.ndarray], stamps: list[float], encoding: str = "full") -> list:
+    """The messages a server would send for ``arrays`` (frame i's final rides on frame i+1's result; the last
+    final on ``finished``), packed and decoded again as the client receives them."""
+    from spann3r.server.encoding import choose_scale, encode_frame
+    from spann3r.server.protocol import FinishedMsg, ResultMsg, SessionSettings, decode_server_message, pack
+
+    settings = SessionSettings(encoding=encoding, conf_thresh=0.0)
+    scale = choose_scale(arrays["pts3d"][0], arrays["conf"][0], 0.0)
+    n = len(arrays["pts3d"])
+    finals = [encode_frame(i, i, "final", arrays["pts3d"][i], arrays["conf"][i], arrays["colors"][i],
+                           arrays["poses"][i], bool(arrays["pose_valid"][i]), float(arrays["focal"]), settings, scale)
+              for i in range(n)]
+    messages = [ResultMsg(seq=i, frame_index=i, ts=stamps[i], final=finals[i - 1] if i else None) for i in range(n)]
+    messages.append(FinishedMsg(frames=n, final=finals[-1]))
+    return [decode_server_message(pack(m)) for m in messages]
