@@ -1,0 +1,73 @@
+"""rerun logging of a stream's finals, read back with rerun's own .rrd reader (``rerun.chunk.RrdReader``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import rerun as rr
+from conftest import server_messages
+
+from spann3r.client.rerun_log import RerunLog
+
+CONF_THRESH = 0.01
+
+
+def rows_by_entity(path) -> dict[str, list[dict]]:
+    """entity path → its logged rows (column name → value of the row), over every chunk of the recording."""
+    out: dict[str, list[dict]] = {}
+    for chunk in rr.chunk.RrdReader(path).stream():
+        batch = chunk.to_record_batch()
+        columns = {name: col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col  # ns since the epoch
+                   for name, col in zip(batch.schema.names, batch.columns)}
+        for row in pa.table(columns).to_pylist():
+            out.setdefault(chunk.entity_path, []).append(row)
+    return out
+
+
+def merged_by_frame(rows: list[dict]) -> dict[int, dict]:
+    """Rows of one entity (components may come in separate chunks) → frame index → its components."""
+    out: dict[int, dict] = {}
+    for row in rows:
+        out.setdefault(row["frame"], {}).update({k: v for k, v in row.items() if v is not None})
+    return out
+
+
+def test_rrd_holds_points_cameras_and_images_of_every_frame(tmp_path, run_arrays):
+    n = len(run_arrays["pts3d"])
+    stamps = [1_700_000_000.0 + 0.1 * i for i in range(n)]
+    path = tmp_path / "run.rrd"
+    with RerunLog(path=path, conf_thresh=CONF_THRESH) as log:
+        frames = [f for m in server_messages(run_arrays, stamps) if (f := log.add(m)) is not None]
+    assert log.logged == n and [f.index for f in frames] == list(range(n))
+
+    entities = rows_by_entity(path)
+    points = {f"/world/points/{i:06d}" for i in range(n)}
+    assert points | {"/world", "/world/camera", "/world/camera/image"} <= set(entities)
+    rdf = rr.components.ViewCoordinates.RDF.as_arrow_array().to_pylist()  # OpenCV: x right, y down, z forward
+    assert [row["ViewCoordinates:xyz"] for row in entities["/world"]] == rdf
+    for i in range(n):
+        (row,) = entities[f"/world/points/{i:06d}"]
+        conf = run_arrays["conf"][i]
+        keep = ((conf - 1) / conf > CONF_THRESH) & np.isfinite(run_arrays["pts3d"][i]).all(-1)
+        np.testing.assert_array_equal(np.array(row["Points3D:positions"], np.float32), run_arrays["pts3d"][i][keep])
+        rgba = np.array(row["Points3D:colors"], np.uint32)
+        np.testing.assert_array_equal(np.stack([rgba >> 24, (rgba >> 16) & 255, (rgba >> 8) & 255], -1),
+                                      run_arrays["colors"][i][keep])
+        np.testing.assert_array_equal(np.array(row["confidence"], np.float32), conf[keep])
+        assert (row["capture_time"], row["frame"]) == (int(round(stamps[i] * 1e9)), i)
+
+    camera = merged_by_frame(entities["/world/camera"])
+    assert sorted(camera) == list(range(n))
+    size, f = run_arrays["conf"].shape[1], float(run_arrays["focal"])
+    for i, row in camera.items():
+        k = np.array(row["Pinhole:image_from_camera"][0]).reshape(3, 3).T  # rerun stores matrices column-major
+        np.testing.assert_allclose(k, [[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
+        assert row["Pinhole:resolution"][0] == [size, size]
+        if run_arrays["pose_valid"][i]:
+            c2w = run_arrays["poses"][i]
+            np.testing.assert_allclose(row["Transform3D:translation"][0], c2w[:3, 3], atol=1e-6)
+            rot = np.array(row["Transform3D:mat3x3"][0]).reshape(3, 3).T
+            np.testing.assert_allclose(rot, c2w[:3, :3], atol=1e-6)
+        else:
+            assert "Transform3D:translation" not in row
+    assert sorted(merged_by_frame(entities["/world/camera/image"])) == list(range(n))
