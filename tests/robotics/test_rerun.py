@@ -44,7 +44,7 @@ def test_rrd_holds_points_cameras_and_images_of_every_frame(tmp_path, run_arrays
     points = {f"/world/points/{i:06d}" for i in range(n)}
     assert points | {"/world", "/world/camera", "/world/camera/image"} <= set(entities)
     rdf = rr.components.ViewCoordinates.RDF.as_arrow_array().to_pylist()  # OpenCV: x right, y down, z forward
-    assert [row["ViewCoordinates:xyz"] for row in entities["/world"]] == rdf
+    assert [row["ViewCoordinates:xyz"] for row in entities["/world"]] == [rdf]
     for i in range(n):
         (row,) = entities[f"/world/points/{i:06d}"]
         conf = run_arrays["conf"][i]
