@@ -12,10 +12,13 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights
@@ -23,7 +26,7 @@ from .connection import serve_connection
 from .exports import MEDIA_TYPES, ExportKind, export_bytes
 from .jobs import Job, JobDownloadName, JobNotReady
 from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody, JobCreated,
-                       JobStatus, SessionCreated, SessionSettings, SessionStats)
+                       JobStatus, SessionCreated, SessionSettings, SessionStats, errors_summary, validation_summary)
 from .service import NotReady, Service
 from .sessions import CapacityError, Session, token_matches
 from .settings import ServeSettings
@@ -120,14 +123,30 @@ def _ws_base(request: Request, settings: ServeSettings) -> str:
 
 api = APIRouter(prefix="/v1", tags=["sessions"])
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
-          409: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+          409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+SETTINGS_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/SessionSettings"}}}}}
+
+
+async def settings_body(request: Request) -> SessionSettings | None:
+    """The optional JSON body of ``POST /v1/sessions``, strictly validated. Read in the handler, not declared as a
+    body parameter: FastAPI reads and parses declared bodies before the dependencies run, so an unauthenticated
+    client could make the server parse its body before the API key is checked."""
+    raw = await request.body()
+    if not raw.strip() or raw.strip() == b"null":
+        return None
+    try:
+        return SessionSettings.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", validation_summary(exc)) from None
 
 
 @api.post("/sessions", status_code=201, response_model=SessionCreated, responses=ERRORS,
-          dependencies=[Depends(require_api_key)])
-async def create_session(request: Request, settings: SessionSettings | None = Body(None),
-                         service: Service = Depends(get_service)) -> SessionCreated:
-    """Create a session. Keep the returned tokens: they are never shown again."""
+          dependencies=[Depends(require_api_key)], openapi_extra=SETTINGS_BODY)
+async def create_session(request: Request, service: Service = Depends(get_service)) -> SessionCreated:
+    """Create a session (body: optional SessionSettings). Keep the returned tokens: they are never shown
+    again."""
+    settings = await settings_body(request)
     s = await service.manager.create(settings or service.settings.session_defaults())
     return SessionCreated(id=s.id, token=s.token, watch_token=s.watch_token, worker_id=service.settings.worker_id,
                           stream_url=f"{_ws_base(request, service.settings)}/v1/sessions/{s.id}/ws",
@@ -271,6 +290,63 @@ async def metrics(request: Request):
     return Response(request.app.state.service.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+# --------------------------------------------------------------------------------------------- body size limit
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: a request body above ``max_bytes`` gets a 413 ErrorBody, from its Content-Length
+    before anything is read, or as soon as a streamed (chunked) body passes the limit, so no large body is ever
+    buffered or parsed on the event loop. ``exempt`` requests (job uploads) enforce their own streaming limits."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[tuple[str, str], ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"].rstrip("/")) in self.exempt:
+            return await self.app(scope, receive, send)
+        declared = _declared_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        received, started = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # the rest of the body is not read: close the connection rather than drain it
+        body = ErrorBody(code="body_too_large", detail=f"request bodies are limited to {self.max_bytes} bytes "
+                         "(max_json_body_bytes)")
+        await JSONResponse(body.model_dump(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
 # --------------------------------------------------------------------------------------------- factory
 
 
@@ -294,6 +370,11 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     async def _api_error(request: Request, exc: ApiError):
         return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # the documented ErrorBody, quoting at most short prefixes of the request (FastAPI's default echoes it all)
+        return JSONResponse({"code": "invalid_request", "detail": errors_summary(exc.errors())}, status_code=422)
+
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady):
         return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=503,
@@ -314,7 +395,8 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         return JSONResponse({"code": "capacity", "detail": str(exc)}, status_code=503,
                             headers={"Retry-After": "30"})
 
-    if settings.cors_origins:
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/jobs"),))
+    if settings.cors_origins:  # added last, so outermost: refusals (413) carry the CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.include_router(api)

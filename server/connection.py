@@ -132,6 +132,9 @@ async def _dispatch(conn: Connection, session: "Session", data: bytes, service: 
         msg = decode_client_message(data, service.settings.max_message_bytes)
     except ProtocolError as err:
         return await _violation(conn, service, err)
+    except Exception:  # a decoder bug costs the sender an error reply, never a silent drop of the connection
+        log.exception("decoding a message of session %s failed", session.id)
+        return await _violation(conn, service, ProtocolError("internal", "the message could not be decoded"))
     if isinstance(msg, PingMsg):
         if conn.role == "stream":
             session.touch()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import reprlib
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import msgpack
@@ -454,11 +455,16 @@ def capped(text: str) -> str:
     return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS - 3] + "..."
 
 
+def errors_summary(errors: Sequence[dict], skip_loc: int = 0) -> str:
+    """``where: what (n problem(s))`` of the first of pydantic's errors, quoting only short prefixes of the input
+    (the input itself is never quoted)."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid"}
+    where = ".".join(short(str(p)) for p in tuple(first.get("loc", ()))[skip_loc:]) or "body"
+    return capped(f"{where}: {short(str(first.get('msg', 'invalid')))} ({len(errors)} problem(s))")
+
+
 def validation_summary(exc: ValidationError, skip_loc: int = 0) -> str:
-    """``where: what (n problem(s))`` of the first problem, quoting only short prefixes of the input."""
-    first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
-    where = ".".join(short(str(p)) for p in first["loc"][skip_loc:]) or "body"
-    return capped(f"{where}: {short(first['msg'])} ({exc.error_count()} problem(s))")
+    return errors_summary(exc.errors(include_url=False, include_input=False, include_context=False), skip_loc)
 
 
 class ProtocolError(ValueError):

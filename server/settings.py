@@ -39,6 +39,8 @@ class ServeSettings(BaseSettings):
     max_sessions: int = Field(8, ge=1, description="sessions held at once; more are refused (503)")
     idle_timeout_s: float = Field(300.0, gt=0, description="evict a session after this long without messages")
     max_message_bytes: int = Field(16 * 2**20, ge=1024, description="largest WebSocket message accepted")
+    max_json_body_bytes: int = Field(64 * 1024, ge=1024, description="largest REST request body (JSON); larger "
+                                     "ones are refused (413) before they are read. Job uploads have job_max_bytes")
     max_pixels: int = Field(40_000_000, ge=4, description="largest image (width*height) accepted")
     max_fps: float = Field(30.0, gt=0, description="frames per second per session; faster ones are dropped")
     max_protocol_errors: int = Field(5, ge=1, description="protocol violations before a connection is closed")
