@@ -10,7 +10,7 @@ import struct
 import time
 
 import numpy as np
-from conftest import server_messages
+from robotics_data import server_messages
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from websockets.asyncio.client import connect
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import rerun as rr
-from conftest import server_messages
+from robotics_data import server_messages
 
 from spann3r.client.rerun_log import RerunLog
 
