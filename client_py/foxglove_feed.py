@@ -2,8 +2,9 @@
 the confident points, the camera pose and transform, its calibration and its image, with Foxglove's built-in
 schemas, on the topics and frame ids of the MCAP export (``core.ros_export``, docs/robotics.md).
 
-Also the client-side decoding of a result into plain arrays (``LiveFrame``), shared with ``rerun_log``.
-No torch: only numpy, the protocol models and ``core.ros_export``.
+Also the client-side decoding of a result into plain arrays (``LiveFrame``, ``FinalFrames``), shared with
+``rerun_log``, and ``McapLog``: the same stream into an MCAP file of ROS 2 messages. All three sinks take the
+stream's messages through ``add(msg)``. No torch: only numpy, the protocol models and ``core.ros_export``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.ros_export import (CAMERA_FRAME, MAP_FRAME, Topics, confident_points, encode_jpeg, intrinsics_matrix,
-                               rotation_to_quaternion)
+from ..core.ros_export import (CAMERA_FRAME, MAP_FRAME, McapRosWriter, Topics, confident_points, encode_jpeg,
+                               intrinsics_matrix, rotation_to_quaternion)
 from ..server.encoding import decode_map, pose_matrix
 from ..server.protocol import FinishedMsg, FrameData, ResultMsg
 
@@ -186,3 +187,33 @@ class FoxgloveFeed:
 
     def close(self) -> None:
         self.server.stop()
+
+
+class McapLog:
+    """A stream's final frames into an MCAP file of ROS 2 messages (``core.ros_export``: same topics and frame
+    ids as the feed), stamped with the client's capture times."""
+
+    def __init__(self, output, *, conf_thresh: float = 1e-3, stride: int = 1, topics: Topics = Topics()):
+        self.finals = FinalFrames(conf_thresh, stride)
+        self.writer = McapRosWriter(output, topics=topics)
+
+    def __enter__(self) -> "McapLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, msg, image: bytes | None = None) -> LiveFrame | None:
+        """Feed any message of the stream; a final frame in it is written (and returned). ``image``: the
+        original frame's JPEG bytes, if the caller kept them (default: the image the model saw)."""
+        frame = self.finals(msg)
+        if frame is None:
+            return None
+        if image is None and frame.image is not None:
+            image = encode_jpeg(frame.image)
+        self.writer.add_points(frame.xyz, frame.rgb, frame.conf, frame.c2w, intrinsics=frame.intrinsics,
+                               size=(frame.size, frame.size), stamp=frame.stamp, image=image)
+        return frame
+
+    def close(self) -> None:
+        self.writer.close()

@@ -241,28 +241,41 @@ class McapRosWriter:
     def add_frame(self, pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, c2w: np.ndarray | None = None,
                   *, pose_valid: bool | None = None, focal: float | None = None, intrinsics: np.ndarray | None = None,
                   stamp: float | None = None, image: bytes | None = None, image_format: str = "jpeg") -> None:
-        """One frame: maps [H, W, ...] in the world frame, camera-to-world ``c2w`` (None / NaN / ``pose_valid``
-        false: no pose or TF), ``focal`` (pixels at H×W) or 3×3 ``intrinsics``, capture time ``stamp`` in
-        seconds (default: ``start_time + index / rate``), and the original frame's encoded bytes ``image``
-        (default: ``colors`` as JPEG)."""
-        stamp_s = self.start_time + self.frames / self.rate if stamp is None else float(stamp)
+        """One frame from its maps [H, W, ...] in the world frame (filtered here with ``conf_thresh`` and
+        ``stride``), camera-to-world ``c2w`` (None / NaN / ``pose_valid`` false: no pose or TF), ``focal``
+        (pixels at H×W) or 3×3 ``intrinsics``, capture time ``stamp`` in seconds (default:
+        ``start_time + index / rate``), and the original frame's encoded bytes ``image`` (default: ``colors``
+        as JPEG)."""
         xyz, rgb, c = confident_points(pts3d, conf, colors, self.conf_thresh, self.stride)
+        h, w = np.shape(conf)[:2]
+        k = intrinsics if intrinsics is not None else intrinsics_matrix(focal, w) if focal is not None else None
+        if c2w is not None and pose_valid is False:
+            c2w = None
+        if image is None:
+            image, image_format = encode_jpeg(colors, self.jpeg_quality), "jpeg"
+        self.add_points(xyz, rgb, c, c2w, intrinsics=k, size=(w, h), stamp=stamp, image=image,
+                        image_format=image_format)
+
+    def add_points(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray, c2w: np.ndarray | None = None, *,
+                   intrinsics: np.ndarray | None = None, size: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE),
+                   stamp: float | None = None, image: bytes | None = None, image_format: str = "jpeg") -> None:
+        """One frame from points already chosen (xyz float32 [M, 3] in the world frame, rgb uint8 [M, 3],
+        confidence [M]; e.g. a stream's ``compact`` maps): written as they are. ``size``: (width, height) of
+        the image ``intrinsics`` belong to; no image message without ``image``."""
+        stamp_s = self.start_time + self.frames / self.rate if stamp is None else float(stamp)
         self._write(self.topics.points, "sensor_msgs/msg/PointCloud2",
-                    point_cloud_msg(xyz, rgb, c, stamp_s, self.map_frame), stamp_s)
-        if c2w is not None and (pose_valid if pose_valid is not None else True) and np.isfinite(c2w).all():
+                    point_cloud_msg(xyz, rgb, conf, stamp_s, self.map_frame), stamp_s)
+        if c2w is not None and np.isfinite(c2w).all():
             self._write(self.topics.pose, "geometry_msgs/msg/PoseStamped",
                         pose_stamped_msg(c2w, stamp_s, self.map_frame), stamp_s)
             self._write(self.topics.tf, "tf2_msgs/msg/TFMessage",
                         tf_msg(c2w, stamp_s, self.map_frame, self.camera_frame), stamp_s)
-        h, w = np.shape(conf)[:2]
-        k = intrinsics if intrinsics is not None else intrinsics_matrix(focal, w) if focal is not None else None
-        if k is not None:
+        if intrinsics is not None:
             self._write(self.topics.camera_info, "sensor_msgs/msg/CameraInfo",
-                        camera_info_msg(k, stamp_s, self.camera_frame, w, h), stamp_s)
-        if image is None:
-            image, image_format = encode_jpeg(colors, self.jpeg_quality), "jpeg"
-        self._write(self.topics.image, "sensor_msgs/msg/CompressedImage",
-                    compressed_image_msg(image, stamp_s, image_format, self.camera_frame), stamp_s)
+                        camera_info_msg(intrinsics, stamp_s, self.camera_frame, *size), stamp_s)
+        if image is not None:
+            self._write(self.topics.image, "sensor_msgs/msg/CompressedImage",
+                        compressed_image_msg(image, stamp_s, image_format, self.camera_frame), stamp_s)
         self.frames += 1
 
     def close(self) -> None:

@@ -127,3 +127,29 @@ def test_frames_without_pose_or_intrinsics_have_points_only(tmp_path, run_arrays
     write_mcap(path, arrays, conf_thresh=CONF_THRESH)
     bag = read_bag(path)
     assert set(bag) == {TOPICS.points, TOPICS.image}
+
+
+@pytest.mark.parametrize("encoding", ["full", "compact"])
+def test_stream_results_into_mcap(tmp_path, run_arrays, encoding):
+    """``McapLog``: a stream's messages (either map encoding) → the same ROS 2 topics, with the capture times."""
+    from robotics_data import server_messages
+
+    from spann3r.client.foxglove_feed import McapLog
+
+    n = len(run_arrays["pts3d"])
+    stamps = [1_700_000_000.0 + 0.5 * i for i in range(n)]
+    path = tmp_path / "stream.mcap"
+    with McapLog(path, conf_thresh=CONF_THRESH) as log:
+        frames = [f for m in server_messages(run_arrays, stamps, encoding) if (f := log.add(m)) is not None]
+    bag = read_bag(path)
+    assert [t for t, _ in bag[TOPICS.points]] == [int(round(s * 1e9)) for s in stamps]
+    assert len(bag[TOPICS.tf]) == run_arrays["pose_valid"].sum() and len(bag[TOPICS.camera_info]) == n
+    assert len(bag.get(TOPICS.image, [])) == (n if encoding == "full" else 0)  # compact maps carry no image
+    for frame, (_, cloud) in zip(frames, bag[TOPICS.points]):
+        xyz, rgb, conf = cloud_arrays(cloud)
+        np.testing.assert_array_equal(xyz, frame.xyz)
+        np.testing.assert_array_equal(rgb, frame.rgb)
+        np.testing.assert_array_equal(conf, frame.conf)
+    if encoding == "full":  # the points are the arrays' confident points themselves
+        for i, (_, cloud) in enumerate(bag[TOPICS.points]):
+            np.testing.assert_array_equal(cloud_arrays(cloud)[0], expected_points(run_arrays, i)[0])
