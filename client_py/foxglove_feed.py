@@ -151,10 +151,11 @@ class FoxgloveFeed:
         original frame's JPEG bytes, if the caller kept them."""
         frame = self.finals(msg)
         if frame is not None:
-            self.publish(frame, image)
+            self.add_frame(frame, image)
         return frame
 
-    def publish(self, frame: LiveFrame, image: bytes | None = None) -> None:
+    def add_frame(self, frame: LiveFrame, image: bytes | None = None) -> None:
+        """Publish one decoded final frame (``image``: the original frame's JPEG bytes, default the model's)."""
         from foxglove.messages import (CameraCalibration, CompressedImage, FrameTransform, FrameTransforms, Pose,
                                        PoseInFrame, PointCloud, Quaternion, Vector3)
 
@@ -207,13 +208,16 @@ class McapLog:
         """Feed any message of the stream; a final frame in it is written (and returned). ``image``: the
         original frame's JPEG bytes, if the caller kept them (default: the image the model saw)."""
         frame = self.finals(msg)
-        if frame is None:
-            return None
+        if frame is not None:
+            self.add_frame(frame, image)
+        return frame
+
+    def add_frame(self, frame: LiveFrame, image: bytes | None = None) -> None:
+        """Write one decoded final frame."""
         if image is None and frame.image is not None:
             image = encode_jpeg(frame.image)
         self.writer.add_points(frame.xyz, frame.rgb, frame.conf, frame.c2w, intrinsics=frame.intrinsics,
                                size=(frame.size, frame.size), stamp=frame.stamp, image=image)
-        return frame
 
     def close(self) -> None:
         self.writer.close()

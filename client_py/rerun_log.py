@@ -57,10 +57,11 @@ class RerunLog:
         frame's JPEG bytes, if the caller kept them."""
         frame = self.finals(msg)
         if frame is not None:
-            self.log_frame(frame, image)
+            self.add_frame(frame, image)
         return frame
 
-    def log_frame(self, frame: LiveFrame, image: bytes | None = None) -> None:
+    def add_frame(self, frame: LiveFrame, image: bytes | None = None) -> None:
+        """Log one decoded final frame (``image``: the original frame's JPEG bytes, default the model's)."""
         rr, rec = self.rr, self.rec
         rec.set_time("frame", sequence=frame.index)
         rec.set_time("capture_time", timestamp=frame.stamp)
