@@ -11,6 +11,8 @@ instead. ``solvePnPRansac`` seeds its own RNG, so results are deterministic for 
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -73,3 +75,370 @@ def solve_pose(pts3d: np.ndarray, focal: float) -> Pose:
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, tvec.reshape(3)
     return Pose(np.linalg.inv(w2c), True, 0 if inliers is None else len(inliers))
+
+
+# ----------------------------------------------------------------------------- batched robust poses
+# A whole batch of frames at once, in torch, on the pointmaps' device (per-pixel work in float32, laid out
+# component-major [B, C, N] so that every step is a contiguous pass; 6x6 and smaller systems in float64):
+#   1. candidates on a strided sample of pixels, keeping the more confident 40 %: a weighted calibrated DLT
+#      (needs depth relief), a weighted plane homography (the DLT is degenerate on a plane) and the caller's
+#      ``init``; the one with the lowest robust reprojection cost wins;
+#   2. Gauss-Newton / IRLS on the pixel reprojection error, Cauchy loss with a scale of 1.25x the median residual,
+#      weights log(confidence): first on the sample (cheap), then on every pixel. The normal equations are
+#      assembled from one Gram matrix of per-pixel monomials (nx, ny, 1/z, ...), a single GEMM per step;
+#   3. a validity check (enough confident finite points, well-conditioned normal equations, most of the
+#      confidence reprojecting within ``max_error_px``); frames that fail it with enough points get one more try
+#      warm-started from OpenCV's PnP-RANSAC, and the same check decides.
+
+POSE_METHODS = ("robust", "pnp_ransac")
+CAUCHY_SCALE = 1.25  # x the median residual: smaller is more robust to gross outliers, 1.25 loses little on noise
+
+
+def _c(rows: list[tuple[int, float]], n: int = 9) -> list[float]:
+    out = [0.0] * n
+    for i, v in rows:
+        out[i] = v
+    return out
+
+
+# Jacobians of the normalised projection (nx, ny) w.r.t. a left rotation ω and a camera-frame translation τ
+# (P' = P + ω×P + τ), as combinations of the monomials φ = (1, nx, ny, nx², nx·ny, ny², 1/z, nx/z, ny/z):
+#   d nx / d(ω, τ) = (-nx·ny, 1 + nx², -ny, 1/z, 0, -nx/z);  d ny / d(ω, τ) = (-(1 + ny²), nx·ny, nx, 0, 1/z, -ny/z)
+_JX = [_c([(4, -1)]), _c([(0, 1), (3, 1)]), _c([(2, -1)]), _c([(6, 1)]), _c([]), _c([(7, -1)])]
+_JY = [_c([(0, -1), (5, -1)]), _c([(4, 1)]), _c([(1, 1)]), _c([]), _c([(6, 1)]), _c([(8, -1)])]
+_N_MONOMIALS = 9
+
+
+def _normalised_pixels(K: torch.Tensor, h: int, w: int, step: int = 1) -> torch.Tensor:
+    """K [B, 3, 3] (upper triangular) → [B, 2, n] float32 normalised coordinates of every ``step``-th row and
+    column of the pixel grid (row-major, pixel (u, v) at column u, row v)."""
+    B = K.shape[0]
+    u = torch.arange(0, w, step, dtype=torch.float32, device=K.device)
+    v = torch.arange(0, h, step, dtype=torch.float32, device=K.device)
+    fx, s, cx, fy, cy = (K[:, i, j, None, None].float() for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2)))
+    ny = (v[:, None] - cy) / fy  # [B, h', 1]
+    nx = (u - cx - s * ny) / fx  # [B, h', w']
+    return torch.stack((nx.reshape(B, -1), ny.expand_as(nx).reshape(B, -1)), 1)
+
+
+def _weighted_frame(X: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted centroid [B, 3] and RMS radius [B] of points X [B, 3, N]."""
+    ws = w.sum(1).clamp(min=1e-12)
+    c = (X * w[:, None]).sum(2) / ws[:, None]
+    s = ((w * (X - c[..., None]).square().sum(1)).sum(1) / ws).sqrt().clamp(min=1e-12)
+    return c, s
+
+
+def _finite_or_eye(M: torch.Tensor) -> torch.Tensor:
+    """Batched square matrices with any non-finite matrix replaced by the identity (linalg would raise on it)."""
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    return torch.where(M.flatten(1).isfinite().all(1)[:, None, None], M, eye)
+
+
+def _smallest_eigvec(M: torch.Tensor) -> torch.Tensor:
+    """[B, n, n] symmetric → [B, n] eigenvector of the smallest eigenvalue."""
+    M = _finite_or_eye(M)
+    M = M / M.diagonal(dim1=1, dim2=2).sum(-1).clamp(min=1e-300)[:, None, None]
+    return torch.linalg.eigh(M).eigenvectors[..., 0]
+
+
+def _nearest_rotation(A: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] → the closest rotation (det +1) in Frobenius norm."""
+    U, _, Vh = torch.linalg.svd(_finite_or_eye(A))
+    d = torch.linalg.det(U @ Vh).sign()
+    U = torch.cat((U[..., :2], U[..., 2:] * d[:, None, None]), dim=-1)
+    return U @ Vh
+
+
+def _linear_system(feats: torch.Tensor, n: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted normal matrix [B, 3m, 3m] of the rows (f, 0, -nx f) and (0, f, -ny f), features f [B, m, N]."""
+    nx, ny = n.unbind(1)
+    weights = torch.stack((w, w * nx, w * ny, w * (nx * nx + ny * ny)), 1)  # [B, 4, N]
+    A, Bx, By, C = ((feats[:, None] * weights[:, :, None]) @ feats.transpose(1, 2)[:, None]).unbind(1)  # 4 x [B, m, m]
+    zero = torch.zeros_like(A)
+    return torch.cat((torch.cat((A, zero, -Bx), 2), torch.cat((zero, A, -By), 2), torch.cat((-Bx, -By, C), 2)), 1)
+
+
+def _dlt_pose(X: torch.Tensor, n: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted calibrated DLT: world-to-camera R [B, 3, 3], t [B, 3] from X [B, 3, N] seen at normalised n [B, 2, N]."""
+    c, s = _weighted_frame(X, w)
+    Xh = torch.cat(((X - c[..., None]) / s[:, None, None], torch.ones_like(X[:, :1])), 1)  # [B, 4, N]
+    P = _smallest_eigvec(_linear_system(Xh, n, w)).reshape(-1, 3, 4)  # ~ mu [s R | R c + t]
+    P = P * torch.linalg.det(P[..., :3]).sign()[:, None, None]  # mu > 0
+    R = _nearest_rotation(P[..., :3])
+    mu_s = torch.linalg.svdvals(_finite_or_eye(P[..., :3])).mean(-1).clamp(min=1e-300)
+    t = P[..., 3] * s[:, None] / mu_s[:, None] - (R @ c[..., None])[..., 0]
+    return R, t
+
+
+def _homography_pose(X: torch.Tensor, n: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R, t from the homography between the points' weighted best plane and their normalised image points."""
+    c, s = _weighted_frame(X, w)
+    Xc = X - c[..., None]
+    E = torch.linalg.eigh(_finite_or_eye((Xc * w[:, None]) @ Xc.transpose(1, 2))).eigenvectors.flip(-1)
+    E = torch.cat((E[..., :2], torch.linalg.cross(E[..., 0], E[..., 1])[..., None]), -1)  # plane axes, normal
+    ab = E[..., :2].transpose(1, 2) @ Xc / s[:, None, None]  # [B, 2, N] plane coordinates
+    ab1 = torch.cat((ab, torch.ones_like(ab[:, :1])), 1)
+    Hm = _smallest_eigvec(_linear_system(ab1, n, w)).reshape(-1, 3, 3)  # ~ lam [R e1 s, R e2 s, R c + t]
+    Hm = Hm * Hm[:, 2, 2].sign()[:, None, None]  # the centroid is in front: lam > 0
+    lam = (Hm[..., 0].norm(dim=-1) + Hm[..., 1].norm(dim=-1)).clamp(min=1e-300) / 2
+    r1, r2 = Hm[..., 0] / lam[:, None], Hm[..., 1] / lam[:, None]
+    R = _nearest_rotation(torch.stack((r1, r2, torch.linalg.cross(r1, r2)), -1)) @ E.transpose(1, 2)
+    t = Hm[..., 2] * s[:, None] / lam[:, None] - (R @ c[..., None])[..., 0]
+    return R, t
+
+
+def _so3_exp(omega: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors [B, 3] → rotation matrices [B, 3, 3] (Rodrigues, Taylor near zero)."""
+    theta2 = omega.square().sum(-1)
+    small = theta2 < 1e-12
+    theta = torch.where(small, torch.ones_like(theta2), theta2).sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp(min=1e-300))
+    ox, oy, oz = omega.unbind(-1)
+    zero = torch.zeros_like(ox)
+    hat = torch.stack((zero, -oz, oy, oz, zero, -ox, -oy, ox, zero), -1).reshape(-1, 3, 3)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
+    return eye + a[:, None, None] * hat + b[:, None, None] * (hat @ hat)
+
+
+@dataclass
+class _Residuals:
+    rho2: torch.Tensor  # [B, N] squared pixel reprojection error
+    in_front: torch.Tensor  # [B, N] bool
+    depth: torch.Tensor  # [B, N] camera z
+    gram: torch.Tensor  # [B, 11, 11] float64 Σ irls Φ Φᵀ, Φ = (φ, ex, ey)
+
+
+def _residuals(X, n, w, R, t, K, scale_px: float | None, work: tuple[torch.Tensor, ...] | None = None,
+               c_min: float = 0.5, c_max: float = 50.0) -> _Residuals:
+    """Reprojection of X [B, 3, N] by (R, t) against n [B, 2, N]; with ``scale_px`` None the Cauchy scale is
+    ``CAUCHY_SCALE`` x the median residual (within [c_min, c_max] px). ``work`` is scratch space from ``_workspace``,
+    reused between steps: every op writes in place, as allocating and faulting in fresh pages costs as much as the
+    arithmetic on a CPU."""
+    phi, cam, tmp = _workspace(X) if work is None else work
+    torch.baddbmm(t.to(X.dtype)[..., None], R.to(X.dtype), X, out=cam)  # [B, 3, N] camera coordinates
+    z = cam[:, 2]
+    in_front = z > 1e-9
+    iz = torch.where(in_front, z, z.new_ones(()), out=tmp[:, 0]).reciprocal_()
+    nx, ny = cam[:, 0].mul_(iz), cam[:, 1].mul_(iz)  # normalised projections, in place of x and y
+    ex = torch.sub(nx, n[:, 0], out=tmp[:, 1])
+    ey = torch.sub(ny, n[:, 1], out=tmp[:, 2])
+    fx, s, fy = (K[:, i, j, None].to(X.dtype) for i, j in ((0, 0), (0, 1), (1, 1)))
+    rho2 = torch.mul(ex, fx, out=tmp[:, 3])
+    if bool((s != 0).any()):
+        rho2.addcmul_(ey, s)
+    rho2.square_().addcmul_(torch.mul(ey, fy, out=phi[:, 10]), phi[:, 10])  # |K₂ e|²
+    if scale_px is None:
+        sample = torch.where((w[:, ::16] > 0) & in_front[:, ::16], rho2[:, ::16], float("nan"))
+        c2 = (CAUCHY_SCALE**2 * sample.nanmedian(1).values).nan_to_num(c_max**2).clamp(c_min**2, c_max**2)[:, None]
+    else:
+        c2 = torch.full_like(rho2[:, :1], scale_px**2)
+    # Φ = sqrt(irls) (1, nx, ny, nx², nx ny, ny², 1/z, nx/z, ny/z, ex, ey): monomials already weighted
+    sw = torch.div(rho2, c2, out=phi[:, 0]).add_(1).reciprocal_().mul_(w).masked_fill_(~in_front, 0).sqrt_()
+    torch.mul(nx, sw, out=phi[:, 1])
+    torch.mul(ny, sw, out=phi[:, 2])
+    torch.mul(nx, phi[:, 1], out=phi[:, 3])
+    torch.mul(nx, phi[:, 2], out=phi[:, 4])
+    torch.mul(ny, phi[:, 2], out=phi[:, 5])
+    torch.mul(iz, sw, out=phi[:, 6])
+    torch.mul(nx, phi[:, 6], out=phi[:, 7])
+    torch.mul(ny, phi[:, 6], out=phi[:, 8])
+    torch.mul(ex, sw, out=phi[:, 9])
+    torch.mul(ey, sw, out=phi[:, 10])
+    gram = torch.bmm(phi, phi.transpose(1, 2)).double()  # Σ irls Φ Φᵀ
+    return _Residuals(rho2, in_front, z, gram)
+
+
+def _workspace(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scratch for ``_residuals``: Φ [B, 11, N], camera points [B, 3, N], temporaries [B, 4, N]."""
+    B, _, N = X.shape
+    return tuple(torch.empty(B, rows, N, dtype=X.dtype, device=X.device) for rows in (_N_MONOMIALS + 2, 3, 4))
+
+
+@functools.lru_cache(maxsize=8)
+def _jacobian_maps(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(_JX, dtype=dtype, device=device), torch.tensor(_JY, dtype=dtype, device=device)
+
+
+def _normal_equations(gram: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram matrix of (φ, ex, ey) [B, 11, 11] → H [B, 6, 6] and g [B, 6] of the pixel reprojection error."""
+    Jx, Jy = _jacobian_maps(gram.dtype, gram.device)  # [6, 9] each
+    S, sx, sy = gram[:, :_N_MONOMIALS, :_N_MONOMIALS], gram[:, :_N_MONOMIALS, 9], gram[:, :_N_MONOMIALS, 10]
+    K2 = K[:, :2, :2]
+    G = K2.transpose(1, 2) @ K2  # |K₂ e|² = eᵀ G e
+    g00, g01, g11 = (G[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+    xSx, ySy, xSy = Jx @ S @ Jx.T, Jy @ S @ Jy.T, Jx @ S @ Jy.T
+    H = g00 * xSx + g01 * (xSy + xSy.transpose(1, 2)) + g11 * ySy
+    gx, gy = sx @ Jx.T, sy @ Jy.T  # [B, 6]: Σ w Jxᵀ ex, Σ w Jyᵀ ey
+    gxy = sy @ Jx.T + sx @ Jy.T
+    g = g00[..., 0] * gx + g01[..., 0] * gxy + g11[..., 0] * gy
+    return H, g
+
+
+def _gauss_newton(X, n, w, R, t, K, iterations: int):
+    """``iterations`` Cauchy-IRLS Gauss-Newton steps. Returns R, t, the residuals and H of the last step (taken
+    before its update)."""
+    work = _workspace(X)
+    for _ in range(iterations):
+        res = _residuals(X, n, w, R, t, K, scale_px=None, work=work)
+        H, g = _normal_equations(res.gram, K)
+        damp = 1e-9 * H.diagonal(dim1=1, dim2=2).sum(-1).clamp(min=1e-30)
+        H_damped = _finite_or_eye(H + damp[:, None, None] * torch.eye(6, dtype=H.dtype, device=H.device))
+        delta = torch.linalg.solve_ex(H_damped, -g.nan_to_num(0.0))[0].nan_to_num(0.0)
+        dR = _so3_exp(delta[:, :3])
+        R = dR @ R
+        t = (dR @ t[..., None])[..., 0] + delta[:, 3:]
+    return R, t, res, H
+
+
+def _pose_validity(res: _Residuals, H: torch.Tensor, w: torch.Tensor, max_error_px: float,
+                   min_inlier_weight: float, min_condition: float) -> torch.Tensor:
+    """[B] bool: normal equations well conditioned (translation in units of the median depth) and at least
+    ``min_inlier_weight`` of the confidence reprojecting within ``max_error_px``."""
+    d = torch.where(res.in_front[:, ::16] & (w[:, ::16] > 0), res.depth[:, ::16], float("nan"))
+    d = d.nanmedian(1).values.double().nan_to_num(1.0).abs().clamp(min=1e-12)
+    D = torch.cat((torch.ones_like(d)[:, None].expand(-1, 3), d[:, None].expand(-1, 3)), 1)  # [B, 6]
+    Hn = H * D[:, :, None] * D[:, None, :]
+    finite = Hn.flatten(1).isfinite().all(1)
+    eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], Hn, torch.zeros_like(Hn)))
+    conditioned = finite & (eig[:, -1] > 0) & (eig[:, 0] > min_condition * eig[:, -1])
+    inlier = (w * (res.in_front & (res.rho2 < max_error_px**2))).sum(1) / w.sum(1).clamp(min=1e-30)
+    return conditioned & (inlier >= min_inlier_weight)
+
+
+def _as_batch(pts3d, conf, K, init):
+    """Inputs → float32 pts [B, H, W, 3], conf [B, H, W], float64 K [B, 3, 3] and init [B, 4, 4] or None."""
+    pts = torch.as_tensor(pts3d)
+    device = pts.device
+    pts = pts.float()
+    conf = torch.as_tensor(conf, device=device).float()
+    K = torch.as_tensor(K, device=device).double()
+    if pts.ndim != 4 or pts.shape[-1] != 3 or conf.shape != pts.shape[:-1]:
+        raise ValueError(f"expected pts3d [B, H, W, 3] and conf [B, H, W], got {list(pts.shape)} and {list(conf.shape)}")
+    K = K.expand(pts.shape[0], 3, 3) if K.shape == (3, 3) else K
+    if K.shape != (pts.shape[0], 3, 3):
+        raise ValueError(f"expected K [3, 3] or [B, 3, 3], got {list(K.shape)}")
+    if init is not None:
+        init = torch.as_tensor(init, device=device).double().expand(pts.shape[0], 4, 4)
+    return pts, conf, K, init
+
+
+def _ransac_c2w(obj: np.ndarray, px: np.ndarray, K: np.ndarray) -> np.ndarray | None:
+    """OpenCV PnP-RANSAC (defaults, as ``solve_pose``) of world points obj [N, 3] seen at pixels px [N, 2] → c2w."""
+    try:
+        ok, rvec, tvec, _ = cv2.solvePnPRansac(obj, px, K.astype(np.float32), np.zeros(4, dtype=np.float32))
+    except cv2.error:
+        return None
+    if not ok or rvec is None or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
+        return None
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = cv2.Rodrigues(rvec)[0], tvec.reshape(3)
+    return np.linalg.inv(w2c)
+
+
+def _ransac_batch(pts: torch.Tensor, keep: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame OpenCV PnP-RANSAC on the pixels ``keep`` [B, H, W] → c2w [B, 4, 4] float64 (NaN if failed), ok [B]."""
+    B, H, W, _ = pts.shape
+    grid = pixel_grid(H, W)
+    pts_np, keep_np, K_np = pts.cpu().numpy(), keep.reshape(B, -1).cpu().numpy(), K.cpu().numpy()
+    c2w = np.full((B, 4, 4), np.nan)
+    for i in range(B):
+        if keep_np[i].sum() < 6 or not np.isfinite(K_np[i]).all():
+            continue
+        obj = np.ascontiguousarray(pts_np[i].reshape(-1, 3)[keep_np[i]])
+        got = _ransac_c2w(obj, np.ascontiguousarray(grid[keep_np[i]]), K_np[i])
+        if got is not None:
+            c2w[i] = got
+    c2w_t = torch.from_numpy(c2w).to(pts.device)
+    return c2w_t, c2w_t.flatten(1).isfinite().all(1)
+
+
+def _robust_solve(pts, conf, K, init, *, coarse_iterations, fine_iterations, max_error_px, min_points,
+                  min_inlier_weight, min_condition):
+    """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B]."""
+    B, H, W, _ = pts.shape
+    X = pts.permute(0, 3, 1, 2).reshape(B, 3, H * W)  # [B, 3, N] component-major (a copy)
+    finite = X.sum(1).isfinite() & conf.reshape(B, -1).isfinite()  # [B, N]
+    if not bool(finite.all()):
+        X = X.nan_to_num_(0.0, 0.0, 0.0)
+    w = conf.reshape(B, -1).clamp(min=1).log_().masked_fill_(~finite, 0.0)  # 0 at the minimum confidence
+    K_ok = K.flatten(1).isfinite().all(1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
+    K = torch.where(K_ok[:, None, None], K, torch.eye(3, dtype=K.dtype, device=K.device))
+    enough = K_ok & ((w > 0).sum(1) >= min_points)
+
+    step = max(1, round(math.sqrt(H * W / 3000)))  # ~3000 sampled pixels per frame
+    Xs = X.view(B, 3, H, W)[..., ::step, ::step].reshape(B, 3, -1)  # [B, 3, n]
+    ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
+    W_s = len(range(0, W, step))
+    ns = _normalised_pixels(K, H, W, step)
+    # the linear starts on the more confident 40 % of the sample (gross outliers have low confidence)
+    Xl, nl, wl = Xs.view(B, 3, -1, W_s)[..., ::2, ::2].flatten(2), ns.view(B, 2, -1, W_s)[..., ::2, ::2].flatten(2), \
+        ws.view(B, -1, W_s)[..., ::2, ::2].flatten(1)  # a quarter of the sample is plenty for a start
+    cut = wl.kthvalue(max(1, int(0.6 * wl.shape[1])), dim=1).values
+    wl = wl * (wl >= cut[:, None]) * (wl > 0)
+    Xl, nl, wl = Xl.double(), nl.double(), wl.double()
+    candidates = [_dlt_pose(Xl, nl, wl), _homography_pose(Xl, nl, wl)]
+    if init is not None:
+        w2c = torch.linalg.inv(_finite_or_eye(init))
+        candidates.append((w2c[:, :3, :3], w2c[:, :3, 3]))
+    Rc, tc = torch.stack([c[0] for c in candidates], 1), torch.stack([c[1] for c in candidates], 1)  # [B, C, ...]
+    cost = torch.stack([(ws * (1 + _residuals(Xs, ns, ws, Rc[:, i], tc[:, i], K, 4.0).rho2.clamp(max=1e8)
+                                  .div(16)).log()).sum(1) for i in range(len(candidates))], 1)
+    best = cost.nan_to_num(float("inf")).argmin(1)
+    R, t = Rc[torch.arange(B), best], tc[torch.arange(B), best]
+    R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
+    R, t, res, Hn = _gauss_newton(X, _normalised_pixels(K, H, W), w, R, t, K, fine_iterations)
+    valid = enough & _pose_validity(res, Hn, w, max_error_px, min_inlier_weight, min_condition)
+    valid &= R.flatten(1).isfinite().all(1) & t.isfinite().all(1)
+    return R, t, valid, enough
+
+
+def _to_c2w(R: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """World-to-camera R, t → camera-to-world [B, 4, 4] float64, NaN where not valid."""
+    c2w = torch.eye(4, dtype=torch.float64, device=R.device).repeat(R.shape[0], 1, 1)
+    c2w[:, :3, :3] = R.transpose(1, 2)
+    c2w[:, :3, 3] = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    return torch.where(valid[:, None, None], c2w, torch.full_like(c2w, float("nan")))
+
+
+def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor,
+                init: np.ndarray | torch.Tensor | None = None, *, method: str = "robust", fallback: bool = True,
+                coarse_iterations: int = 4, fine_iterations: int = 2, max_error_px: float = 8.0,
+                min_points: int = 64, min_inlier_weight: float = 0.5, min_condition: float = 1e-9):
+    """Camera-to-world poses of a batch of frames, each seeing its global pointmap through its pixel grid.
+
+    pts3d [B, H, W, 3] (world = first camera, OpenCV axes), conf [B, H, W] (≥ 1; weight log(conf), so pixels at
+    the minimum count for nothing; non-finite pixels are ignored), K [3, 3] or [B, 3, 3] (pixels of the H×W grid,
+    pixel (u, v) at column u, row v, as ``pixel_grid``), init [4, 4] or [B, 4, 4] camera-to-world (e.g. the
+    stream's previous pose) or None. ``method``: ``"robust"`` (default; see the section comment) or
+    ``"pnp_ransac"`` (per frame, OpenCV, every finite point, confidence ignored: the official demo's estimator).
+    ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC.
+
+    Returns (c2w [B, 4, 4] float64, NaN where not valid; valid [B] bool): torch tensors on pts3d's device, or
+    numpy arrays when pts3d is not a tensor.
+    """
+    if method not in POSE_METHODS:
+        raise ValueError(f"unknown pose method {method!r} (choose from {', '.join(POSE_METHODS)})")
+    as_numpy = not isinstance(pts3d, torch.Tensor)
+    pts, conf_t, K_t, init_t = _as_batch(pts3d, conf, K, init)
+    if method == "pnp_ransac":
+        c2w, valid = _ransac_batch(pts, pts.isfinite().all(-1), K_t)
+    else:
+        settings = dict(coarse_iterations=coarse_iterations, fine_iterations=fine_iterations,
+                        max_error_px=max_error_px, min_points=min_points, min_inlier_weight=min_inlier_weight,
+                        min_condition=min_condition)
+        R, t, valid, enough = _robust_solve(pts, conf_t, K_t, init_t, **settings)
+        retry = enough & ~valid
+        if fallback and bool(retry.any()):
+            i = retry.nonzero()[:, 0]
+            keep = pts[i].isfinite().all(-1) & (conf_t[i] > 1)
+            c2w_r, ok = _ransac_batch(pts[i], keep, K_t[i])
+            if bool(ok.any()):
+                i, c2w_r = i[ok], c2w_r[ok]
+                R2, t2, valid2, _ = _robust_solve(pts[i], conf_t[i], K_t[i], c2w_r, **settings)
+                R[i], t[i], valid[i] = R2, t2, valid2
+        c2w = _to_c2w(R, t, valid)
+    if as_numpy:
+        return c2w.cpu().numpy(), valid.cpu().numpy()
+    return c2w, valid

@@ -1,0 +1,211 @@
+"""Batched robust camera poses (``solve_poses``) on rendered scenes, side by side with OpenCV's PnP-RANSAC."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spann3r.core.camera import solve_poses
+
+ROOM_LO, ROOM_HI = np.array([-2.0, -1.2, -2.5]), np.array([2.0, 1.2, 2.5])  # an axis-aligned room, metres
+
+
+# ----------------------------------------------------------------------------- scenes
+def look_at(eye: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """Camera-to-world [4, 4] (OpenCV axes) at ``eye`` looking at ``target``, rolled by ``roll`` radians."""
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross(z, [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    c, s = math.cos(roll), math.sin(roll)
+    x, y = c * x + s * y, -s * x + c * y
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = np.stack((x, y, z), 1), eye
+    return c2w
+
+
+def render_room(K: np.ndarray, c2w: np.ndarray, h: int, w: int, u=None, v=None) -> np.ndarray:
+    """World points [h, w, 3] the camera (K at pixel (u, v) = (column, row), no half-pixel) sees inside the room;
+    ``u, v`` [h, w] override the pixel positions (any real coordinates)."""
+    if u is None:
+        v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    rays_cam = np.linalg.solve(K, np.stack((u, v, np.ones_like(u)), 0).reshape(3, -1))  # z = 1
+    d = c2w[:3, :3] @ rays_cam  # [3, N] world direction per unit depth
+    eye = c2w[:3, 3:]
+    with np.errstate(divide="ignore"):
+        bound = np.where(d > 0, ROOM_HI[:, None], ROOM_LO[:, None])
+        t_axis = np.where(d != 0, (bound - eye) / d, np.inf)
+    depth = t_axis.min(0)  # the wall each ray leaves the room through
+    return (eye + d * depth).T.reshape(h, w, 3)
+
+
+def random_camera(rng: np.random.Generator) -> np.ndarray:
+    """A camera inside the room looking roughly at a corner, so that it sees two walls and the floor or ceiling."""
+    eye = rng.uniform(ROOM_LO * 0.5, ROOM_HI * 0.5)
+    corner = np.where(rng.random(3) < 0.5, ROOM_LO, ROOM_HI) * rng.uniform(0.6, 0.9, 3)
+    return look_at(eye, corner, roll=rng.uniform(-0.3, 0.3))
+
+
+def network_like(pts: np.ndarray, c2w: np.ndarray, rng: np.random.Generator, noise: float = 0.005,
+                 outliers: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact world points → (noisy points, confidence) as a network would give: isotropic noise of ``noise`` x depth,
+    and a fraction ``outliers`` of pixels thrown up to 30 % of their depth away with lower confidence."""
+    depth = np.linalg.norm(pts - c2w[:3, 3], axis=-1, keepdims=True)
+    pts = pts + rng.normal(0, noise, pts.shape) * depth
+    conf = 1 + np.exp(rng.normal(1.5, 0.5, pts.shape[:2]))
+    bad = rng.random(pts.shape[:2]) < outliers
+    pts[bad] += rng.uniform(-0.3, 0.3, (bad.sum(), 3)) * depth[bad]
+    conf[bad] = 1 + np.exp(rng.normal(0.0, 0.5, bad.sum()))
+    return pts.astype(np.float32), conf.astype(np.float32)
+
+
+def pose_errors(c2w: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation error (degrees) and camera-centre error (metres), [B] each."""
+    rel = np.einsum("bji,bjk->bik", c2w[:, :3, :3], truth[:, :3, :3])
+    angle = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    return angle, np.linalg.norm(c2w[:, :3, 3] - truth[:, :3, 3], axis=-1)
+
+
+def scene_batch(batch: int, seed: int, noise: float = 0.005, outliers: float = 0.0, size: int = 224,
+                focal: float = 200.0):
+    """``batch`` rendered frames: (pts [B, size, size, 3] float32, conf [B, size, size], K [3, 3], c2w [B, 4, 4])."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    truth = np.stack([random_camera(rng) for _ in range(batch)])
+    frames = [network_like(render_room(K, c2w, size, size), c2w, rng, noise, outliers) for c2w in truth]
+    return np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames]), K, truth
+
+
+def opencv_errors(pts, conf, K, truth):
+    c2w, valid = solve_poses(pts, conf, K, method="pnp_ransac")
+    assert valid.all()
+    return pose_errors(c2w, truth)
+
+
+# ----------------------------------------------------------------------------- accuracy
+def test_exact_pointmaps_give_the_exact_pose():
+    pts, conf, K, truth = scene_batch(4, seed=0, noise=0.0)
+    c2w, valid = solve_poses(pts, conf, K)
+    assert isinstance(c2w, np.ndarray) and c2w.shape == (4, 4, 4) and c2w.dtype == np.float64
+    assert valid.dtype == bool and valid.all()
+    rot, trans = pose_errors(c2w, truth)
+    assert rot.max() < 1e-3 and trans.max() < 1e-4  # degrees, metres: float32 pointmaps
+
+
+@pytest.mark.parametrize("outliers", [0.0, 0.1, 0.3])
+def test_as_accurate_as_opencv_ransac_on_noisy_pointmaps_with_outliers(outliers):
+    """0.5 % depth noise and gross outliers with lower confidence; the same scenes through OpenCV's PnP-RANSAC."""
+    pts, conf, K, truth = scene_batch(6, seed=1, noise=0.005, outliers=outliers)
+    c2w, valid = solve_poses(pts, conf, K, fallback=False)
+    assert valid.all()
+    rot, trans = pose_errors(c2w, truth)
+    cv_rot, cv_trans = opencv_errors(pts, conf, K, truth)
+    assert rot.mean() <= 1.5 * cv_rot.mean() + 0.005, (rot, cv_rot)
+    assert trans.mean() <= 1.5 * cv_trans.mean() + 2e-4, (trans, cv_trans)
+    assert rot.max() < 0.15 and trans.max() < 0.01  # degrees, metres (cameras 1-3 m from the walls)
+
+
+def test_a_single_plane_is_solved_too():
+    """Facing one wall, the DLT is degenerate: the homography start takes over."""
+    rng = np.random.default_rng(5)
+    K = np.array([[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]])
+    truth = np.stack([look_at(np.array([0.3, -0.2, 1.5]), np.array([0.5, 0.1, 2.5]), roll=0.2),
+                      look_at(np.array([-0.5, 0.3, 1.3]), np.array([-0.8, 0.2, 2.5]), roll=-0.1)])
+    exact = [render_room(K, c2w, 224, 224) for c2w in truth]
+    assert np.allclose(np.stack(exact)[..., 2], 2.5)  # really one plane
+    frames = [network_like(pts, c2w, rng) for pts, c2w in zip(exact, truth)]
+    pts, conf = np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames])
+    c2w, valid = solve_poses(pts, conf, K, fallback=False)
+    rot, trans = pose_errors(c2w, truth)
+    cv_rot, cv_trans = opencv_errors(pts, conf, K, truth)
+    assert valid.all() and rot.max() < 0.2 and trans.max() < 0.01
+    assert rot.mean() <= 1.5 * cv_rot.mean() + 0.005 and trans.mean() <= 1.5 * cv_trans.mean() + 2e-4
+
+
+def test_batch_equals_frame_by_frame_with_per_frame_intrinsics():
+    pts, conf, K, truth = scene_batch(3, seed=2, outliers=0.1)
+    Ks = np.stack([K, K, K])
+    Ks[1, 0, 0] *= 1.1  # a different camera for frame 1: its pose changes, the others must not
+    c2w, valid = solve_poses(pts, conf, Ks)
+    for i in range(3):
+        one, ok = solve_poses(pts[i:i + 1], conf[i:i + 1], Ks[i])
+        assert ok[0] == valid[i]
+        np.testing.assert_allclose(one[0], c2w[i], atol=1e-5)
+    ref, _ = solve_poses(pts, conf, K)
+    np.testing.assert_allclose(c2w[[0, 2]], ref[[0, 2]], atol=1e-5)
+    assert np.abs(c2w[1] - ref[1]).max() > 1e-3
+
+
+def test_warm_start_gives_the_same_answer():
+    pts, conf, K, truth = scene_batch(4, seed=3, outliers=0.2)
+    cold, valid = solve_poses(pts, conf, K)
+    assert valid.all()
+    near = truth.copy()
+    near[:, :3, 3] += 0.02  # the stream's previous pose: close, not equal
+    for init in (near, cold, np.eye(4)):  # a far-off init loses to the linear starts
+        warm, ok = solve_poses(pts, conf, K, init=init)
+        assert ok.all()
+        np.testing.assert_allclose(warm, cold, atol=2e-5)
+
+
+def test_torch_in_torch_out():
+    pts, conf, K, truth = scene_batch(2, seed=4)
+    c2w, valid = solve_poses(torch.from_numpy(pts), torch.from_numpy(conf), torch.from_numpy(K))
+    assert isinstance(c2w, torch.Tensor) and c2w.dtype == torch.float64 and valid.dtype == torch.bool
+    np.testing.assert_allclose(c2w.numpy(), solve_poses(pts, conf, K)[0], atol=1e-9)
+
+
+def test_pnp_ransac_method_is_the_official_estimator():
+    from spann3r.core.camera import intrinsics, solve_pose
+
+    pts, conf, K, _ = scene_batch(2, seed=6, outliers=0.1)
+    c2w, valid = solve_poses(pts, conf, intrinsics(200.0, 224, 224), method="pnp_ransac")
+    for i in range(2):
+        pose = solve_pose(pts[i], 200.0)
+        assert valid[i] == pose.valid
+        np.testing.assert_array_equal(c2w[i], pose.c2w)
+
+
+# ----------------------------------------------------------------------------- degenerate input
+def test_degenerate_frames_are_flagged_and_do_not_disturb_the_others():
+    pts, conf, K, truth = scene_batch(6, seed=7, outliers=0.1)
+    rng = np.random.default_rng(0)
+    # 1: every point on one 3D line
+    s = rng.uniform(1, 3, (224, 224, 1))
+    pts[1] = (np.array([0.1, 0.2, 0.5]) + s * np.array([0.3, -0.1, 1.0])).astype(np.float32)
+    # 2: no structure and every confidence at the minimum
+    pts[2] = rng.normal(0, 1, pts[2].shape)
+    conf[2] = 1.0
+    # 3: all NaN; 4: a few NaN pixels only (ignored: still a good pose)
+    pts[3] = np.nan
+    pts[4, :5] = np.nan
+    conf[4, 100:110, 100:110] = np.nan
+    # 5: structure but a wrong sign on one axis (a mirrored pointmap): no camera reprojects it
+    pts[5, ..., 0] *= -1
+    c2w, valid = solve_poses(pts, conf, K)  # with the RANSAC fallback: it must not rescue any of them
+    assert valid.tolist() == [True, False, False, False, True, False]
+    assert np.isnan(c2w[~valid]).all()
+    rot, trans = pose_errors(c2w[valid], truth[valid])
+    assert rot.max() < 0.15 and trans.max() < 0.01
+
+
+def test_bad_intrinsics_are_flagged():
+    pts, conf, K, _ = scene_batch(3, seed=8)
+    Ks = np.stack([K, K, K])
+    Ks[1, 0, 0] = 0.0
+    Ks[2, 1, 2] = np.nan
+    _, valid = solve_poses(pts, conf, Ks)
+    assert valid.tolist() == [True, False, False]
+
+
+def test_bad_arguments():
+    pts, conf, K, _ = scene_batch(1, seed=9)
+    with pytest.raises(ValueError, match="pose method"):
+        solve_poses(pts, conf, K, method="magic")
+    with pytest.raises(ValueError, match="conf"):
+        solve_poses(pts, conf[:, :10], K)
+    with pytest.raises(ValueError, match="K"):
+        solve_poses(pts, conf, np.eye(4))
