@@ -87,6 +87,11 @@ BAD = {
                             "image_too_large", 1),
     "message too large": (lambda f: frame(data=b"\0" * (LIMIT + 1000)), "message_too_large", None),
     "repeated seq": (lambda f: frame(seq=0, format="png", data=png(f)), "bad_seq", 0),
+    # once accepted, a seq of 2^64-1 left every later seq 'bad_seq': the session was bricked
+    "seq beyond 2^53": (lambda f: frame(seq=2**64 - 1, format="png", data=png(f)), "bad_schema", None),
+    "bool for seq": (lambda f: frame(seq=True, format="png", data=png(f)), "bad_schema", None),
+    # ~1000 levels raised RecursionError while the error text was built: a silent drop (1006), nothing counted
+    "deep nesting": (lambda f: b"\x81\xa4type" + b"\x91" * 1000 + b"\xc0", "malformed", None),
 }
 
 
