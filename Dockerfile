@@ -6,13 +6,13 @@
 
 ARG PYTORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
-# ---- browser client: client_js/ → client_js/dist
+# ---- browser client: client_js/ → server/page (package data of spann3r.server)
 FROM node:20-bookworm-slim AS client
 WORKDIR /src/client_js
 COPY client_js/package.json client_js/package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY client_js/ ./
-RUN npm run build
+RUN mkdir -p /src/server && npm run build
 
 # ---- service
 FROM ${PYTORCH_IMAGE} AS service
@@ -24,19 +24,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     SPANN3R_PORT=8000 \
     SPANN3R_DEVICE=cuda \
     SPANN3R_WEIGHTS=/weights/spann3r.pth \
-    SPANN3R_STATE_DIR=/state \
-    SPANN3R_STATIC_DIR=/app/client_js/dist
+    SPANN3R_STATE_DIR=/state
 WORKDIR /app
 # the base image's torch satisfies the requirement; pip keeps it and adds the rest
 COPY pyproject.toml README.md ./
+COPY spann3r/ spann3r/
 COPY core/ core/
 COPY server/ server/
 COPY client_py/ client_py/
-RUN pip install --no-cache-dir . \
+COPY cli/ cli/
+COPY --from=client /src/server/page server/page
+RUN pip install --no-cache-dir ".[server]" \
     && useradd --create-home --uid 10001 spann3r \
     && mkdir -p /state /weights /cache \
     && chown spann3r:spann3r /state /cache
-COPY --from=client /src/client_js/dist /app/client_js/dist
 USER 10001
 EXPOSE 8000
 VOLUME ["/state", "/cache"]

@@ -139,7 +139,7 @@ def start_server(args):
     import uvicorn
 
     from spann3r.server.app import create_app
-    from spann3r.server.cmd_serve import uvicorn_config
+    from spann3r.cli.serve import uvicorn_config
     from spann3r.server.service import load_engine_for
     from spann3r.server.settings import ServeSettings
 

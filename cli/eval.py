@@ -12,14 +12,22 @@ import logging
 import time
 from pathlib import Path
 
+from ..core.evaluation import (DATASETS, PAPER_CHAMFER, EvalError, evaluate_scene, format_table, load_prediction,
+                               mean_row, metrics_row, prediction_file, require_open3d, select_scenes, write_csv)
+from ..core.reconstruct import reconstruct
+from ..core.unordered import reconstruct_unordered
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
+from .errors import UserError
+from .reconstruct import add_model_args, load_engine
+
 log = logging.getLogger(__name__)
 
+USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
 
-def register(sub) -> None:
-    from ..core.evaluation import DATASETS, PAPER_CHAMFER
 
+def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(
-        "eval", help="accuracy / completion / normal consistency on 7-Scenes or Neural-RGBD",
+        name, help=help_text,
         description="Evaluate reconstructions as the official Spann3R evaluation does: the dataset's frame "
                     "sampling, median scale/shift alignment to the ground truth, ICP refinement, then accuracy, "
                     "completion and normal consistency (mean and median) and their chamfer mean. Paper values "
@@ -28,8 +36,6 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", choices=sorted(DATASETS), help="dataset layout")
     p.add_argument("root", help="dataset root (e.g. ./data/7scenes, ./data/neural_rgbd)")
-    from .cmd_reconstruct import add_model_args
-
     add_model_args(p)
     p.add_argument("--predictions", default=None,
                    help="evaluate these prediction npz files (DIR/<scene>.npz, '/' in scene ids as '_') "
@@ -49,9 +55,6 @@ def register(sub) -> None:
 
 def _predict(engine, views, unordered: bool):
     """Run the model on one scene → (pts3d [N, H, W, 3] in processing order, views in that order, seconds)."""
-    from ..core.reconstruct import reconstruct
-    from ..core.unordered import reconstruct_unordered
-
     frames = [(v.name, v.frame) for v in views]
     t0 = time.perf_counter()
     if unordered:
@@ -66,9 +69,6 @@ def _predict(engine, views, unordered: bool):
 
 
 def run(args) -> int:
-    from ..core.evaluation import (DATASETS, PAPER_CHAMFER, EvalError, evaluate_scene, format_table, load_prediction,
-                                   mean_row, metrics_row, prediction_file, select_scenes, write_csv)
-    from .cli import UserError
 
     layout = DATASETS[args.dataset]
     root = Path(args.root)
@@ -84,8 +84,6 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     if not scenes:
         raise UserError(f"no {args.dataset} scenes under {root} (see 'spann3r eval --help' for the layout)")
-    from ..core.evaluation import require_open3d
-
     try:
         require_open3d()  # fail before any model work if the extra is missing
     except EvalError as exc:
@@ -93,8 +91,6 @@ def run(args) -> int:
 
     engine = None
     if args.predictions is None:
-        from .cmd_reconstruct import load_engine
-
         engine, _ = load_engine(args)
     save_dir = Path(args.save_predictions) if args.save_predictions else None
     if save_dir:

@@ -7,7 +7,21 @@ import logging
 import time
 from pathlib import Path
 
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
+from .errors import UserError
+from tqdm import tqdm
+
+from ..core.export import fuse, write_ply
+from ..core.preprocess import prepare
+from ..core.reconstruct import reconstruct
+from ..core.sources import count_frames, iter_frames
+from ..core.unordered import (DEFAULT_MAX_FRAMES, MAX_FRAMES_HELP, UnorderedError, estimate_seconds, format_duration,
+                              pair_count, reconstruct_unordered, step_decode_count)
+from ..core.weights import load_engine as load_engine_from
+
 log = logging.getLogger(__name__)
+
+USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -18,8 +32,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model size preset (tiny: same code, small widths; for tests and demos)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("reconstruct", help="reconstruct an image folder or a video offline",
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text,
                        description="Stream the frames of INPUT through Spann3R and write the global pointmaps, "
                                    "confidences, colours and camera poses to OUT.npz.")
     p.add_argument("input", help="folder of images (sorted by name) or a video file")
@@ -31,8 +45,6 @@ def register(sub) -> None:
     p.add_argument("--conf-thresh", type=float, default=1e-3,
                    help="PLY filter on (conf-1)/conf, as the official demo (default 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    from .reconstruct_unordered import DEFAULT_MAX_FRAMES, MAX_FRAMES_HELP
-
     p.add_argument("--unordered", action="store_true",
                    help="INPUT is an unordered collection: choose the order (best pair, then greedy next-best view), "
                         "as the official offline mode; adds 'order' and 'pair_conf' to OUT.npz")
@@ -40,51 +52,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_weights(weights: str | None) -> str:
-    from ..core.weights import OFFICIAL_CHECKPOINT_HELP, WeightsError
-
-    if weights is None:
-        default = Path("checkpoints/spann3r.pth")
-        if default.is_file():
-            return str(default)
-        raise WeightsError(f"no --weights given and no {default}. {OFFICIAL_CHECKPOINT_HELP}")
-    return weights
-
-
 def load_engine(args):
-    import torch
-
-    from ..core.config import ModelConfig
-    from ..core.engine import Engine
-    from ..core.weights import build_model
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    weights = resolve_weights(args.weights)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .cli import UserError
-
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-    model, info = build_model(weights, ModelConfig.preset(args.model), device)
-    return Engine(model), info
+    """The engine for the model flags (``add_model_args``)."""
+    return load_engine_from(args.weights, args.device, args.model, getattr(args, "threads", None))
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from ..core.export import fuse, write_ply
-    from ..core.reconstruct import reconstruct
-    from ..core.sources import count_frames, iter_frames
-
-    if getattr(args, "unordered", False):
-        from .reconstruct_unordered import run_unordered
-
+    if args.unordered:
         return run_unordered(args)
     out = Path(args.out)
     if not out.parent.exists():
-        from .cli import UserError
-
         raise UserError(f"output folder does not exist: {out.parent}")
     # open the input before loading the model: a bad input fails in milliseconds, not after the weights load
     frames = iter_frames(args.input, args.kf_every)
@@ -103,6 +80,78 @@ def run(args) -> int:
     rec.save_npz(out)
     log.info("%d frames in %.1f s (%.2f s/frame); focal %.2f; %d/%d poses valid; wrote %s",
              len(rec.names), dt, dt / len(rec.names), rec.focal, rec.pose_valid.sum(), len(rec.names), out)
+    if args.ply:
+        xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
+        write_ply(args.ply, xyz, rgb)
+        log.info("wrote %d points to %s", len(xyz), args.ply)
+    return 0
+
+
+# ----------------------------------------------------------------------------- --unordered
+
+def collect_unordered_frames(args) -> list:
+    """Read and prepare the input (224×224 model inputs; refused early above --max-frames images)."""
+    if args.max_frames < 2:
+        raise UserError(f"--max-frames must be at least 2, got {args.max_frames}")
+    frames_iter = iter_frames(args.input, args.kf_every)
+    first = next(frames_iter)  # a bad input fails here, before anything is counted or loaded
+    total = count_frames(args.input, args.kf_every)
+
+    def refuse(n: int, exact: bool):
+        many = f"{n}" if exact else f"more than {args.max_frames}"
+        cost = (f"{pair_count(n)} ordered pairs, about {format_duration(estimate_seconds(n))} with the full model on a "
+                "2-core CPU" if exact else "a number of pair decodes growing as N^2")
+        raise UserError(
+            f"{many} images in {args.input}, above --max-frames {args.max_frames}: the unordered mode decodes "
+            f"every ordered pair of images ({cost}). Raise --max-frames, keep fewer frames with --kf-every, "
+            "or reconstruct them in order (without --unordered)")
+
+    if total is not None and total > args.max_frames and Path(args.input).is_dir():
+        refuse(total, exact=True)
+    frames = [(first[0], prepare(first[1]))]
+    for name, rgb in frames_iter:
+        frames.append((name, prepare(rgb)))  # keep only the 224×224 crop, not the full-resolution image
+        if len(frames) > args.max_frames:
+            refuse(len(frames), exact=False)
+    if len(frames) < 2:
+        raise UserError(f"an unordered collection needs at least two images, {args.input} has {len(frames)}")
+    return frames
+
+
+def run_unordered(args) -> int:
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise UserError(f"output folder does not exist: {out.parent}")
+    frames = collect_unordered_frames(args)
+    n = len(frames)
+    engine, _ = load_engine(args)
+    log.info("%d images: %d ordered pairs, then %d next-best-view decodes", n, pair_count(n), step_decode_count(n))
+
+    bars: dict[str, tqdm] = {}
+    labels = {"encode": ("encode", "image"), "pairs": ("pairs", "pair"), "views": ("order", "decode")}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            desc, unit = labels[stage]
+            bar = bars[stage] = tqdm(total=total, desc=desc, unit=unit, disable=None)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    t0 = time.perf_counter()
+    try:
+        result = reconstruct_unordered(engine, frames, progress=progress)
+    except UnorderedError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    dt = time.perf_counter() - t0
+    result.save_npz(out)
+    rec = result.reconstruction
+    log.info("%d images in %.1f s; initial pair %s, order %s; focal %.2f; %d/%d poses valid; wrote %s",
+             n, dt, result.initial_pair, result.order.tolist(), rec.focal, rec.pose_valid.sum(), n, out)
     if args.ply:
         xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
         write_ply(args.ply, xyz, rgb)

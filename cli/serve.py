@@ -7,7 +7,18 @@ import argparse
 import logging
 import typing
 
+import uvicorn
+from pydantic import ValidationError
+
+from ..server.app import create_app
+from ..server.service import load_engine_for
+from ..server.settings import ServeSettings
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
+from .errors import UserError
+
 log = logging.getLogger(__name__)
+
+USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
 
 
 def flag(name: str) -> str:
@@ -21,34 +32,27 @@ def _kind(annotation) -> str:
     return "value"
 
 
-def register(sub) -> None:
-    from .settings import ServeSettings
-
-    p = sub.add_parser("serve", help="run the streaming service (REST + WebSocket)",
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text,
                        description="Serve Spann3R to many streaming clients at once. Every option can also be "
                                    "set through an environment variable SPANN3R_<OPTION> (e.g. "
                                    "SPANN3R_MAX_SESSIONS=16); flags win.")
-    for name, field in ServeSettings.model_fields.items():
-        help_text = (field.description or "") + f" [env SPANN3R_{name.upper()}]"
+    for setting, field in ServeSettings.model_fields.items():
+        setting_help = (field.description or "") + f" [env SPANN3R_{setting.upper()}]"
         if _kind(field.annotation) == "bool":
-            p.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_text)
+            p.add_argument(flag(setting), dest=setting, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=setting_help)
         else:
             choices = None
             args = typing.get_args(field.annotation)
             if typing.get_origin(field.annotation) is typing.Literal:
                 choices = list(args)
-            p.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, choices=choices, help=help_text)
+            p.add_argument(flag(setting), dest=setting, default=argparse.SUPPRESS, choices=choices, help=setting_help)
     p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace):
     """Flags given on the command line (others come from the environment or the defaults)."""
-    from pydantic import ValidationError
-
-    from .cli import UserError
-    from .settings import ServeSettings
-
     given = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields}
     try:
         return ServeSettings(**given)
@@ -58,8 +62,6 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def uvicorn_config(app, settings):
-    import uvicorn
-
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
@@ -70,10 +72,6 @@ def uvicorn_config(app, settings):
 
 
 def run(args) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .service import load_engine_for
 
     settings = settings_from_args(args)
     # load before listening: a missing or broken checkpoint fails here in one line, not behind /readyz

@@ -4,15 +4,24 @@ the results to OUT.npz (the layout of ``spann3r reconstruct``)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 from pathlib import Path
 
+from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
+from ..core.sources import SourceError
+from ..server.protocol import DroppedMsg, ErrorMsg, HelloMsg, SessionSettings
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
+USER_ERRORS = (SourceError,)  # printed as one line by main
 
-def register(sub) -> None:
-    p = sub.add_parser("stream", help="stream frames to a running service and save the results",
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text,
                        description="Create a session on the service at URL, stream INPUT's frames over its "
                                    "WebSocket and write the global pointmaps, confidences, colours and poses to "
                                    "OUT.npz. Files are sent without loss (the client waits for results); "
@@ -42,13 +51,6 @@ def run(args) -> int:
 
 
 async def _run(args) -> int:
-    import itertools
-    import os
-
-    from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
-    from ..server.protocol import DroppedMsg, ErrorMsg, HelloMsg, SessionSettings
-    from .cli import UserError
-
     out = Path(args.out)
     if not out.parent.exists():
         raise UserError(f"output folder does not exist: {out.parent}")

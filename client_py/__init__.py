@@ -1,5 +1,9 @@
 """Python client of the Spann3R streaming service (library + the ``spann3r stream`` command)."""
 
+if __name__ != "spann3r.client":  # imported as a top-level folder, e.g. from the repository root
+    raise ImportError(f"import spann3r.client instead of {__name__!r}: the folder is that package, and importing it "
+                      "by its folder name would load a second copy of every class")
+
 from .client import ServiceError, StreamClient, encode_image, stream
 from .record import Recording
 from .sources import is_live, iter_source

@@ -1,21 +1,22 @@
-"""Results of a stream → the ``OUT.npz`` layout of ``spann3r reconstruct`` (through ``core.reconstruct.assemble``)."""
+"""Results of a stream → the ``OUT.npz`` layout of ``spann3r reconstruct`` (``core.records.Reconstruction``).
+
+No torch: poses and focal are the server's, pointmaps as sent (``full`` encoding)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..core.engine import FrameOutput, MemoryTrace
-from ..core.reconstruct import Reconstruction, assemble
+from ..core.records import Reconstruction
 from ..server.encoding import decode_map, pose_matrix
-from ..server.protocol import FinishedMsg, FrameData, ResultMsg
+from ..server.protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg
 
 
 class Recording:
     """Collects the finals (``full`` encoding) and memory decisions of one stream."""
 
-    def __init__(self):
-        self.finals: dict[int, tuple[FrameData, dict]] = {}
-        self.traces: dict[int, MemoryTrace] = {}
+    def __init__(self) -> None:
+        self.finals: dict[int, tuple[FrameData, dict]] = {}  # frame index → (message, decoded arrays)
+        self.memory: dict[int, MemoryInfo] = {}  # frame index written by the step → its memory decisions
         self.focal: float | None = None
         self.finished = False
 
@@ -24,9 +25,7 @@ class Recording:
             if msg.final is not None:
                 self._final(msg.final)
             if msg.memory is not None:
-                m = msg.memory
-                self.traces[m.frame_index] = MemoryTrace(m.step, m.frame_index, m.similarity, m.skipped, m.pruned,
-                                                         m.mem_tokens, m.wm, m.lm, m.attn_zeroed_frac)
+                self.memory[msg.memory.frame_index] = msg.memory
         elif isinstance(msg, FinishedMsg):
             self.finished = True
             if msg.final is not None:
@@ -44,12 +43,22 @@ class Recording:
         if not self.finals:
             raise ValueError("no final pointmaps were received")
         order = sorted(self.finals)
-        outs = [FrameOutput(i, "final", *(self.finals[i][1][k] for k in ("pts3d", "conf", "colors")))
-                for i in order]
-        labels = [(names or {}).get(self.finals[i][0].seq, f"seq{self.finals[i][0].seq}") for i in order]
-        rec = assemble(outs, [self.traces[i] for i in sorted(self.traces)], labels, with_poses=False)
-        rec.poses = np.stack([pose_matrix(self.finals[i][0].pose) for i in order])
-        rec.pose_valid = np.array([self.finals[i][0].pose.valid for i in order])
-        if self.focal is not None:
-            rec.focal = self.focal
-        return rec
+        n = len(order)
+        maps = [self.finals[i][1] for i in order]
+        frames = [self.finals[i][0] for i in order]
+        # a frame the memory never saw is "skipped"; the last frame's token count is the stream's final one
+        skipped = np.ones(n, dtype=bool)
+        tokens = np.zeros(n, dtype=np.int32)
+        for m in self.memory.values():
+            if m.frame_index < n:
+                skipped[m.frame_index], tokens[m.frame_index] = m.skipped, m.mem_tokens
+        if self.memory:
+            tokens[n - 1] = self.memory[max(self.memory)].mem_tokens
+        return Reconstruction(
+            pts3d=np.stack([m["pts3d"] for m in maps]), conf=np.stack([m["conf"] for m in maps]),
+            colors=np.stack([m["colors"] for m in maps]),
+            poses=np.stack([pose_matrix(f.pose) for f in frames]),
+            pose_valid=np.array([f.pose.valid for f in frames]),
+            focal=self.focal if self.focal is not None else float("nan"),
+            skipped=skipped, mem_tokens=tokens,
+            names=[(names or {}).get(f.seq, f"seq{f.seq}") for f in frames])

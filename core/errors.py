@@ -3,8 +3,8 @@
 from .engine import StreamError
 from .preprocess import ImageError
 from .sources import SourceError
-from .weights import WeightsError
+from .weights import DeviceError, WeightsError
 
-USER_ERRORS: tuple[type[Exception], ...] = (WeightsError, ImageError, SourceError, StreamError)
+USER_ERRORS: tuple[type[Exception], ...] = (WeightsError, DeviceError, ImageError, SourceError, StreamError)
 
-__all__ = ["USER_ERRORS", "WeightsError", "ImageError", "SourceError", "StreamError"]
+__all__ = ["USER_ERRORS", "WeightsError", "DeviceError", "ImageError", "SourceError", "StreamError"]

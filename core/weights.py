@@ -191,3 +191,38 @@ def build_model(weights: str, cfg: ModelConfig | None = None, device: str | torc
         model = Spann3R(cfg)
     info = load_weights(model, weights)
     return model.to(device).eval().requires_grad_(False), info
+
+
+# ----------------------------------------------------------------------------- engine loading (CLI and service)
+
+DEFAULT_CHECKPOINT = Path("checkpoints/spann3r.pth")
+
+
+class DeviceError(RuntimeError):
+    """A device that this machine does not have. The message is user-facing."""
+
+
+def resolve_weights(weights: str | None) -> str:
+    """The weights source to load: the one given, else ``checkpoints/spann3r.pth`` when it exists."""
+    if weights is not None:
+        return weights
+    if DEFAULT_CHECKPOINT.is_file():
+        return str(DEFAULT_CHECKPOINT)
+    raise WeightsError(f"no weights given and no {DEFAULT_CHECKPOINT}. {OFFICIAL_CHECKPOINT_HELP}")
+
+
+def load_engine(weights: str | None, device: str = "cpu", model: str = "official", threads: int | None = None):
+    """The streaming engine with its weights loaded: the one loader of ``spann3r reconstruct/eval`` and the service.
+
+    Returns ``(Engine, LoadedWeights)``. ``model`` is a ``ModelConfig`` preset name; ``threads`` sets torch's CPU
+    threads (None: torch's choice)."""
+    from .engine import Engine  # the engine imports the model; weights stays importable on its own
+
+    if threads:
+        torch.set_num_threads(threads)
+    source = resolve_weights(weights)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device}: CUDA is not available on this machine")
+    net, info = build_model(source, ModelConfig.preset(model), dev)
+    return Engine(net), info

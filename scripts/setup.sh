@@ -11,10 +11,12 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # CPU build of torch from the local wheel cache first; anything else would pull a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0
+# compat mode: a plain .pth puts the checkout on the path, so type checkers and editors resolve spann3r.* (through
+# the links in spann3r/) exactly as the interpreter does
 if [ "$WITH_TEST" = 1 ]; then
-  python -m pip install -q -e ".[test]"
+  python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
 else
-  python -m pip install -q -e .
+  python -m pip install -q -e ".[server]" --config-settings editable_mode=compat
 fi
 if [ -f client_js/package.json ] && command -v npm >/dev/null; then
   (cd client_js && (npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error) && npm run build --silent)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from ..core.engine import Engine
-from ..core.weights import LoadedWeights
+from ..core.weights import LoadedWeights, load_engine
 from .jobs import JobManager
 from .metrics import Metrics
 from .sessions import SessionManager
@@ -22,13 +22,8 @@ class NotReady(RuntimeError):
 
 
 def load_engine_for(settings: ServeSettings) -> tuple[Engine, LoadedWeights]:
-    """Model from the settings, through the ``reconstruct`` CLI's loader (same defaults and errors)."""
-    from types import SimpleNamespace
-
-    from .cmd_reconstruct import load_engine
-
-    s = settings
-    return load_engine(SimpleNamespace(weights=s.weights, device=s.device, model=s.model, threads=s.threads))
+    """The model of the settings, through core's loader (the CLI's ``reconstruct`` uses the same one)."""
+    return load_engine(settings.weights, settings.device, settings.model, settings.threads)
 
 
 class Service:
@@ -54,11 +49,6 @@ class Service:
 
     async def start(self) -> None:
         self._loader = asyncio.create_task(self._load_and_start(), name="model-loader")
-
-    async def wait_ready(self) -> None:
-        await self._loader
-        if self.load_error:
-            raise RuntimeError(self.load_error)
 
     async def _load_and_start(self) -> None:
         try:

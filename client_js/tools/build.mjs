@@ -1,12 +1,13 @@
-// Bundles the live-view page into dist/: one ES module (three.js and msgpack included) plus the static
-// HTML/CSS. `spann3r serve` serves dist/ at `/` when it exists. --watch rebuilds on change.
+// Bundles the live-view page into ../server/page/: one ES module (three.js and msgpack included) plus the static
+// HTML/CSS. It is package data of spann3r.server, so `spann3r serve` finds it in a checkout and in an installed
+// wheel alike, and serves it at `/`. --watch rebuilds on change.
 import * as esbuild from 'esbuild';
 import { cp, mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const dist = join(root, 'dist');
+const dist = join(root, '..', 'server', 'page');
 const watch = process.argv.includes('--watch');
 
 await rm(dist, { recursive: true, force: true });
@@ -31,9 +32,9 @@ const options = {
 if (watch) {
   const ctx = await esbuild.context(options);
   await ctx.watch();
-  console.log('watching src/ → dist/');
+  console.log('watching src/ → server/page/');
 } else {
   const result = await esbuild.build({ ...options, metafile: true });
   const bytes = Object.values(result.metafile.outputs).reduce((sum, o) => sum + o.bytes, 0);
-  console.log(`built dist/ (${(bytes / 1024).toFixed(0)} KiB of assets)`);
+  console.log(`built server/page/ (${(bytes / 1024).toFixed(0)} KiB of assets)`);
 }

@@ -65,7 +65,7 @@ class Server:
 
 def _spawn(args: list[str], log: Path, append: bool = False) -> subprocess.Popen:
     with open(log, "ab" if append else "wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "spann3r.server.cli", *args], cwd=REPO, stdout=f,
+        return subprocess.Popen([sys.executable, "-m", "spann3r.cli", *args], cwd=REPO, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -99,12 +99,13 @@ def start_server(tmp: Path, *extra: str) -> Server:
 
 @pytest.fixture(scope="session")
 def client_build() -> Path:
-    """client_js/dist, built when missing (CI's setup builds it; a fresh checkout may not have)."""
+    """The page's build (server/page), built when missing (CI's setup builds it; a fresh checkout may not have)."""
     if not (CLIENT / "node_modules" / "playwright-core").is_dir():
         pytest.fail("client_js/node_modules is missing: run `cd client_js && npm ci` (scripts/setup.sh does)")
-    if not (CLIENT / "dist" / "index.html").is_file():
+    page = REPO / "server" / "page"
+    if not (page / "index.html").is_file():
         subprocess.run(["npm", "run", "build", "--silent"], cwd=CLIENT, check=True)
-    return CLIENT / "dist"
+    return page
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from spann3r.core.export import fuse, read_ply
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "spann3r.server.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "spann3r.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -133,7 +133,7 @@ def test_checkpoint_with_wrong_keys(frames_dir, tmp_path):
 
 
 def test_no_weights_says_where_to_get_them(frames_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "spann3r.server.cli", "reconstruct", str(frames_dir),
+    proc = subprocess.run([sys.executable, "-m", "spann3r.cli", "reconstruct", str(frames_dir),
                            "--out", str(tmp_path / "x.npz")], capture_output=True, text=True, cwd=tmp_path)
     assert_one_line_error(proc, "spann3r.pth", "--weights synthetic")
 

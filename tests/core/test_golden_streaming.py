@@ -63,7 +63,7 @@ def run_B(official_engine, golden_dir):
 def cli_A(golden_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "A.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "spann3r.server.cli", "reconstruct", str(golden_dir / "frames_A"),
+        [sys.executable, "-m", "spann3r.cli", "reconstruct", str(golden_dir / "frames_A"),
          "--weights", "synthetic", "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spann3r.core.evaluation import DATASETS, prediction_file
-from spann3r.server.cli import main
+from spann3r.cli.main import main
 
 
 def read_csv(path) -> list[dict]:

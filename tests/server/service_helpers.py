@@ -15,7 +15,7 @@ class LiveServer:
     def __init__(self, app, settings):
         import uvicorn
 
-        from spann3r.server.cmd_serve import uvicorn_config
+        from spann3r.cli.serve import uvicorn_config
 
         self.app, self.settings = app, settings
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

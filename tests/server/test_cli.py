@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from spann3r.server.cmd_serve import settings_from_args
+from spann3r.cli.serve import settings_from_args
 from spann3r.server.settings import ServeSettings
 
-SPANN3R = [sys.executable, "-m", "spann3r.server.cli"]
+SPANN3R = [sys.executable, "-m", "spann3r.cli"]
 
 
 def free_port() -> int:
@@ -28,12 +28,12 @@ def free_port() -> int:
 
 
 def test_flags_and_environment(monkeypatch, capsys):
-    from spann3r.server.cli import build_parser, main
+    from spann3r.cli.main import build_parser, main
 
     monkeypatch.setenv("SPANN3R_MAX_SESSIONS", "3")
     monkeypatch.setenv("SPANN3R_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("SPANN3R_MAX_FPS", "9")
-    args = build_parser().parse_args(["serve", "--model", "tiny", "--max-fps", "12.5", "--port", "0"])
+    args = build_parser("serve").parse_args(["serve", "--model", "tiny", "--max-fps", "12.5", "--port", "0"])
     s = settings_from_args(args)
     assert (s.model, s.max_sessions, s.max_fps, s.port) == ("tiny", 3, 12.5, 0)  # flags win over env
     assert s.cors_origins == ["https://a.example", "https://b.example"]
@@ -44,7 +44,7 @@ def test_flags_and_environment(monkeypatch, capsys):
     for name in ServeSettings.model_fields:
         assert "--" + name.replace("_", "-") in help_text, name
     with pytest.raises(Exception, match="tls"):
-        settings_from_args(build_parser().parse_args(["serve", "--tls-cert", "cert.pem"]))
+        settings_from_args(build_parser("serve").parse_args(["serve", "--tls-cert", "cert.pem"]))
 
 
 def test_bad_weights_fail_in_one_line(tmp_path):
@@ -114,3 +114,35 @@ def test_stream_command_refuses_a_bad_input(served, tmp_path):
     r = subprocess.run([*SPANN3R, "stream", str(tmp_path), "--url", "http://127.0.0.1:9", "--out",
                         str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no images" in r.stderr
+
+
+# Runs the CLI with the service's heavy packages made unimportable, as on a robot laptop with only the base install.
+WITHOUT_SERVER_PACKAGES = """
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "fastapi", "starlette", "uvicorn", "PIL", "pydantic_settings"}:
+            raise ImportError(f"{name} is not installed (blocked by the test)")
+
+sys.meta_path.insert(0, Blocked())
+from spann3r.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_stream_needs_neither_torch_nor_the_server_packages(served, small_frames, tmp_path):
+    url, _, _ = served
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name, rgb in small_frames[:3]:
+        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    r = subprocess.run([sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "stream", str(frames), "--url", url, "--out",
+                        str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "s.npz") as s:
+        assert s["pts3d"].shape == (3, 224, 224, 3) and np.isfinite(s["pts3d"]).all()
+    # and the block is real: the service's commands cannot start without those packages
+    r = subprocess.run([sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "serve", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "blocked by the test" in r.stderr

@@ -50,7 +50,8 @@ def test_dockerfile_promises():
     assert stages[0][0].startswith("node:") and stages[1][0] == "${PYTORCH_IMAGE}"
     assert re.search(r"ARG PYTORCH_IMAGE=pytorch/pytorch:[\w.-]+-cuda[\w.-]+-runtime", text)
     assert "npm ci" in text and "npm run build" in text
-    assert "COPY --from=client /src/client_js/dist" in text
+    assert "COPY --from=client /src/server/page server/page" in text  # the page is package data
+    assert re.search(r"pip install .*\.\[server\]", text)
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
     assert re.search(r"HEALTHCHECK .*\n?.*/readyz", text)

@@ -10,7 +10,7 @@ import pytest
 
 from spann3r.core.preprocess import load_frame
 from spann3r.core.unordered import reconstruct_unordered
-from spann3r.server.cli import main
+from spann3r.cli.main import main
 
 
 def test_writes_the_ordered_layout_plus_order(golden_dir, tmp_path, tiny_model):
