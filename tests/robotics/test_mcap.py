@@ -153,3 +153,23 @@ def test_stream_results_into_mcap(tmp_path, run_arrays, encoding):
     if encoding == "full":  # the points are the arrays' confident points themselves
         for i, (_, cloud) in enumerate(bag[TOPICS.points]):
             np.testing.assert_array_equal(cloud_arrays(cloud)[0], expected_points(run_arrays, i)[0])
+
+
+def test_mcap_of_a_real_reconstruction(tmp_path, tiny_engine):
+    """The arrays ``spann3r reconstruct`` saves (tiny model) → MCAP: a cloud per frame, poses where valid."""
+    from spann3r.core.reconstruct import reconstruct
+
+    rng = np.random.default_rng(2)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (72, 160, 3), dtype=np.uint8), (5, 5), 0)
+    rec = reconstruct(tiny_engine, [(f"{i}.png", scene[:, 8 * i:8 * i + 96]) for i in range(3)])
+    arrays = dict(rec.arrays())
+    path = tmp_path / "rec.mcap"
+    write_mcap(path, arrays, conf_thresh=0.0)
+    bag = read_bag(path)
+    assert len(bag[TOPICS.points]) == len(bag[TOPICS.camera_info]) == 3
+    assert len(bag.get(TOPICS.tf, [])) == arrays["pose_valid"].sum()
+    for i, (_, cloud) in enumerate(bag[TOPICS.points]):
+        conf = arrays["conf"][i]
+        keep = ((conf - 1) / conf > 0.0) & np.isfinite(arrays["pts3d"][i]).all(-1)
+        np.testing.assert_array_equal(cloud_arrays(cloud)[0], arrays["pts3d"][i][keep])
+        assert cloud.width == keep.sum() > 0
