@@ -24,6 +24,8 @@ PROTOCOL_VERSION = 1
 SUBPROTOCOL = "spann3r.v1"  # optional WebSocket subprotocol name a client may offer
 MAX_SEQ = 2**53 - 1  # seq and ping ids stay exact in every client language (JavaScript numbers)
 MAX_DEPTH = 16  # msgpack nesting refused beyond this ('malformed'); real messages nest 5 levels at most
+MAX_CLIENT_CONTAINER = 1024  # items of one array or map in a client message (none needs more than ~10): a
+#                              16 MiB array of nils would otherwise cost 128 MiB of pointers and a long walk
 MAX_ERROR_MESSAGE_CHARS = 300  # error texts are capped: they quote at most a short prefix of the input
 ECHO_CHARS = 100  # longest piece of input (value, key) quoted in an error text
 
@@ -490,13 +492,14 @@ def _nested_deeper_than(obj: Any, limit: int) -> bool:
     return False
 
 
-def _unpack_map(data: bytes, max_bytes: int | None) -> dict:
+def _unpack_map(data: bytes, max_bytes: int | None, max_items: int = -1) -> dict:
     if max_bytes is not None and len(data) > max_bytes:
         raise ProtocolError("message_too_large", f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=max_items, max_map_len=max_items)
     except Exception as exc:  # msgpack raises several unrelated types for broken input
-        raise ProtocolError("malformed", f"not a msgpack message ({exc.__class__.__name__})") from None
+        over = f", or an array or map over {max_items} items" if max_items > 0 else ""
+        raise ProtocolError("malformed", f"not a msgpack message{over} ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", f"a message must be a msgpack map, got {type(obj).__name__}")
     if _nested_deeper_than(obj, MAX_DEPTH):
@@ -523,7 +526,7 @@ def _validate(adapter: TypeAdapter, obj: dict, known: tuple[str, ...]) -> Any:
 
 def decode_client_message(data: bytes, max_bytes: int | None = None) -> FrameMsg | ControlMsg | PingMsg:
     """Bytes from a client → a validated message, or ``ProtocolError`` with the error code to send back."""
-    return _validate(_client_adapter, _unpack_map(data, max_bytes), CLIENT_TYPES)
+    return _validate(_client_adapter, _unpack_map(data, max_bytes, MAX_CLIENT_CONTAINER), CLIENT_TYPES)
 
 
 def decode_server_message(data: bytes) -> BaseModel:

@@ -260,3 +260,14 @@ def test_python_client_accepts_the_largest_server_message():
     from spann3r.client import StreamClient
 
     assert StreamClient.max_message_bytes == P.MAX_SERVER_MESSAGE_BYTES
+
+
+def test_client_containers_are_bounded_before_they_are_built():
+    for obj in (_frame(junk=[None] * (P.MAX_CLIENT_CONTAINER + 1)), [None] * (8 * 2**20),
+                _frame(junk={str(i): 0 for i in range(P.MAX_CLIENT_CONTAINER + 1)})):
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode_client_message(msgpack.packb(obj))
+        assert err.value.code == "malformed"
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_client_message(msgpack.packb(_frame(junk=[None] * P.MAX_CLIENT_CONTAINER)))
+    assert err.value.code == "bad_schema"  # within the bound: judged by the schema
