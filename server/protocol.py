@@ -14,7 +14,7 @@ import json
 import reprlib
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import msgpack
 import numpy as np
@@ -104,7 +104,7 @@ def _all_optional(model: type[BaseModel], name: str, base: type[BaseModel], doc:
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
         kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        fields[field_name] = (Optional[kind], Field(None, description=info.description))
+        fields[field_name] = (kind | None, Field(None, description=info.description))
     return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
 
 
@@ -165,7 +165,7 @@ class PingMsg(_Inbound):
 
 
 CLIENT_MESSAGES: tuple[type[_Msg], ...] = (FrameMsg, ControlMsg, PingMsg)
-ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]
+ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]  # noqa: UP007 (from a tuple)
 
 # --------------------------------------------------------------------------------------------- server → client
 
@@ -342,7 +342,7 @@ class JobMsg(_Msg):
 
 SERVER_MESSAGES: tuple[type[_Msg], ...] = (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg,
                                             JobMsg)
-ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]
+ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]  # noqa: UP007 (from a tuple)
 
 # WebSocket close codes the server uses (4000-4999: application codes). Every CLOSE_* name below is exported
 # to the clients (CLOSE_CODES), so add new ones here.

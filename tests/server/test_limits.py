@@ -148,7 +148,7 @@ def test_reset_clears_the_seq_watermark(server, small_frames):
             return out
 
     out = run(main())
-    answer = [m for m in out if getattr(m, "seq", None) == 1][0]
+    answer = next(m for m in out if getattr(m, "seq", None) == 1)
     assert isinstance(answer, P.ResultMsg) and answer.frame_index == 0, out
 
 
