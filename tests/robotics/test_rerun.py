@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pytest
 import rerun as rr
 from robotics_data import server_messages
 
 from spann3r.client.rerun_log import RerunLog
+
+pytestmark = pytest.mark.filterwarnings("ignore:RRD file has no footer")
 
 CONF_THRESH = 0.01
 
@@ -71,3 +82,33 @@ def test_rrd_holds_points_cameras_and_images_of_every_frame(tmp_path, run_arrays
         else:
             assert "Transform3D:translation" not in row
     assert sorted(merged_by_frame(entities["/world/camera/image"])) == list(range(n))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_logging_to_a_running_viewer(tmp_path, run_arrays):
+    """``connect``: the frames reach a rerun gRPC endpoint (the ``rerun`` CLI, saving what it receives)."""
+    port, received = free_port(), tmp_path / "received.rrd"
+    viewer = subprocess.Popen([str(Path(sys.executable).parent / "rerun"), "--port", str(port), "--save",
+                               str(received)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # its own process group: the CLI wrapper runs a binary
+    try:
+        deadline = time.monotonic() + 30
+        while not received.exists():  # created once the endpoint listens
+            assert viewer.poll() is None and time.monotonic() < deadline, "rerun did not start"
+            time.sleep(0.1)
+        stamps = [100.0 + i for i in range(len(run_arrays["pts3d"]))]
+        with RerunLog(connect=f"rerun+http://127.0.0.1:{port}/proxy", conf_thresh=CONF_THRESH) as log:
+            for msg in server_messages(run_arrays, stamps):
+                log.add(msg)
+        want = {f"/world/points/{i:06d}" for i in range(len(stamps))}
+        while not want <= set(rows_by_entity(received)):  # the file has no footer while rerun writes it
+            assert time.monotonic() < deadline, "the frames did not arrive"
+            time.sleep(0.2)
+    finally:
+        os.killpg(viewer.pid, signal.SIGTERM)
+        viewer.wait(10)
