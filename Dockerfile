@@ -34,6 +34,8 @@ COPY server/ server/
 COPY client_py/ client_py/
 COPY cli/ cli/
 COPY --from=client /src/server/page server/page
+# DL3013 asks to pin registry packages; this installs the project itself (its dependencies are ranges by design)
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[server]" \
     && useradd --create-home --uid 10001 spann3r \
     && mkdir -p /state /weights /cache \

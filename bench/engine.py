@@ -30,9 +30,11 @@ from spann3r.core.weights import build_model
 FRAMES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "spann3r" / "frames_B"
 
 # dense peak TFLOP/s of known accelerators (fp32 non-tensor / bf16 / fp16 tensor core)
-GPU_PEAKS = {"H100": {"float32": 67.0, "bfloat16": 989.0, "float16": 989.0},
-             "H200": {"float32": 67.0, "bfloat16": 989.0, "float16": 989.0},
-             "A100": {"float32": 19.5, "bfloat16": 312.0, "float16": 312.0}}
+GPU_PEAKS = {
+    "H100": {"float32": 67.0, "bfloat16": 989.0, "float16": 989.0},
+    "H200": {"float32": 67.0, "bfloat16": 989.0, "float16": 989.0},
+    "A100": {"float32": 19.5, "bfloat16": 312.0, "float16": 312.0},
+}
 
 
 def load_frames(n: int) -> list[PreparedFrame]:
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="official", choices=["official", "tiny"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtypes", default=None, help="comma list; default float32 on CPU, float32,bfloat16,float16 on CUDA")
+    ap.add_argument(
+        "--dtypes", default=None, help="comma list; default float32 on CPU, float32,bfloat16,float16 on CUDA"
+    )
     ap.add_argument("--frames", type=int, default=8, help="frames per latency run")
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--batch-steps", type=int, default=2)
@@ -117,8 +121,15 @@ def main(argv=None) -> int:
     dtypes = (args.dtypes or ("float32,bfloat16,float16" if device.type == "cuda" else "float32")).split(",")
     cfg = ModelConfig.preset(args.model)
     frames = load_frames(max(args.frames, 3))
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model, "results": []}
+    info = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "results": [],
+    }
     print(f"# {info['device']} | torch {info['torch']} | {info['threads']} threads | model {args.model}")
     model, _ = build_model("synthetic", cfg, device)
     for dtype in dtypes:
@@ -128,17 +139,25 @@ def main(argv=None) -> int:
         with_preview = statistics.median(time_stream(engine, frames[: args.frames], preview=True))
         lat = statistics.median(time_stream(engine, frames[: args.frames], preview=False))
         peak = peak_tflops(device, dtype, args.peak_tflops)
-        row = {"dtype": dtype, "gflop_per_frame": flops / 1e9, "step_ms": lat * 1e3, "step_ms_with_preview": with_preview * 1e3,
-               "preview_cost_ratio": with_preview / lat, "achieved_tflops": flops / lat / 1e12,
-               "fraction_of_peak": (flops / lat / 1e12 / peak) if peak else None}
+        row = {
+            "dtype": dtype,
+            "gflop_per_frame": flops / 1e9,
+            "step_ms": lat * 1e3,
+            "step_ms_with_preview": with_preview * 1e3,
+            "preview_cost_ratio": with_preview / lat,
+            "achieved_tflops": flops / lat / 1e12,
+            "fraction_of_peak": (flops / lat / 1e12 / peak) if peak else None,
+        }
         for b in map(int, args.batches.split(",")):
             row[f"fps_batch{b}"] = time_batched(engine, frames, b, args.batch_steps)
         info["results"].append(row)
         frac = f"{row['fraction_of_peak']:.1%}" if peak else "n/a (pass --peak-tflops)"
-        print(f"{dtype:9s} {row['gflop_per_frame']:.1f} GFLOP/frame | step {lat * 1e3:.1f} ms "
-              f"(with preview {with_preview * 1e3:.1f} ms, x{row['preview_cost_ratio']:.2f}) | "
-              f"{row['achieved_tflops'] * 1e3:.1f} GFLOP/s, {frac} of peak | "
-              + " ".join(f"b{b}: {row[f'fps_batch{b}']:.2f} fps" for b in map(int, args.batches.split(","))))
+        print(
+            f"{dtype:9s} {row['gflop_per_frame']:.1f} GFLOP/frame | step {lat * 1e3:.1f} ms "
+            f"(with preview {with_preview * 1e3:.1f} ms, x{row['preview_cost_ratio']:.2f}) | "
+            f"{row['achieved_tflops'] * 1e3:.1f} GFLOP/s, {frac} of peak | "
+            + " ".join(f"b{b}: {row[f'fps_batch{b}']:.2f} fps" for b in map(int, args.batches.split(",")))
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=1))
     return 0

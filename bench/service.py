@@ -43,9 +43,11 @@ def load_jpegs(folder: Path, quality: int) -> list[bytes]:
         rng = np.random.default_rng(0)
         base = rng.integers(0, 256, (480, 640 + 80, 3), dtype=np.uint8)
         base = cv2.GaussianBlur(base, (0, 0), 3)
-        images = [np.ascontiguousarray(base[:, 10 * i: 10 * i + 640]) for i in range(8)]
-    return [cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
-            .tobytes() for im in images]
+        images = [np.ascontiguousarray(base[:, 10 * i : 10 * i + 640]) for i in range(8)]
+    return [
+        cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+        for im in images
+    ]
 
 
 async def one_client(url: str, jpegs: list[bytes], settings: dict, fps: float, duration: float, stats: dict):
@@ -105,8 +107,21 @@ async def one_client(url: str, jpegs: list[bytes], settings: dict, fps: float, d
 
 
 async def run_phase(url, jpegs, settings, clients, fps, duration) -> dict:
-    stats = {"sent": 0, "processed": 0, "dropped": 0, "errors": 0, "latency": [], "bytes": [], "decode_s": [],
-             "encode_s": [], "pose_s": [], "queue_s": [], "server_s": [], "step_s": [], "batch": []}
+    stats = {
+        "sent": 0,
+        "processed": 0,
+        "dropped": 0,
+        "errors": 0,
+        "latency": [],
+        "bytes": [],
+        "decode_s": [],
+        "encode_s": [],
+        "pose_s": [],
+        "queue_s": [],
+        "server_s": [],
+        "step_s": [],
+        "batch": [],
+    }
     t0 = time.monotonic()
     await asyncio.gather(*(one_client(url, jpegs, settings, fps, duration, stats) for _ in range(clients)))
     wall = time.monotonic() - t0
@@ -116,18 +131,30 @@ async def run_phase(url, jpegs, settings, clients, fps, duration) -> dict:
         return round(float(np.mean(stats[key])) * 1000, 2) if stats[key] else None
 
     return {
-        "frames_sent": stats["sent"], "frames_processed": stats["processed"], "frames_dropped": stats["dropped"],
-        "errors": stats["errors"], "processed_fps": round(stats["processed"] / wall, 2),
+        "frames_sent": stats["sent"],
+        "frames_processed": stats["processed"],
+        "frames_dropped": stats["dropped"],
+        "errors": stats["errors"],
+        "processed_fps": round(stats["processed"] / wall, 2),
         "drop_rate": round(stats["dropped"] / max(stats["sent"], 1), 3),
         "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))}
-        if len(lat) else None,
+        if len(lat)
+        else None,
         "bytes_per_result": int(np.mean(stats["bytes"])) if stats["bytes"] else None,
-        "server_ms_per_frame": {"decode": ms("decode_s"), "encode_msgpack": ms("encode_s"), "pose": ms("pose_s"),
-                                "queue": ms("queue_s"), "received_to_sent": ms("server_s")},
-        "model_ms": {"step": ms("step_s"), "per_frame": round(float(np.mean(np.array(stats["step_s"]) /
-                                                                           np.array(stats["batch"]))) * 1000, 2)
-                     if stats["step_s"] else None, "mean_batch": round(float(np.mean(stats["batch"])), 2)
-                     if stats["batch"] else None},
+        "server_ms_per_frame": {
+            "decode": ms("decode_s"),
+            "encode_msgpack": ms("encode_s"),
+            "pose": ms("pose_s"),
+            "queue": ms("queue_s"),
+            "received_to_sent": ms("server_s"),
+        },
+        "model_ms": {
+            "step": ms("step_s"),
+            "per_frame": round(float(np.mean(np.array(stats["step_s"]) / np.array(stats["batch"]))) * 1000, 2)
+            if stats["step_s"]
+            else None,
+            "mean_batch": round(float(np.mean(stats["batch"])), 2) if stats["batch"] else None,
+        },
     }
 
 
@@ -138,14 +165,23 @@ def start_server(args):
 
     import uvicorn
 
-    from spann3r.server.app import create_app
     from spann3r.cli.serve import uvicorn_config
+    from spann3r.server.app import create_app
     from spann3r.server.service import load_engine_for
     from spann3r.server.settings import ServeSettings
 
-    settings = ServeSettings(weights=args.weights, model=args.model, device=args.device, port=0,
-                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_sessions=args.clients + 4,
-                             max_fps=max(30.0, args.fps * 2), log_level="warning", threads=args.threads)
+    settings = ServeSettings(
+        weights=args.weights,
+        model=args.model,
+        device=args.device,
+        port=0,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_sessions=args.clients + 4,
+        max_fps=max(30.0, args.fps * 2),
+        log_level="warning",
+        threads=args.threads,
+    )
     engine, weights = load_engine_for(settings)
     app = create_app(settings, engine, weights)
     sock = socket.socket()
@@ -180,15 +216,24 @@ def main(argv=None) -> int:
     url = args.url
     if url is None:
         url, server, device = start_server(args)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device,
-              "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "model": args.model, "clients": args.clients, "fps_per_client": args.fps, "duration_s": args.duration,
-              "max_batch": args.max_batch, "jpeg_bytes_mean": int(np.mean([len(j) for j in jpegs])),
-              "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "results": {}}
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": device,
+        "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "model": args.model,
+        "clients": args.clients,
+        "fps_per_client": args.fps,
+        "duration_s": args.duration,
+        "max_batch": args.max_batch,
+        "jpeg_bytes_mean": int(np.mean([len(j) for j in jpegs])),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "results": {},
+    }
     try:
         for name in args.encodings:
-            report["results"][name] = asyncio.run(run_phase(url, jpegs, ENCODINGS[name], args.clients, args.fps,
-                                                            args.duration))
+            report["results"][name] = asyncio.run(
+                run_phase(url, jpegs, ENCODINGS[name], args.clients, args.fps, args.duration)
+            )
             print(name, json.dumps(report["results"][name]), flush=True)
     finally:
         if server is not None:

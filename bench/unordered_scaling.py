@@ -16,12 +16,12 @@ Writes JSON lines (one per run) to --out; bench/results/unordered_scaling.md sum
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,16 +50,20 @@ def run_once(engine, n: int, pair_batch: int, candidate_batch: int) -> dict:
 
     frames = random_frames(n)
     clock = StageClock()
-    result = reconstruct_unordered(engine, frames, pair_batch=pair_batch, candidate_batch=candidate_batch,
-                                   progress=clock, with_poses=False)
+    result = reconstruct_unordered(
+        engine, frames, pair_batch=pair_batch, candidate_batch=candidate_batch, progress=clock, with_poses=False
+    )
     wall_total = time.perf_counter() - clock.t0
     cpu_total = time.process_time() - clock.c0
     enc_w, enc_c = clock.marks["encode"]
     pair_w, pair_c = clock.marks["pairs"]
     view_w, view_c = clock.marks["views"]
     return {
-        "n": n, "pairs": pair_count(n), "step_decodes": step_decode_count(n),
-        "pair_batch": pair_batch, "candidate_batch": candidate_batch,
+        "n": n,
+        "pairs": pair_count(n),
+        "step_decodes": step_decode_count(n),
+        "pair_batch": pair_batch,
+        "candidate_batch": candidate_batch,
         "wall": {"encode": enc_w, "pairs": pair_w - enc_w, "order": view_w - pair_w, "total": wall_total},
         "cpu": {"encode": enc_c, "pairs": pair_c - enc_c, "order": view_c - pair_c, "total": cpu_total},
         "order": result.order.tolist(),
@@ -98,10 +102,10 @@ def unit_costs(engine, batches: list[int], repeats: int) -> dict:
         out["encode_s"] = best_of(lambda: encode_all(model, imgs[:4], 4), "encode_s") / 4
         pairs = complete_pair_list(n)
         for b in batches:
-            out[f"pair_s@{b}"] = best_of(lambda: score_pairs(model, enc, pos, pairs[:b], b), f"pair_s@{b}") / b
-            cands = list(range(1, b + 1))
-            out[f"step_decode_s@{b}"] = best_of(
-                lambda: decode_candidates(model, enc[0], pos[0], enc, pos, cands, b), f"step_decode_s@{b}") / b
+            pair_run = functools.partial(score_pairs, model, enc, pos, pairs[:b], b)
+            out[f"pair_s@{b}"] = best_of(pair_run, f"pair_s@{b}") / b
+            step_run = functools.partial(decode_candidates, model, enc[0], pos[0], enc, pos, list(range(1, b + 1)), b)
+            out[f"step_decode_s@{b}"] = best_of(step_run, f"step_decode_s@{b}") / b
         memory = SpatialMemory(model.norm_q, model.norm_k, model.norm_v, model.cfg.num_patches)
         dec1, dec2 = model.decode(enc[:1], pos[:1], enc[1:2], pos[1:2])
         pts = model.head(1, model.hooked(dec1)).pts3d
@@ -121,21 +125,28 @@ def fit_unit_costs(runs: list[dict], clock: str = "wall") -> dict:
     """Least-squares seconds per encode, per pair decode and per step decode (+ per frame write)."""
     enc = np.array([[r["n"]] for r in runs], float), np.array([r[clock]["encode"] for r in runs])
     pairs = np.array([[r["pairs"]] for r in runs], float), np.array([r[clock]["pairs"] for r in runs])
-    order = (np.array([[r["step_decodes"], r["n"] - 1] for r in runs], float),
-             np.array([r[clock]["order"] for r in runs]))
+    order = (
+        np.array([[r["step_decodes"], r["n"] - 1] for r in runs], float),
+        np.array([r[clock]["order"] for r in runs]),
+    )
 
     def fit(system):
         return np.linalg.lstsq(system[0], system[1], rcond=None)[0]
 
     per_step, per_write = fit(order)
-    return {"encode_s": float(fit(enc)[0]), "pair_s": float(fit(pairs)[0]),
-            "step_decode_s": float(per_step), "write_s": float(per_write)}
+    return {
+        "encode_s": float(fit(enc)[0]),
+        "pair_s": float(fit(pairs)[0]),
+        "step_decode_s": float(per_step),
+        "write_s": float(per_write),
+    }
 
 
 def predict_total(unit: dict, n: int) -> float:
     steps = 1 + (n - 1) * (n - 2) // 2
-    return (unit["encode_s"] * n + unit["pair_s"] * n * (n - 1) + unit["step_decode_s"] * steps
-            + unit["write_s"] * (n - 1))
+    return (
+        unit["encode_s"] * n + unit["pair_s"] * n * (n - 1) + unit["step_decode_s"] * steps + unit["write_s"] * (n - 1)
+    )
 
 
 def main(argv=None) -> int:
@@ -144,10 +155,20 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 12, 16])
     ap.add_argument("--pair-batch", type=int, default=4)
     ap.add_argument("--candidate-batch", type=int, default=4)
-    ap.add_argument("--batch-sweep", type=int, nargs="*", default=None,
-                    help="instead of the size series: run each batch size (pairs and candidates) at --sizes[0]")
-    ap.add_argument("--units", type=int, nargs="*", default=None,
-                    help="instead of whole runs: per-unit costs (min of --repeats) at these batch sizes")
+    ap.add_argument(
+        "--batch-sweep",
+        type=int,
+        nargs="*",
+        default=None,
+        help="instead of the size series: run each batch size (pairs and candidates) at --sizes[0]",
+    )
+    ap.add_argument(
+        "--units",
+        type=int,
+        nargs="*",
+        default=None,
+        help="instead of whole runs: per-unit costs (min of --repeats) at these batch sizes",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="append JSON lines here (default: stdout only)")
@@ -162,9 +183,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     model, _ = build_model("synthetic", ModelConfig.preset(args.model))
     engine = Engine(model)
-    meta = {"model": args.model, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load_avg_start": os.getloadavg()[0], "torch": torch.__version__, "machine": platform.processor() or
-            platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     if args.units:
         r = {"units": unit_costs(engine, args.units, args.repeats), **meta, "load_avg_end": os.getloadavg()[0]}
         line = json.dumps(r)
@@ -191,8 +218,10 @@ def main(argv=None) -> int:
         for clock in ("wall", "cpu"):
             unit = fit_unit_costs(runs, clock)
             print(f"{clock} per-unit costs (s): " + ", ".join(f"{k} {v:.3f}" for k, v in unit.items()))
-            print(f"{clock} extrapolated total (s): " +
-                  ", ".join(f"N={n}: {predict_total(unit, n):.0f}" for n in args.extrapolate))
+            print(
+                f"{clock} extrapolated total (s): "
+                + ", ".join(f"N={n}: {predict_total(unit, n):.0f}" for n in args.extrapolate)
+            )
     return 0
 
 

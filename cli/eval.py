@@ -12,11 +12,23 @@ import logging
 import time
 from pathlib import Path
 
-from ..core.evaluation import (DATASETS, PAPER_CHAMFER, EvalError, evaluate_scene, format_table, load_prediction,
-                               mean_row, metrics_row, prediction_file, require_open3d, select_scenes, write_csv)
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
+from ..core.evaluation import (
+    DATASETS,
+    PAPER_CHAMFER,
+    EvalError,
+    evaluate_scene,
+    format_table,
+    load_prediction,
+    mean_row,
+    metrics_row,
+    prediction_file,
+    require_open3d,
+    select_scenes,
+    write_csv,
+)
 from ..core.reconstruct import reconstruct
 from ..core.unordered import reconstruct_unordered
-from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from .errors import UserError
 from .reconstruct import add_model_args, load_engine
 
@@ -27,27 +39,44 @@ USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
 
 def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(
-        name, help=help_text,
+        name,
+        help=help_text,
         description="Evaluate reconstructions as the official Spann3R evaluation does: the dataset's frame "
-                    "sampling, median scale/shift alignment to the ground truth, ICP refinement, then accuracy, "
-                    "completion and normal consistency (mean and median) and their chamfer mean. Paper values "
-                    "(Spann3R v1.01, chamfer mean): "
-                    + ", ".join(f"{k} {v}" for k, v in PAPER_CHAMFER.items()) + ". Needs the 'eval' extra (Open3D).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "sampling, median scale/shift alignment to the ground truth, ICP refinement, then accuracy, "
+        "completion and normal consistency (mean and median) and their chamfer mean. Paper values "
+        "(Spann3R v1.01, chamfer mean): "
+        + ", ".join(f"{k} {v}" for k, v in PAPER_CHAMFER.items())
+        + ". Needs the 'eval' extra (Open3D).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("dataset", choices=sorted(DATASETS), help="dataset layout")
     p.add_argument("root", help="dataset root (e.g. ./data/7scenes, ./data/neural_rgbd)")
     add_model_args(p)
-    p.add_argument("--predictions", default=None,
-                   help="evaluate these prediction npz files (DIR/<scene>.npz, '/' in scene ids as '_') "
-                        "instead of running the model")
+    p.add_argument(
+        "--predictions",
+        default=None,
+        help="evaluate these prediction npz files (DIR/<scene>.npz, '/' in scene ids as '_') "
+        "instead of running the model",
+    )
     p.add_argument("--save-predictions", default=None, help="write the model's predictions here (same naming)")
-    p.add_argument("--unordered", action="store_true",
-                   help="reconstruct each scene as an unordered collection (the official --offline)")
-    p.add_argument("--kf-every", type=int, default=None,
-                   help="frame sampling (default: the official one, 20 for 7scenes, 40 for nrgbd)")
+    p.add_argument(
+        "--unordered",
+        action="store_true",
+        help="reconstruct each scene as an unordered collection (the official --offline)",
+    )
+    p.add_argument(
+        "--kf-every",
+        type=int,
+        default=None,
+        help="frame sampling (default: the official one, 20 for 7scenes, 40 for nrgbd)",
+    )
     p.add_argument("--scenes", default=None, help="comma-separated scene ids or patterns (e.g. 'chess/*')")
-    p.add_argument("--icp-threshold", type=float, default=None,
-                   help="ICP correspondence distance in metres (default: the official 0.1)")
+    p.add_argument(
+        "--icp-threshold",
+        type=float,
+        default=None,
+        help="ICP correspondence distance in metres (default: the official 0.1)",
+    )
     p.add_argument("--csv", default=None, help="CSV output (default: eval_<dataset>.csv)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=run)
@@ -115,8 +144,15 @@ def run(args) -> int:
         row = metrics_row(metrics)
         rows.append(row)
         timing = f", {len(views) / seconds:.2f} frames/s" if seconds else ""
-        log.info("%s: %d frames, acc %.4f, comp %.4f, chamfer %.4f%s", scene, len(views), row["acc"], row["comp"],
-                 row["chamfer"], timing)
+        log.info(
+            "%s: %d frames, acc %.4f, comp %.4f, chamfer %.4f%s",
+            scene,
+            len(views),
+            row["acc"],
+            row["comp"],
+            row["chamfer"],
+            timing,
+        )
     rows.append(mean_row(rows, args.dataset))
     print(format_table(rows))
     paper = PAPER_CHAMFER.get(args.dataset)

@@ -42,8 +42,9 @@ def _command_in(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command_in(argv)).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     # a command module names the library errors whose message is meant for the user (USER_ERRORS)
     module = importlib.import_module(f"{__package__}.{COMMANDS[args.command][0]}")
     user_errors = (UserError, *getattr(module, "USER_ERRORS", ()))

@@ -7,17 +7,25 @@ import logging
 import time
 from pathlib import Path
 
-from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
-from .errors import UserError
 from tqdm import tqdm
 
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from ..core.export import fuse, write_ply
 from ..core.preprocess import prepare
 from ..core.reconstruct import reconstruct
 from ..core.sources import count_frames, iter_frames
-from ..core.unordered import (DEFAULT_MAX_FRAMES, MAX_FRAMES_HELP, UnorderedError, estimate_seconds, format_duration,
-                              pair_count, reconstruct_unordered, step_decode_count)
+from ..core.unordered import (
+    DEFAULT_MAX_FRAMES,
+    MAX_FRAMES_HELP,
+    UnorderedError,
+    estimate_seconds,
+    format_duration,
+    pair_count,
+    reconstruct_unordered,
+    step_decode_count,
+)
 from ..core.weights import load_engine as load_engine_from
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,29 +33,50 @@ USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None,
-                   help="'synthetic' (untrained demo), a path to spann3r.pth / .safetensors, or hf:OWNER/REPO/FILE")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="'synthetic' (untrained demo), a path to spann3r.pth / .safetensors, or hf:OWNER/REPO/FILE",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--model", default="official", choices=["official", "tiny"],
-                   help="model size preset (tiny: same code, small widths; for tests and demos)")
+    p.add_argument(
+        "--model",
+        default="official",
+        choices=["official", "tiny"],
+        help="model size preset (tiny: same code, small widths; for tests and demos)",
+    )
 
 
 def register(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text,
-                       description="Stream the frames of INPUT through Spann3R and write the global pointmaps, "
-                                   "confidences, colours and camera poses to OUT.npz.")
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description="Stream the frames of INPUT through Spann3R and write the global pointmaps, "
+        "confidences, colours and camera poses to OUT.npz.",
+    )
     p.add_argument("input", help="folder of images (sorted by name) or a video file")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--kf-every", type=int, default=1,
-                   help="keep every N-th frame (default 1: every frame; the official demo uses 10)")
+    p.add_argument(
+        "--kf-every",
+        type=int,
+        default=1,
+        help="keep every N-th frame (default 1: every frame; the official demo uses 10)",
+    )
     p.add_argument("--ply", default=None, help="also write the fused, confidence-filtered point cloud here")
-    p.add_argument("--conf-thresh", type=float, default=1e-3,
-                   help="PLY filter on (conf-1)/conf, as the official demo (default 1e-3)")
+    p.add_argument(
+        "--conf-thresh",
+        type=float,
+        default=1e-3,
+        help="PLY filter on (conf-1)/conf, as the official demo (default 1e-3)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--unordered", action="store_true",
-                   help="INPUT is an unordered collection: choose the order (best pair, then greedy next-best view), "
-                        "as the official offline mode; adds 'order' and 'pair_conf' to OUT.npz")
+    p.add_argument(
+        "--unordered",
+        action="store_true",
+        help="INPUT is an unordered collection: choose the order (best pair, then greedy next-best view), "
+        "as the official offline mode; adds 'order' and 'pair_conf' to OUT.npz",
+    )
     p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help=MAX_FRAMES_HELP)
     p.set_defaults(func=run)
 
@@ -78,8 +107,16 @@ def run(args) -> int:
         rec = reconstruct(engine, all_frames(), preview=False, progress=bar.update)
     dt = time.perf_counter() - t0
     rec.save_npz(out)
-    log.info("%d frames in %.1f s (%.2f s/frame); focal %.2f; %d/%d poses valid; wrote %s",
-             len(rec.names), dt, dt / len(rec.names), rec.focal, rec.pose_valid.sum(), len(rec.names), out)
+    log.info(
+        "%d frames in %.1f s (%.2f s/frame); focal %.2f; %d/%d poses valid; wrote %s",
+        len(rec.names),
+        dt,
+        dt / len(rec.names),
+        rec.focal,
+        rec.pose_valid.sum(),
+        len(rec.names),
+        out,
+    )
     if args.ply:
         xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
         write_ply(args.ply, xyz, rgb)
@@ -88,6 +125,7 @@ def run(args) -> int:
 
 
 # ----------------------------------------------------------------------------- --unordered
+
 
 def collect_unordered_frames(args) -> list:
     """Read and prepare the input (224×224 model inputs; refused early above --max-frames images)."""
@@ -99,12 +137,17 @@ def collect_unordered_frames(args) -> list:
 
     def refuse(n: int, exact: bool):
         many = f"{n}" if exact else f"more than {args.max_frames}"
-        cost = (f"{pair_count(n)} ordered pairs, about {format_duration(estimate_seconds(n))} with the full model on a "
-                "2-core CPU" if exact else "a number of pair decodes growing as N^2")
+        cost = (
+            f"{pair_count(n)} ordered pairs, about {format_duration(estimate_seconds(n))} with the full model on a "
+            "2-core CPU"
+            if exact
+            else "a number of pair decodes growing as N^2"
+        )
         raise UserError(
             f"{many} images in {args.input}, above --max-frames {args.max_frames}: the unordered mode decodes "
             f"every ordered pair of images ({cost}). Raise --max-frames, keep fewer frames with --kf-every, "
-            "or reconstruct them in order (without --unordered)")
+            "or reconstruct them in order (without --unordered)"
+        )
 
     if total is not None and total > args.max_frames and Path(args.input).is_dir():
         refuse(total, exact=True)
@@ -150,8 +193,17 @@ def run_unordered(args) -> int:
     dt = time.perf_counter() - t0
     result.save_npz(out)
     rec = result.reconstruction
-    log.info("%d images in %.1f s; initial pair %s, order %s; focal %.2f; %d/%d poses valid; wrote %s",
-             n, dt, result.initial_pair, result.order.tolist(), rec.focal, rec.pose_valid.sum(), n, out)
+    log.info(
+        "%d images in %.1f s; initial pair %s, order %s; focal %.2f; %d/%d poses valid; wrote %s",
+        n,
+        dt,
+        result.initial_pair,
+        result.order.tolist(),
+        rec.focal,
+        rec.pose_valid.sum(),
+        n,
+        out,
+    )
     if args.ply:
         xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
         write_ply(args.ply, xyz, rgb)

@@ -10,10 +10,10 @@ import typing
 import uvicorn
 from pydantic import ValidationError
 
+from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from ..server.app import create_app
 from ..server.service import load_engine_for
 from ..server.settings import ServeSettings
-from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,23 @@ def _kind(annotation) -> str:
 
 
 def register(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text,
-                       description="Serve Spann3R to many streaming clients at once. Every option can also be "
-                                   "set through an environment variable SPANN3R_<OPTION> (e.g. "
-                                   "SPANN3R_MAX_SESSIONS=16); flags win.")
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description="Serve Spann3R to many streaming clients at once. Every option can also be "
+        "set through an environment variable SPANN3R_<OPTION> (e.g. "
+        "SPANN3R_MAX_SESSIONS=16); flags win.",
+    )
     for setting, field in ServeSettings.model_fields.items():
         setting_help = (field.description or "") + f" [env SPANN3R_{setting.upper()}]"
         if _kind(field.annotation) == "bool":
-            p.add_argument(flag(setting), dest=setting, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=setting_help)
+            p.add_argument(
+                flag(setting),
+                dest=setting,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=setting_help,
+            )
         else:
             choices = None
             args = typing.get_args(field.annotation)
@@ -63,12 +71,18 @@ def settings_from_args(args: argparse.Namespace):
 
 def uvicorn_config(app, settings):
     return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         # the app refuses messages above max_message_bytes with an error; far larger ones are cut off here
-        ws_max_size=2 * settings.max_message_bytes, ws="websockets-sansio",
-        timeout_graceful_shutdown=30, proxy_headers=True)
+        ws_max_size=2 * settings.max_message_bytes,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=30,
+        proxy_headers=True,
+    )
 
 
 def run(args) -> int:

@@ -21,22 +21,37 @@ USER_ERRORS = (SourceError,)  # printed as one line by main
 
 
 def register(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text,
-                       description="Create a session on the service at URL, stream INPUT's frames over its "
-                                   "WebSocket and write the global pointmaps, confidences, colours and poses to "
-                                   "OUT.npz. Files are sent without loss (the client waits for results); "
-                                   "cameras and network streams are live (the server keeps the latest frame).")
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description="Create a session on the service at URL, stream INPUT's frames over its "
+        "WebSocket and write the global pointmaps, confidences, colours and poses to "
+        "OUT.npz. Files are sent without loss (the client waits for results); "
+        "cameras and network streams are live (the server keeps the latest frame).",
+    )
     p.add_argument("input", help="folder of images, video file, camera index (0) or rtsp://, http:// stream")
     p.add_argument("--url", required=True, help="the service's base address, http[s]://host:port")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--rate", type=float, default=None, help="send at most this many frames per second "
-                   "(default: as fast as the server answers, within its limit)")
-    p.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "webp", "rgb8"],
-                   help="image encoding on the wire (rgb8: raw, lossless; jpeg: default)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="send at most this many frames per second (default: as fast as the server answers, within its limit)",
+    )
+    p.add_argument(
+        "--encoding",
+        default="jpeg",
+        choices=["jpeg", "png", "webp", "rgb8"],
+        help="image encoding on the wire (rgb8: raw, lossless; jpeg: default)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="pointmaps on the wire")
     p.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality")
-    p.add_argument("--policy", default=None, choices=["latest", "queue"],
-                   help="server frame policy (default: queue for files, latest for live sources)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        choices=["latest", "queue"],
+        help="server frame policy (default: queue for files, latest for live sources)",
+    )
     p.add_argument("--window", type=int, default=4, help="frames in flight at once")
     p.add_argument("--kf-every", type=int, default=1, help="send every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (live sources)")
@@ -60,19 +75,37 @@ async def _run(args) -> int:
     frames = itertools.islice(itertools.chain([first], frames), args.max_frames)
     policy = args.policy or ("latest" if live else "queue")
     window = args.window if policy == "queue" else max(args.window, 8)
-    settings = SessionSettings(frame_policy=policy, queue_size=min(max(args.window, 1), 64), encoding="full",
-                               dtype=args.dtype, preview=args.preview)
+    settings = SessionSettings(
+        frame_policy=policy,
+        queue_size=min(max(args.window, 1), 64),
+        encoding="full",
+        dtype=args.dtype,
+        preview=args.preview,
+    )
     client = StreamClient(args.url, args.api_key or os.environ.get("SPANN3R_API_KEY"), not args.insecure)
     recording, drops, errors = Recording(), 0, 0
     t0 = time.perf_counter()
     try:
-        async for msg in stream(args.url, frames, settings=settings, encoding=args.encoding, quality=args.quality,
-                                window=window, rate=args.rate, client=client):
+        async for msg in stream(
+            args.url,
+            frames,
+            settings=settings,
+            encoding=args.encoding,
+            quality=args.quality,
+            window=window,
+            rate=args.rate,
+            client=client,
+        ):
             if isinstance(msg, HelloMsg):
                 if msg.model.synthetic:
                     log.warning("%s", msg.model.notice)
-                log.info("session %s on worker %s (%s model, %s)", msg.session_id, msg.worker_id,
-                         msg.model.preset, msg.model.device)
+                log.info(
+                    "session %s on worker %s (%s model, %s)",
+                    msg.session_id,
+                    msg.worker_id,
+                    msg.model.preset,
+                    msg.model.device,
+                )
             elif isinstance(msg, DroppedMsg):
                 drops += 1
                 log.info("frame %s dropped: %s", client.names.get(msg.seq, msg.seq), msg.reason)
@@ -91,6 +124,15 @@ async def _run(args) -> int:
     rec = recording.reconstruction(client.names)
     rec.save_npz(out)
     dt = time.perf_counter() - t0
-    log.info("%d frames in %.1f s (%.2f frames/s), %d dropped, %d errors; %d/%d poses valid; wrote %s",
-             len(rec.names), dt, len(rec.names) / dt, drops, errors, rec.pose_valid.sum(), len(rec.names), out)
+    log.info(
+        "%d frames in %.1f s (%.2f frames/s), %d dropped, %d errors; %d/%d poses valid; wrote %s",
+        len(rec.names),
+        dt,
+        len(rec.names) / dt,
+        drops,
+        errors,
+        rec.pose_valid.sum(),
+        len(rec.names),
+        out,
+    )
     return 0

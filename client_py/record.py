@@ -55,10 +55,13 @@ class Recording:
         if self.memory:
             tokens[n - 1] = self.memory[max(self.memory)].mem_tokens
         return Reconstruction(
-            pts3d=np.stack([m["pts3d"] for m in maps]), conf=np.stack([m["conf"] for m in maps]),
+            pts3d=np.stack([m["pts3d"] for m in maps]),
+            conf=np.stack([m["conf"] for m in maps]),
             colors=np.stack([m["colors"] for m in maps]),
             poses=np.stack([pose_matrix(f.pose) for f in frames]),
             pose_valid=np.array([f.pose.valid for f in frames]),
             focal=self.focal if self.focal is not None else float("nan"),
-            skipped=skipped, mem_tokens=tokens,
-            names=[(names or {}).get(f.seq, f"seq{f.seq}") for f in frames])
+            skipped=skipped,
+            mem_tokens=tokens,
+            names=[(names or {}).get(f.seq, f"seq{f.seq}") for f in frames],
+        )

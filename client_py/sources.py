@@ -14,7 +14,7 @@ def is_live(spec: str) -> bool:
     return spec.isdigit() or "://" in spec
 
 
-def iter_source(spec: str, kf_every: int = 1) -> Iterator[tuple[str, "object"]]:
+def iter_source(spec: str, kf_every: int = 1) -> Iterator[tuple[str, object]]:
     """Yield (name, RGB uint8) frames. ``spec``: folder | video file | camera index ("0") | rtsp://, http://..."""
     if not is_live(spec):
         yield from iter_frames(spec, kf_every)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,24 @@ class ModelConfig:
         return self.grid * self.grid
 
     @classmethod
-    def tiny(cls) -> "ModelConfig":
+    def tiny(cls) -> ModelConfig:
         """Same architecture, small widths and depths: for plumbing tests and the service's CPU demos."""
         return cls(
-            enc_embed_dim=64, enc_depth=2, enc_num_heads=2,
-            dec_embed_dim=64, dec_depth=4, dec_num_heads=2,
-            dpt_hooks=(0, 2, 3, 4), dpt_layer_dims=(8, 16, 32, 64),
-            dpt_feature_dim=32, dpt_last_dim=16, value_depth=1,
+            enc_embed_dim=64,
+            enc_depth=2,
+            enc_num_heads=2,
+            dec_embed_dim=64,
+            dec_depth=4,
+            dec_num_heads=2,
+            dpt_hooks=(0, 2, 3, 4),
+            dpt_layer_dims=(8, 16, 32, 64),
+            dpt_feature_dim=32,
+            dpt_last_dim=16,
+            value_depth=1,
         )
 
     @classmethod
-    def preset(cls, name: str) -> "ModelConfig":
+    def preset(cls, name: str) -> ModelConfig:
         presets = {"official": cls, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")

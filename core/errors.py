@@ -7,4 +7,4 @@ from .weights import DeviceError, WeightsError
 
 USER_ERRORS: tuple[type[Exception], ...] = (WeightsError, DeviceError, ImageError, SourceError, StreamError)
 
-__all__ = ["USER_ERRORS", "WeightsError", "DeviceError", "ImageError", "SourceError", "StreamError"]
+__all__ = ["USER_ERRORS", "DeviceError", "ImageError", "SourceError", "StreamError", "WeightsError"]

@@ -65,8 +65,9 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float32)
 
 
-def crop_resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size: int = RESOLUTION
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_resize_rgbd(
+    rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size: int = RESOLUTION
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The official loader's crop and resize of an image, its depth map and intrinsics to size×size.
 
     rgb [H, W, 3] uint8, depth [H, W] float32, K [3, 3] → (rgb [size, size, 3], depth [size, size], K)."""
@@ -76,7 +77,7 @@ def crop_resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size: in
     if not (mx > W / 5 and my > H / 5):
         raise EvalError(f"principal point ({cx}, {cy}) too far from the centre of a {W}x{H} image")
     left, top = cx - mx, cy - my
-    rgb, depth = rgb[top: cy + my, left: cx + mx], depth[top: cy + my, left: cx + mx]
+    rgb, depth = rgb[top : cy + my, left : cx + mx], depth[top : cy + my, left : cx + mx]
     K = K.astype(np.float64).copy()
     K[0, 2] -= left
     K[1, 2] -= top
@@ -94,8 +95,8 @@ def crop_resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size: in
     K[:2, 2] += 0.5 * s - 0.5 * margin - 0.5
     off = np.array([new_w - size, new_h - size]) * 0.5
     left, top = (int(v) for v in np.round(off))
-    rgb = rgb[top: top + size, left: left + size]
-    depth = depth[top: top + size, left: left + size]
+    rgb = rgb[top : top + size, left : left + size]
+    depth = depth[top : top + size, left : left + size]
     K[0, 2] -= left
     K[1, 2] -= top
     return rgb.copy(), depth.copy(), K.astype(np.float32)
@@ -197,7 +198,7 @@ def read_nrgbd_poses(path: Path) -> list[np.ndarray]:
         if "nan" in lines[start]:
             pose = np.eye(4, dtype=np.float32)
         else:
-            pose = np.array([[float(x) for x in line.split()] for line in lines[start: start + 4]], dtype=np.float32)
+            pose = np.array([[float(x) for x in line.split()] for line in lines[start : start + 4]], dtype=np.float32)
         pose[:, 1:3] *= -1.0  # OpenGL (y up, z backward) → OpenCV (y down, z forward)
         poses.append(pose)
     return poses
@@ -241,8 +242,9 @@ def center_scale(pts: np.ndarray) -> float:
     return float(lower_median(np.linalg.norm(pts - center, axis=-1)))
 
 
-def align_to_gt(pred: np.ndarray, gt_world: np.ndarray, valid: np.ndarray, first_c2w: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def align_to_gt(
+    pred: np.ndarray, gt_world: np.ndarray, valid: np.ndarray, first_c2w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale/shift alignment of the official evaluation.
 
     pred [N, H, W, 3] in the first view's camera, gt_world [N, H, W, 3], valid [N, H, W] →
@@ -270,8 +272,10 @@ def require_open3d():
     try:
         import open3d as o3d
     except ImportError:
-        raise EvalError("spann3r eval needs Open3D: pip install 'spann3r-service[eval]' "
-                        "(open3d-cpu on Linux x86-64, open3d elsewhere)") from None
+        raise EvalError(
+            "spann3r eval needs Open3D: pip install 'spann3r-service[eval]' "
+            "(open3d-cpu on Linux x86-64, open3d elsewhere)"
+        ) from None
     return o3d
 
 
@@ -286,8 +290,9 @@ def icp_refine(pred: np.ndarray, gt: np.ndarray, threshold: float) -> tuple[np.n
     """Point-to-point ICP of pred [M, 3] onto gt [K, 3] from the identity → (moved pred, 4×4 transform)."""
     o3d = require_open3d()
     reg = o3d.pipelines.registration
-    result = reg.registration_icp(point_cloud(pred), point_cloud(gt), threshold, np.eye(4),
-                                  reg.TransformationEstimationPointToPoint())
+    result = reg.registration_icp(
+        point_cloud(pred), point_cloud(gt), threshold, np.eye(4), reg.TransformationEstimationPointToPoint()
+    )
     T = np.asarray(result.transformation)
     return pred @ T[:3, :3].T + T[:3, 3], T
 
@@ -342,23 +347,29 @@ class SceneMetrics:
         return (self.acc_med + self.comp_med) / 2
 
 
-def cloud_metrics(pred: np.ndarray, gt: np.ndarray, pred_normals: np.ndarray, gt_normals: np.ndarray
-                  ) -> dict[str, float]:
+def cloud_metrics(
+    pred: np.ndarray, gt: np.ndarray, pred_normals: np.ndarray, gt_normals: np.ndarray
+) -> dict[str, float]:
     """Accuracy, completion and both normal consistencies (mean and median) of two clouds [M, 3], [K, 3]."""
     d_acc, i_acc = nearest(pred, gt)
     nc_acc = np.abs(np.sum(gt_normals[i_acc] * pred_normals, axis=-1))
     d_comp, i_comp = nearest(gt, pred)
     nc_comp = np.abs(np.sum(gt_normals * pred_normals[i_comp], axis=-1))
     return {
-        "acc": float(np.mean(d_acc)), "acc_med": float(np.median(d_acc)),
-        "comp": float(np.mean(d_comp)), "comp_med": float(np.median(d_comp)),
-        "nc_acc": float(np.mean(nc_acc)), "nc_acc_med": float(np.median(nc_acc)),
-        "nc_comp": float(np.mean(nc_comp)), "nc_comp_med": float(np.median(nc_comp)),
+        "acc": float(np.mean(d_acc)),
+        "acc_med": float(np.median(d_acc)),
+        "comp": float(np.mean(d_comp)),
+        "comp_med": float(np.median(d_comp)),
+        "nc_acc": float(np.mean(nc_acc)),
+        "nc_acc_med": float(np.median(nc_acc)),
+        "nc_comp": float(np.mean(nc_comp)),
+        "nc_comp_med": float(np.median(nc_comp)),
     }
 
 
-def evaluate_scene(pred: np.ndarray, views: list[GTView], icp_threshold: float, dataset: str = "",
-                   scene: str = "", icp: bool = True) -> SceneMetrics:
+def evaluate_scene(
+    pred: np.ndarray, views: list[GTView], icp_threshold: float, dataset: str = "", scene: str = "", icp: bool = True
+) -> SceneMetrics:
     """pred [N, H, W, 3]: predicted points of ``views`` (in the order processed; the camera of views[0]
     is their frame) → metrics after alignment, ICP and normal estimation."""
     if len(pred) != len(views):
@@ -373,8 +384,7 @@ def evaluate_scene(pred: np.ndarray, views: list[GTView], icp_threshold: float, 
     if icp:
         pr, transform = icp_refine(pr, gt, icp_threshold)
     metrics = cloud_metrics(pr, gt, estimate_normals(pr), estimate_normals(gt))
-    return SceneMetrics(dataset, scene, len(views), int(valid.sum()), **metrics,
-                        extra={"icp_transform": transform})
+    return SceneMetrics(dataset, scene, len(views), int(valid.sum()), **metrics, extra={"icp_transform": transform})
 
 
 # ----------------------------------------------------------------------------- predictions on disk
@@ -395,18 +405,37 @@ def load_prediction(path: Path, views: list[GTView]) -> tuple[np.ndarray, list[G
         order = data["order"].astype(int) if "order" in data else np.arange(len(views))
         names = [str(n) for n in data["frame_names"]] if "frame_names" in data else None
     if len(pred) != len(views) or len(order) != len(views) or sorted(order.tolist()) != list(range(len(views))):
-        raise EvalError(f"{path}: {len(pred)} predicted frames (order {order.tolist()}) for the "
-                        f"{len(views)} sampled ground-truth frames")
+        raise EvalError(
+            f"{path}: {len(pred)} predicted frames (order {order.tolist()}) for the "
+            f"{len(views)} sampled ground-truth frames"
+        )
     ordered = [views[i] for i in order]
     if names is not None and names != [v.name for v in ordered]:
-        log.warning("%s: frame names %s… differ from the ground truth's %s…", path, names[:2],
-                    [v.name for v in ordered][:2])
+        log.warning(
+            "%s: frame names %s… differ from the ground truth's %s…", path, names[:2], [v.name for v in ordered][:2]
+        )
     return pred, ordered
 
 
 # ----------------------------------------------------------------------------- report
-COLUMNS = ["dataset", "scene", "frames", "points", "acc", "acc_med", "comp", "comp_med", "nc_acc",
-           "nc_acc_med", "nc_comp", "nc_comp_med", "nc", "nc_med", "chamfer", "chamfer_med"]
+COLUMNS = [
+    "dataset",
+    "scene",
+    "frames",
+    "points",
+    "acc",
+    "acc_med",
+    "comp",
+    "comp_med",
+    "nc_acc",
+    "nc_acc_med",
+    "nc_comp",
+    "nc_comp_med",
+    "nc",
+    "nc_med",
+    "chamfer",
+    "chamfer_med",
+]
 METRIC_COLUMNS = COLUMNS[4:]
 
 
@@ -417,8 +446,12 @@ def metrics_row(m: SceneMetrics) -> dict:
 
 
 def mean_row(rows: list[dict], dataset: str) -> dict:
-    out = {"dataset": dataset, "scene": "mean", "frames": sum(r["frames"] for r in rows),
-           "points": sum(r["points"] for r in rows)}
+    out = {
+        "dataset": dataset,
+        "scene": "mean",
+        "frames": sum(r["frames"] for r in rows),
+        "points": sum(r["points"] for r in rows),
+    }
     for k in METRIC_COLUMNS:
         out[k] = float(np.mean([r[k] for r in rows]))
     return out
@@ -427,8 +460,9 @@ def mean_row(rows: list[dict], dataset: str) -> dict:
 def format_table(rows: Iterable[dict]) -> str:
     rows = list(rows)
     header = COLUMNS
-    cells = [[str(r[c]) if c in ("dataset", "scene", "frames", "points") else f"{r[c]:.4f}" for c in header]
-             for r in rows]
+    cells = [
+        [str(r[c]) if c in ("dataset", "scene", "frames", "points") else f"{r[c]:.4f}" for c in header] for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
 
     def line(values: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
@@ -460,8 +494,25 @@ def select_scenes(all_scenes: list[str], wanted: str | None) -> list[str]:
 
 
 __all__ = [
-    "DATASETS", "PAPER_CHAMFER", "DatasetLayout", "EvalError", "GTView", "SceneMetrics", "align_to_gt",
-    "cloud_metrics", "crop_resize_rgbd", "depth_to_world", "evaluate_scene", "format_table", "icp_refine",
-    "load_prediction", "lower_median", "mean_row", "metrics_row", "prediction_file", "read_nrgbd_poses",
-    "select_scenes", "write_csv",
+    "DATASETS",
+    "PAPER_CHAMFER",
+    "DatasetLayout",
+    "EvalError",
+    "GTView",
+    "SceneMetrics",
+    "align_to_gt",
+    "cloud_metrics",
+    "crop_resize_rgbd",
+    "depth_to_world",
+    "evaluate_scene",
+    "format_table",
+    "icp_refine",
+    "load_prediction",
+    "lower_median",
+    "mean_row",
+    "metrics_row",
+    "prediction_file",
+    "read_nrgbd_poses",
+    "select_scenes",
+    "write_csv",
 ]

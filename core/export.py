@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
-def fuse(pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, conf_thresh: float = 1e-3,
-         stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def fuse(
+    pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, conf_thresh: float = 1e-3, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Stack per-frame maps [N, H, W, ...] into one cloud of points whose confidence passes the demo's
     filter ``(conf − 1) / conf > conf_thresh``. Returns (xyz float32 [M, 3], rgb uint8 [M, 3])."""
     pts3d, conf, colors = (np.asarray(a)[:, ::stride, ::stride] for a in (pts3d, conf, colors))
@@ -36,8 +37,10 @@ def ply_bytes(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
 def read_ply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of ``ply_bytes`` (for tests and round trips)."""
     end = data.index(b"end_header\n") + len(b"end_header\n")
-    n = int(next(l for l in data[:end].decode().splitlines() if l.startswith("element vertex")).split()[-1])
-    rec = np.frombuffer(data[end:], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")], count=n)
+    n = int(next(line for line in data[:end].decode().splitlines() if line.startswith("element vertex")).split()[-1])
+    rec = np.frombuffer(
+        data[end:], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")], count=n
+    )
     return np.stack([rec["x"], rec["y"], rec["z"]], -1), np.stack([rec["r"], rec["g"], rec["b"]], -1)
 
 
@@ -56,14 +59,23 @@ def glb_bytes(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
 
 
 def trajectory_json(poses_c2w: np.ndarray, valid: np.ndarray, focal: float, size: int = 224) -> str:
-    frames = [{"index": i, "valid": bool(v), "c2w": None if not v else np.asarray(p).tolist()}
-              for i, (p, v) in enumerate(zip(poses_c2w, valid))]
-    return json.dumps({"focal": float(focal), "width": size, "height": size, "convention": "opencv_c2w",
-                       "frames": frames})
+    frames = [
+        {"index": i, "valid": bool(v), "c2w": None if not v else np.asarray(p).tolist()}
+        for i, (p, v) in enumerate(zip(poses_c2w, valid))
+    ]
+    return json.dumps(
+        {"focal": float(focal), "width": size, "height": size, "convention": "opencv_c2w", "frames": frames}
+    )
 
 
-def transforms_json(poses_c2w: np.ndarray, valid: np.ndarray, focal: float, size: int = 224,
-                    ply_file_path: str | None = None, image_paths: list[str] | None = None) -> str:
+def transforms_json(
+    poses_c2w: np.ndarray,
+    valid: np.ndarray,
+    focal: float,
+    size: int = 224,
+    ply_file_path: str | None = None,
+    image_paths: list[str] | None = None,
+) -> str:
     """nerfstudio ``transforms.json`` (OpenGL camera axes, as the official demo writes it); frames whose pose is
     invalid are left out."""
     frames = []
@@ -75,8 +87,20 @@ def transforms_json(poses_c2w: np.ndarray, valid: np.ndarray, focal: float, size
         gl[:3, 2] *= -1
         path = image_paths[i] if image_paths else f"images/frame_{i:05d}.png"
         frames.append({"file_path": path, "transform_matrix": gl.tolist()})
-    out = {"w": size, "h": size, "fl_x": float(focal), "fl_y": float(focal), "cx": size / 2, "cy": size / 2,
-           "k1": 0, "k2": 0, "p1": 0, "p2": 0, "camera_model": "OPENCV", "frames": frames}
+    out = {
+        "w": size,
+        "h": size,
+        "fl_x": float(focal),
+        "fl_y": float(focal),
+        "cx": size / 2,
+        "cy": size / 2,
+        "k1": 0,
+        "k2": 0,
+        "p1": 0,
+        "p2": 0,
+        "camera_model": "OPENCV",
+        "frames": frames,
+    }
     if ply_file_path:
         out["ply_file_path"] = ply_file_path
     return json.dumps(out, indent=1)

@@ -15,7 +15,6 @@ a tensor comparison); everything else stays on the device until the engine copie
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 import torch
@@ -38,14 +37,22 @@ class WriteDecision:
 
 
 class SpatialMemory:
-    def __init__(self, norm_q: nn.LayerNorm, norm_k: nn.LayerNorm, norm_v: nn.LayerNorm,
-                 num_patches: int, cfg: MemoryConfig | None = None):
+    def __init__(
+        self,
+        norm_q: nn.LayerNorm,
+        norm_k: nn.LayerNorm,
+        norm_v: nn.LayerNorm,
+        num_patches: int,
+        cfg: MemoryConfig | None = None,
+    ):
         self.cfg = cfg or MemoryConfig()
         self.norm_q, self.norm_k, self.norm_v = norm_q, norm_k, norm_v
         self.P = num_patches
         if 0 < self.cfg.long_mem_size < self.cfg.work_mem_size * num_patches:
-            raise ValueError(f"long_mem_size ({self.cfg.long_mem_size}) must be 0 or at least work_mem_size x tokens "
-                             f"per frame ({self.cfg.work_mem_size * num_patches}): a prune keeps the working memory")
+            raise ValueError(
+                f"long_mem_size ({self.cfg.long_mem_size}) must be 0 or at least work_mem_size x tokens "
+                f"per frame ({self.cfg.work_mem_size * num_patches}): a prune keeps the working memory"
+            )
         self.dim = norm_k.normalized_shape[0]
         w = norm_k.weight
         self.device, self.dtype = w.device, w.dtype
@@ -60,7 +67,7 @@ class SpatialMemory:
         return self.cfg.long_mem_size + (self.cfg.work_mem_size + 2) * self.P
 
     def _alloc(self, cap: int) -> None:
-        z = lambda *s: torch.zeros(*s, device=self.device, dtype=self.dtype)  # noqa: E731
+        z = lambda *s: torch.zeros(*s, device=self.device, dtype=self.dtype)
         self.key_unit = z(cap, self.dim)  # keys / ‖keys‖ (similarity check)
         self.key_norm = z(cap, self.dim)  # norm_k(keys) (read)
         self.value_norm = z(cap, self.dim)  # norm_v(values) (read)
@@ -84,7 +91,7 @@ class SpatialMemory:
     def read(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [P, D] → (fused [P, D], fraction of attention entries removed by the threshold, a 0-d tensor)."""
         n = self.n
-        aff = self.norm_q(query) @ self.key_norm[:n].T / (self.dim ** 0.5)
+        aff = self.norm_q(query) @ self.key_norm[:n].T / (self.dim**0.5)
         attn = aff.softmax(dim=-1)
         removed = attn < self.cfg.attn_thresh
         attn = attn.masked_fill(removed, 0.0)
@@ -97,7 +104,7 @@ class SpatialMemory:
         """Max over the last ``wm`` key frames of the mean position-wise cosine with ``key`` [P, D]."""
         if self.n == 0:
             return None
-        frames = self.key_unit[self.n - self.wm * self.P: self.n].view(self.wm, self.P, self.dim)
+        frames = self.key_unit[self.n - self.wm * self.P : self.n].view(self.wm, self.P, self.dim)
         corr = torch.einsum("pc,tpc->tp", F.normalize(key, dim=-1), frames)
         return corr.mean(dim=-1).max()
 
@@ -127,11 +134,11 @@ class SpatialMemory:
         if n + P > self.capacity:
             self._grow(n + P)
         self.count[:n] += 1
-        self.key_unit[n: n + P] = F.normalize(key, dim=-1)
-        self.key_norm[n: n + P] = self.norm_k(key)
-        self.value_norm[n: n + P] = self.norm_v(value)
-        self.count[n: n + P] = 0
-        self.attn[n: n + P] = 0
+        self.key_unit[n : n + P] = F.normalize(key, dim=-1)
+        self.key_norm[n : n + P] = self.norm_k(key)
+        self.value_norm[n : n + P] = self.norm_v(value)
+        self.count[n : n + P] = 0
+        self.attn[n : n + P] = 0
         self.n = n + P
 
     def _prune(self) -> None:
@@ -153,8 +160,11 @@ class SpatialMemory:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         n = self.n
         return {
-            "key_unit": self.key_unit[:n], "key_norm": self.key_norm[:n], "value_norm": self.value_norm[:n],
-            "count": self.count[:n], "attn": self.attn[:n],
+            "key_unit": self.key_unit[:n],
+            "key_norm": self.key_norm[:n],
+            "value_norm": self.value_norm[:n],
+            "count": self.count[:n],
+            "attn": self.attn[:n],
         }
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], n: int, wm: int, lm: int, config: dict) -> None:

@@ -15,8 +15,9 @@ from .records import Reconstruction
 log = logging.getLogger(__name__)
 
 
-def assemble(finals: list[FrameOutput], traces: list[MemoryTrace], names: list[str],
-             with_poses: bool = True) -> Reconstruction:
+def assemble(
+    finals: list[FrameOutput], traces: list[MemoryTrace], names: list[str], with_poses: bool = True
+) -> Reconstruction:
     """Finals (in frame order) + memory traces → arrays, focal of frame 0 and a pose per frame."""
     pts = np.stack([f.pts3d for f in finals])
     conf = np.stack([f.conf for f in finals])
@@ -38,8 +39,13 @@ def assemble(finals: list[FrameOutput], traces: list[MemoryTrace], names: list[s
     return Reconstruction(pts, conf, colors, poses, valid, focal, skipped, tokens, names, traces)
 
 
-def reconstruct(engine: Engine, frames: Iterable[tuple[str, np.ndarray]], preview: bool = False,
-                progress: Callable[[int], None] | None = None, with_poses: bool = True) -> Reconstruction:
+def reconstruct(
+    engine: Engine,
+    frames: Iterable[tuple[str, np.ndarray]],
+    preview: bool = False,
+    progress: Callable[[int], None] | None = None,
+    with_poses: bool = True,
+) -> Reconstruction:
     """Stream ``(name, RGB uint8)`` frames through one session. Previews are off by default: the last frame's
     final output is then computed once, in ``finish``, and no other preview head runs."""
     session = Session(engine, preview=preview)

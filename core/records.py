@@ -32,10 +32,14 @@ class Reconstruction:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
-            "pts3d": self.pts3d.astype(np.float32), "conf": self.conf.astype(np.float32),
-            "colors": self.colors.astype(np.uint8), "poses": self.poses.astype(np.float32),
-            "pose_valid": self.pose_valid.astype(bool), "focal": np.float32(self.focal),
-            "skipped": self.skipped.astype(bool), "mem_tokens": self.mem_tokens.astype(np.int32),
+            "pts3d": self.pts3d.astype(np.float32),
+            "conf": self.conf.astype(np.float32),
+            "colors": self.colors.astype(np.uint8),
+            "poses": self.poses.astype(np.float32),
+            "pose_valid": self.pose_valid.astype(bool),
+            "focal": np.float32(self.focal),
+            "skipped": self.skipped.astype(bool),
+            "mem_tokens": self.mem_tokens.astype(np.int32),
             "frame_names": np.array(self.names),
         }
 

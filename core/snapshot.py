@@ -23,11 +23,14 @@ if TYPE_CHECKING:
 STREAM_FORMAT = "spann3r-stream/1"
 
 
-def dump_stream(state: "StreamState") -> bytes:
+def dump_stream(state: StreamState) -> bytes:
     mem = state.memory
     tensors = {f"memory.{k}": v for k, v in mem.state_tensors().items()}
     meta = {
-        "format": STREAM_FORMAT, "frames": state.frames, "preview": state.preview, "finished": state.finished,
+        "format": STREAM_FORMAT,
+        "frames": state.frames,
+        "preview": state.preview,
+        "finished": state.finished,
         "memory": {"n": mem.n, "wm": mem.wm, "lm": mem.lm, "P": mem.P, "dim": mem.dim, "config": mem.cfg.to_dict()},
     }
     if state.prev_tokens is not None:
@@ -48,13 +51,13 @@ def dump_stream(state: "StreamState") -> bytes:
     return st_save(tensors, metadata={"stream": json.dumps(meta)})
 
 
-def load_stream(engine: "Engine", data: bytes) -> "StreamState":
+def load_stream(engine: Engine, data: bytes) -> StreamState:
     from .engine import FrameOutput
 
     try:
         tensors = st_load(bytes(data))
         header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8: 8 + header_len])["__metadata__"]["stream"])
+        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["stream"])
     except Exception as exc:
         raise ValueError(f"not a Spann3R stream snapshot: {exc.__class__.__name__}: {exc}") from None
     if meta.get("format") != STREAM_FORMAT:
@@ -64,8 +67,13 @@ def load_stream(engine: "Engine", data: bytes) -> "StreamState":
     m = meta["memory"]
     if m["P"] != mem.P or m["dim"] != mem.dim:
         raise ValueError(f"snapshot is for {m['P']} tokens x {m['dim']} channels; this model has {mem.P} x {mem.dim}")
-    mem.load_tensors({k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")},
-                     m["n"], m["wm"], m["lm"], m["config"])
+    mem.load_tensors(
+        {k[len("memory.") :]: v for k, v in tensors.items() if k.startswith("memory.")},
+        m["n"],
+        m["wm"],
+        m["lm"],
+        m["config"],
+    )
     dev, dt = engine.device, mem.dtype
     state.frames, state.finished = meta["frames"], meta["finished"]
     if "prev_tokens" in tensors:
@@ -77,6 +85,11 @@ def load_stream(engine: "Engine", data: bytes) -> "StreamState":
     if pending:
         state.pending_head2 = [tensors[k].to(dev, dt) for k in pending]
     if "last_preview_index" in meta:
-        state.last_preview = FrameOutput(meta["last_preview_index"], "preview", tensors["last_preview.pts3d"].numpy(),
-                                         tensors["last_preview.conf"].numpy(), tensors["last_preview.colors"].numpy())
+        state.last_preview = FrameOutput(
+            meta["last_preview_index"],
+            "preview",
+            tensors["last_preview.pts3d"].numpy(),
+            tensors["last_preview.conf"].numpy(),
+            tensors["last_preview.colors"].numpy(),
+        )
     return state

@@ -141,6 +141,7 @@ def load_into(model: Spann3R, state_dict: dict[str, torch.Tensor], source: str) 
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape))
     if missing or unexpected or wrong:
+
         def few(keys):
             return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
@@ -161,7 +162,8 @@ def load_weights(model: Spann3R, source: str) -> LoadedWeights:
     if source == "synthetic":
         log.warning(
             "*** UNTRAINED MODEL: loading deterministic synthetic weights. Outputs are a fingerprint of the "
-            "computation, not a reconstruction. %s ***", OFFICIAL_CHECKPOINT_HELP.split(". ")[0]
+            "computation, not a reconstruction. %s ***",
+            OFFICIAL_CHECKPOINT_HELP.split(". ")[0],
         )
         load_into(model, synthetic_state_dict(model), "synthetic weights")
         return LoadedWeights("synthetic", source, True)
@@ -184,8 +186,9 @@ def save_checkpoint(model: Spann3R, path: str | os.PathLike) -> None:
         torch.save({"model": model.state_dict()}, path)
 
 
-def build_model(weights: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu"
-                ) -> tuple[Spann3R, LoadedWeights]:
+def build_model(
+    weights: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[Spann3R, LoadedWeights]:
     """Construct (on the meta device: no wasted random init), load, and move to ``device`` in eval mode."""
     with torch.device("meta"):
         model = Spann3R(cfg)

@@ -40,33 +40,37 @@ class Metrics:
         self.frames_received = Counter("spann3r_frames_received", "frame messages received", registry=r)
         self.frames_processed = Counter("spann3r_frames_processed", "frames run through the model", registry=r)
         self.frames_dropped = Counter("spann3r_frames_dropped", "frames dropped, by reason", ["reason"], registry=r)
-        self.frames_rejected = Counter("spann3r_frames_rejected", "frames answered with an error, by code",
-                                       ["code"], registry=r)
-        self.protocol_errors = Counter("spann3r_protocol_errors", "protocol violations, by code", ["code"],
-                                       registry=r)
-        self.step_latency = Histogram("spann3r_step_seconds", "model step latency (one batch)", buckets=_LATENCY,
-                                      registry=r)
-        self.batch_size = Histogram("spann3r_batch_size", "streams per batched step",
-                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
-        self.server_latency = Histogram("spann3r_frame_server_seconds", "frame received → result sent",
-                                        buckets=_LATENCY, registry=r)
-        self.decode_seconds = Histogram("spann3r_decode_seconds", "image decode + preprocessing", buckets=_FAST,
-                                        registry=r)
-        self.pose_seconds = Histogram("spann3r_pose_seconds", "pose recovery per result", buckets=_LATENCY,
-                                      registry=r)
-        self.encode_seconds = Histogram("spann3r_encode_seconds", "result encoding + msgpack", buckets=_FAST,
-                                        registry=r)
+        self.frames_rejected = Counter(
+            "spann3r_frames_rejected", "frames answered with an error, by code", ["code"], registry=r
+        )
+        self.protocol_errors = Counter("spann3r_protocol_errors", "protocol violations, by code", ["code"], registry=r)
+        self.step_latency = Histogram(
+            "spann3r_step_seconds", "model step latency (one batch)", buckets=_LATENCY, registry=r
+        )
+        self.batch_size = Histogram(
+            "spann3r_batch_size", "streams per batched step", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r
+        )
+        self.server_latency = Histogram(
+            "spann3r_frame_server_seconds", "frame received → result sent", buckets=_LATENCY, registry=r
+        )
+        self.decode_seconds = Histogram(
+            "spann3r_decode_seconds", "image decode + preprocessing", buckets=_FAST, registry=r
+        )
+        self.pose_seconds = Histogram("spann3r_pose_seconds", "pose recovery per result", buckets=_LATENCY, registry=r)
+        self.encode_seconds = Histogram(
+            "spann3r_encode_seconds", "result encoding + msgpack", buckets=_FAST, registry=r
+        )
         self.active_sessions = Gauge("spann3r_active_sessions", "sessions held", registry=r)
         self.queue_depth = Gauge("spann3r_queue_depth", "frames waiting for the model, all sessions", registry=r)
-        self.sessions_evicted = Counter("spann3r_sessions_evicted", "sessions evicted after the idle timeout",
-                                        registry=r)
-        self.sessions_refused = Counter("spann3r_sessions_refused", "session creations refused at capacity",
-                                        registry=r)
-        self.job_unit_seconds = Histogram("spann3r_job_unit_seconds", "one unit of collection-job model work",
-                                          buckets=_LATENCY, registry=r)
+        self.sessions_evicted = Counter(
+            "spann3r_sessions_evicted", "sessions evicted after the idle timeout", registry=r
+        )
+        self.sessions_refused = Counter("spann3r_sessions_refused", "session creations refused at capacity", registry=r)
+        self.job_unit_seconds = Histogram(
+            "spann3r_job_unit_seconds", "one unit of collection-job model work", buckets=_LATENCY, registry=r
+        )
         self.jobs_created = Counter("spann3r_jobs_created", "collection jobs accepted", registry=r)
-        self.jobs_refused = Counter("spann3r_jobs_refused", "collection uploads refused, by code", ["code"],
-                                    registry=r)
+        self.jobs_refused = Counter("spann3r_jobs_refused", "collection uploads refused, by code", ["code"], registry=r)
         self.jobs_ended = Counter("spann3r_jobs_ended", "collection jobs ended, by state", ["state"], registry=r)
         self.active_jobs = Gauge("spann3r_active_jobs", "collection jobs held", registry=r)
         r.register(_DeviceMemory(device))

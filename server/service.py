@@ -27,8 +27,7 @@ def load_engine_for(settings: ServeSettings) -> tuple[Engine, LoadedWeights]:
 
 
 class Service:
-    def __init__(self, settings: ServeSettings, engine: Engine | None = None,
-                 weights: LoadedWeights | None = None):
+    def __init__(self, settings: ServeSettings, engine: Engine | None = None, weights: LoadedWeights | None = None):
         self.settings = settings
         self.metrics = Metrics(settings.device)
         self._engine, self._weights = engine, weights
@@ -40,8 +39,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return (self.manager is not None and self.jobs is not None and self.worker is not None
-                and self.worker.alive)
+        return self.manager is not None and self.jobs is not None and self.worker is not None and self.worker.alive
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -63,8 +61,13 @@ class Service:
             jobs = JobManager(self.settings, worker, self.metrics)
             await jobs.start()
             self.manager, self.jobs = manager, jobs
-            log.info("ready: %s model, %s weights on %s (worker %s)", self._preset(), self._weights.kind,
-                     self._engine.device, self.settings.worker_id)
+            log.info(
+                "ready: %s model, %s weights on %s (worker %s)",
+                self._preset(),
+                self._weights.kind,
+                self._engine.device,
+                self.settings.worker_id,
+            )
         except Exception as exc:
             self.load_error = f"{exc.__class__.__name__}: {exc}"
             log.error("cannot start the worker: %s", self.load_error)
@@ -72,8 +75,11 @@ class Service:
     def _preset(self) -> str:
         from ..core.config import ModelConfig
 
-        return "official" if self._engine.model.cfg == ModelConfig() else (
-            "tiny" if self._engine.model.cfg == ModelConfig.tiny() else "custom")
+        return (
+            "official"
+            if self._engine.model.cfg == ModelConfig()
+            else ("tiny" if self._engine.model.cfg == ModelConfig.tiny() else "custom")
+        )
 
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():

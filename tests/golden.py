@@ -16,8 +16,11 @@ def check_close(name: str, ours: np.ndarray, golden: np.ndarray) -> dict:
     assert np.isfinite(ours).all(), f"{name}: non-finite values"
     scale = np.abs(golden).max()
     d = np.abs(ours - golden)
-    stats = {"max_of_scale": d.max() / scale, "p99_of_scale": np.percentile(d, 99) / scale,
-             "elements_over": int((d > ELEM_REL * np.abs(golden) + ELEM_ABS * scale).sum())}
+    stats = {
+        "max_of_scale": d.max() / scale,
+        "p99_of_scale": np.percentile(d, 99) / scale,
+        "elements_over": int((d > ELEM_REL * np.abs(golden) + ELEM_ABS * scale).sum()),
+    }
     assert stats["max_of_scale"] <= SCALE_TOL, f"{name}: scale check failed {stats}"
     assert stats["p99_of_scale"] <= BULK_TOL, f"{name}: bulk check failed {stats}"
     assert stats["elements_over"] == 0, f"{name}: element check failed {stats}"
@@ -27,8 +30,10 @@ def check_close(name: str, ours: np.ndarray, golden: np.ndarray) -> dict:
 def check_decisions(traces, golden: dict, sim_tol: float = 1e-4) -> None:
     """Check 4: identical skip and prune steps and memory counters; similarities close."""
     got = {
-        "trace_skipped": [t.skipped for t in traces], "trace_pruned": [t.pruned for t in traces],
-        "trace_mem_tokens": [t.mem_tokens for t in traces], "trace_wm": [t.wm for t in traces],
+        "trace_skipped": [t.skipped for t in traces],
+        "trace_pruned": [t.pruned for t in traces],
+        "trace_mem_tokens": [t.mem_tokens for t in traces],
+        "trace_wm": [t.wm for t in traces],
         "trace_lm": [t.lm for t in traces],
     }
     for key, values in got.items():

@@ -1,3 +1,3 @@
-from .spann3r import Spann3R, HeadOutput
+from .spann3r import HeadOutput, Spann3R
 
-__all__ = ["Spann3R", "HeadOutput"]
+__all__ = ["HeadOutput", "Spann3R"]

@@ -54,9 +54,7 @@ class RoPE2D(nn.Module):
         cos, sin = self._tables(half, x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         rows, cols = x.chunk(2, dim=-1)
-        return torch.cat(
-            (self._rope1d(rows, pos[..., 0], cos, sin), self._rope1d(cols, pos[..., 1], cos, sin)), dim=-1
-        )
+        return torch.cat((self._rope1d(rows, pos[..., 0], cos, sin), self._rope1d(cols, pos[..., 1], cos, sin)), dim=-1)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -49,17 +49,26 @@ class Scratch(nn.Module):
 
 
 class DPT(nn.Module):
-    def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], features: int, last_dim: int,
-                 hooks: tuple[int, ...], out_channels: int = 4):
+    def __init__(
+        self,
+        token_dims: tuple[int, ...],
+        layer_dims: tuple[int, ...],
+        features: int,
+        last_dim: int,
+        hooks: tuple[int, ...],
+        out_channels: int = 4,
+    ):
         super().__init__()
         self.hooks = hooks
         d0, d1, d2, d3 = layer_dims
-        self.act_postprocess = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(token_dims[0], d0, 1), nn.ConvTranspose2d(d0, d0, kernel_size=4, stride=4)),
-            nn.Sequential(nn.Conv2d(token_dims[1], d1, 1), nn.ConvTranspose2d(d1, d1, kernel_size=2, stride=2)),
-            nn.Sequential(nn.Conv2d(token_dims[2], d2, 1)),
-            nn.Sequential(nn.Conv2d(token_dims[3], d3, 1), nn.Conv2d(d3, d3, 3, stride=2, padding=1)),
-        ])
+        self.act_postprocess = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(token_dims[0], d0, 1), nn.ConvTranspose2d(d0, d0, kernel_size=4, stride=4)),
+                nn.Sequential(nn.Conv2d(token_dims[1], d1, 1), nn.ConvTranspose2d(d1, d1, kernel_size=2, stride=2)),
+                nn.Sequential(nn.Conv2d(token_dims[2], d2, 1)),
+                nn.Sequential(nn.Conv2d(token_dims[3], d3, 1), nn.Conv2d(d3, d3, 3, stride=2, padding=1)),
+            ]
+        )
         self.scratch = Scratch(layer_dims, features)
         self.head = nn.Sequential(
             nn.Conv2d(features, last_dim, 3, padding=1),

@@ -58,8 +58,9 @@ class DUSt3R(nn.Module):
             x = blk(x, pos)
         return self.enc_norm(x), pos
 
-    def decode(self, f1: torch.Tensor, pos1: torch.Tensor, f2: torch.Tensor, pos2: torch.Tensor
-               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def decode(
+        self, f1: torch.Tensor, pos1: torch.Tensor, f2: torch.Tensor, pos2: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Both views updated simultaneously from the previous depth.
 
         Returns per view ``[input (enc_dim), depth 1, ..., depth D-1, dec_norm(depth D)]`` (D + 1 entries)."""

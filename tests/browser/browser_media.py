@@ -15,8 +15,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def write_y4m(frames: list[np.ndarray], path: Path, width: int = 320, height: int = 240, fps: int = 10,
-              hold: int = 2) -> Path:
+def write_y4m(
+    frames: list[np.ndarray], path: Path, width: int = 320, height: int = 240, fps: int = 10, hold: int = 2
+) -> Path:
     """A YUV4MPEG2 (4:2:0) video for Chromium's fake camera (--use-file-for-fake-video-capture).
 
     Each frame is held for ``hold`` video frames so that a page sampling a few frames per second still
@@ -49,7 +50,9 @@ def write_webm(frames: list[np.ndarray], path: Path, width: int = 320, height: i
         raise RuntimeError("this OpenCV build cannot write VP8/WebM")
     try:
         for rgb in frames:
-            writer.write(cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
+            writer.write(
+                cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+            )
     finally:
         writer.release()
     return path

@@ -1,5 +1,6 @@
-"""Harness of the browser tests (conftest.py exposes its fixtures): a real ``spann3r serve`` (synthetic weights, tiny model) on a free loopback
-port, the built client, the fake-camera video, and a runner for the Playwright driver client_js/e2e/live-view.mjs.
+"""Harness of the browser tests (conftest.py exposes its fixtures): a real ``spann3r serve`` (synthetic weights,
+tiny model) on a free loopback port, the built client, the fake-camera video, and a runner for the Playwright
+driver client_js/e2e/live-view.mjs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from browser_media import read_rgb, reference_frames, write_webm, write_y4m
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,8 +65,13 @@ class Server:
 
 def _spawn(args: list[str], log: Path, append: bool = False) -> subprocess.Popen:
     with open(log, "ab" if append else "wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "spann3r.cli", *args], cwd=REPO, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "spann3r.cli", *args],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_ready(server: Server, timeout: float = 120.0) -> None:
@@ -85,8 +90,22 @@ def _wait_ready(server: Server, timeout: float = 120.0) -> None:
 
 def start_server(tmp: Path, *extra: str) -> Server:
     port = free_port()
-    args = ["serve", "--weights", "synthetic", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port),
-            "--threads", "1", "--log-level", "warning", *extra]
+    args = [
+        "serve",
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     log = tmp / f"serve-{port}.log"
     server = Server(port, _spawn(args, log), log, args)
     try:
@@ -143,12 +162,24 @@ def server(client_build, tmp_path_factory):
 def run_driver(scenario: str, base: str, *extra: str, timeout: float = 240, on_line=None) -> dict:
     """Runs the Playwright driver; returns its JSON report. ``on_line(line, process)`` sees each stdout line."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    cmd = ["node", "e2e/live-view.mjs", "--base", base, "--scenario", scenario, "--out", str(ARTIFACTS),
-           "--chromium", CHROMIUM, *extra]
+    cmd = [
+        "node",
+        "e2e/live-view.mjs",
+        "--base",
+        base,
+        "--scenario",
+        scenario,
+        "--out",
+        str(ARTIFACTS),
+        "--chromium",
+        CHROMIUM,
+        *extra,
+    ]
     err = ARTIFACTS / f"{scenario}-driver.log"
     with open(err, "wb") as errf:
-        proc = subprocess.Popen(cmd, cwd=CLIENT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=errf,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, cwd=CLIENT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=errf, text=True, bufsize=1
+        )
         last = ""
         start = time.monotonic()
         try:

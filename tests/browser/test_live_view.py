@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
 from live_view_harness import CHROMIUM, chromium_available, free_port, run_driver, start_server
 
 pytestmark = [
@@ -19,8 +19,16 @@ pytestmark = [
 
 BACKGROUND = (13, 17, 23)  # the viewer's clear colour (#0d1117)
 # colours that are not points: trajectory (latest, others, dimmed path), axes helper
-NON_POINT_COLOURS = [BACKGROUND, (77, 191, 255), (46, 115, 153), (255, 89, 51), (153, 54, 31), (255, 0, 0),
-                     (0, 255, 0), (0, 0, 255)]
+NON_POINT_COLOURS = [
+    BACKGROUND,
+    (77, 191, 255),
+    (46, 115, 153),
+    (255, 89, 51),
+    (153, 54, 31),
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+]
 
 
 def point_pixels(png: str | Path, width: int = 1280, height: int = 800) -> int:
@@ -56,7 +64,7 @@ def test_camera_stream_grows_the_cloud(server, camera_y4m):
     # the cloud grows frame after frame, in preallocated buffers (no reallocation at this size)
     shown = [s["pointsShown"] for s in samples if s["resultsReceived"] >= 2]
     assert strictly_growing(shown), shown
-    assert all(b >= a for a, b in zip(shown, shown[1:])), shown
+    assert all(b >= a for a, b in itertools.pairwise(shown)), shown
     assert last["frames"] >= 6 and last["poses"] >= 1
     assert last["reallocations"] == 0
     assert last["synthetic"] is True

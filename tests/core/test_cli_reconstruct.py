@@ -14,14 +14,15 @@ from spann3r.core.export import fuse, read_ply
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "spann3r.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spann3r.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode != 0
     err = proc.stderr.strip().splitlines()
-    errors = [l for l in err if "error:" in l]
+    errors = [line for line in err if "error:" in line]
     assert len(errors) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     for f in fragments:
@@ -36,8 +37,20 @@ def frames_dir(golden_dir):
 @pytest.fixture(scope="module")
 def tiny_run(frames_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec")
-    proc = run_cli("reconstruct", frames_dir, "--weights", "synthetic", "--model", "tiny",
-                   "--out", out / "a.npz", "--ply", out / "a.ply", "--conf-thresh", "0.5")
+    proc = run_cli(
+        "reconstruct",
+        frames_dir,
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--out",
+        out / "a.npz",
+        "--ply",
+        out / "a.ply",
+        "--conf-thresh",
+        "0.5",
+    )
     assert proc.returncode == 0, proc.stderr
     return dict(np.load(out / "a.npz")), (out / "a.ply").read_bytes(), proc
 
@@ -45,9 +58,16 @@ def tiny_run(frames_dir, tmp_path_factory):
 def test_npz_layout(tiny_run):
     z, _, _ = tiny_run
     n = 8
-    expect = {"pts3d": (np.float32, (n, 224, 224, 3)), "conf": (np.float32, (n, 224, 224)),
-              "colors": (np.uint8, (n, 224, 224, 3)), "poses": (np.float32, (n, 4, 4)), "pose_valid": (bool, (n,)),
-              "focal": (np.float32, ()), "skipped": (bool, (n,)), "mem_tokens": (np.int32, (n,))}
+    expect = {
+        "pts3d": (np.float32, (n, 224, 224, 3)),
+        "conf": (np.float32, (n, 224, 224)),
+        "colors": (np.uint8, (n, 224, 224, 3)),
+        "poses": (np.float32, (n, 4, 4)),
+        "pose_valid": (bool, (n,)),
+        "focal": (np.float32, ()),
+        "skipped": (bool, (n,)),
+        "mem_tokens": (np.int32, (n,)),
+    }
     for key, (dtype, shape) in expect.items():
         assert z[key].dtype == dtype and z[key].shape == shape, key
     assert z["skipped"][-1]  # the last frame is never written to memory
@@ -74,8 +94,18 @@ def test_video_input_and_kf_every(frames_dir, tmp_path, tiny_run):
     for f in files:
         writer.write(cv2.imread(str(f)))
     writer.release()
-    proc = run_cli("reconstruct", video, "--weights", "synthetic", "--model", "tiny", "--out", tmp_path / "v.npz",
-                   "--kf-every", "2")
+    proc = run_cli(
+        "reconstruct",
+        video,
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--out",
+        tmp_path / "v.npz",
+        "--kf-every",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     z = np.load(tmp_path / "v.npz")
     assert z["pts3d"].shape[0] == 4
@@ -94,33 +124,42 @@ def test_unreadable_image(frames_dir, tmp_path):
     folder = tmp_path / "bad"
     shutil.copytree(frames_dir, folder)
     (folder / "frame_003.png").write_bytes(b"this is not a png")
-    assert_one_line_error(run_cli("reconstruct", folder, "--weights", "synthetic", "--model", "tiny",
-                                  "--out", tmp_path / "x.npz"), "frame_003.png")
+    assert_one_line_error(
+        run_cli("reconstruct", folder, "--weights", "synthetic", "--model", "tiny", "--out", tmp_path / "x.npz"),
+        "frame_003.png",
+    )
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli("reconstruct", tmp_path / "empty", "--weights", "synthetic", "--out",
-                                  tmp_path / "x.npz"), "no images")
+    assert_one_line_error(
+        run_cli("reconstruct", tmp_path / "empty", "--weights", "synthetic", "--out", tmp_path / "x.npz"), "no images"
+    )
 
 
 def test_single_image_folder(frames_dir, tmp_path):
     (tmp_path / "one").mkdir()
     shutil.copy(frames_dir / "frame_000.png", tmp_path / "one")
-    assert_one_line_error(run_cli("reconstruct", tmp_path / "one", "--weights", "synthetic", "--model", "tiny",
-                                  "--out", tmp_path / "x.npz"), "at least two frames")
+    assert_one_line_error(
+        run_cli(
+            "reconstruct", tmp_path / "one", "--weights", "synthetic", "--model", "tiny", "--out", tmp_path / "x.npz"
+        ),
+        "at least two frames",
+    )
 
 
 def test_video_that_cannot_be_opened(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(b"\0\1\2 not a video" * 100)
-    assert_one_line_error(run_cli("reconstruct", bad, "--weights", "synthetic", "--out", tmp_path / "x.npz"),
-                          "clip.mp4")
+    assert_one_line_error(
+        run_cli("reconstruct", bad, "--weights", "synthetic", "--out", tmp_path / "x.npz"), "clip.mp4"
+    )
 
 
 def test_missing_input(tmp_path):
-    assert_one_line_error(run_cli("reconstruct", tmp_path / "nope", "--weights", "synthetic", "--out",
-                                  tmp_path / "x.npz"), "not found")
+    assert_one_line_error(
+        run_cli("reconstruct", tmp_path / "nope", "--weights", "synthetic", "--out", tmp_path / "x.npz"), "not found"
+    )
 
 
 def test_checkpoint_with_wrong_keys(frames_dir, tmp_path):
@@ -128,16 +167,25 @@ def test_checkpoint_with_wrong_keys(frames_dir, tmp_path):
 
     ckpt = tmp_path / "wrong.pth"
     torch.save({"model": {"some.other.weight": torch.zeros(2, 2)}}, ckpt)
-    assert_one_line_error(run_cli("reconstruct", frames_dir, "--weights", ckpt, "--model", "tiny",
-                                  "--out", tmp_path / "x.npz"), "missing keys", "unexpected keys")
+    assert_one_line_error(
+        run_cli("reconstruct", frames_dir, "--weights", ckpt, "--model", "tiny", "--out", tmp_path / "x.npz"),
+        "missing keys",
+        "unexpected keys",
+    )
 
 
 def test_no_weights_says_where_to_get_them(frames_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "spann3r.cli", "reconstruct", str(frames_dir),
-                           "--out", str(tmp_path / "x.npz")], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spann3r.cli", "reconstruct", str(frames_dir), "--out", str(tmp_path / "x.npz")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "spann3r.pth", "--weights synthetic")
 
 
 def test_missing_output_folder(frames_dir, tmp_path):
-    assert_one_line_error(run_cli("reconstruct", frames_dir, "--weights", "synthetic", "--out",
-                                  tmp_path / "no" / "such" / "x.npz"), "does not exist")
+    assert_one_line_error(
+        run_cli("reconstruct", frames_dir, "--weights", "synthetic", "--out", tmp_path / "no" / "such" / "x.npz"),
+        "does not exist",
+    )

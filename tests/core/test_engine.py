@@ -150,7 +150,10 @@ def test_snapshot_restore_continues_identically(tiny_model, frames_B, preview):
     for r, ref in zip(cont, full[7:]):
         np.testing.assert_array_equal(r.final.pts3d, ref.final.pts3d)
         assert (r.memory.skipped, r.memory.pruned, r.memory.mem_tokens) == (
-            ref.memory.skipped, ref.memory.pruned, ref.memory.mem_tokens)
+            ref.memory.skipped,
+            ref.memory.pruned,
+            ref.memory.mem_tokens,
+        )
     np.testing.assert_array_equal(last.pts3d, last_full.pts3d)
     assert any(r.memory and r.memory.pruned for r in full), "scenario should prune"
 

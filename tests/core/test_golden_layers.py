@@ -65,7 +65,10 @@ def layers(official_model, golden_A):
         out["inter_s1_mem_attn_increment"] = mem.attn[: mem.n][None]
         dec1, dec2 = m.decode(fused[None], p, e2, p)
         out["inter_s1_dec1_final"], out["inter_s1_dec2_final"] = dec1[-1], dec2[-1]
-        out["inter_s1_head1_raw"], out["inter_s1_head2_raw"] = m.head_raw(1, m.hooked(dec1)), m.head_raw(2, m.hooked(dec2))
+        out["inter_s1_head1_raw"], out["inter_s1_head2_raw"] = (
+            m.head_raw(1, m.hooked(dec1)),
+            m.head_raw(2, m.hooked(dec2)),
+        )
         k1 = m.keys(1, e1, dec1[-1])
         out["inter_s1_mem_key_written"] = k1
         out["inter_s1_mem_value_written"] = m.encode_value(m.head(1, m.hooked(dec1)).pts3d) + k1
@@ -73,12 +76,29 @@ def layers(official_model, golden_A):
 
 
 LAYER_KEYS = [
-    "inter_s0_patch_embed_out", "inter_s0_enc_block0_out", "inter_s0_enc_out", "inter_s0_dec1_layer6",
-    "inter_s0_dec2_layer6", "inter_s0_dec1_final", "inter_s0_dec2_final", "inter_s0_head1_raw", "inter_s0_head2_raw",
-    "inter_s0_value_embed_out", "inter_s0_value_norm_out", "inter_s0_mem_key_written", "inter_s0_mem_value_written",
-    "inter_s1_enc_out", "inter_s1_mem_query", "inter_s1_mem_read_out", "inter_s1_mem_attn_increment",
-    "inter_s1_dec1_final", "inter_s1_dec2_final", "inter_s1_head1_raw", "inter_s1_head2_raw",
-    "inter_s1_mem_key_written", "inter_s1_mem_value_written",
+    "inter_s0_patch_embed_out",
+    "inter_s0_enc_block0_out",
+    "inter_s0_enc_out",
+    "inter_s0_dec1_layer6",
+    "inter_s0_dec2_layer6",
+    "inter_s0_dec1_final",
+    "inter_s0_dec2_final",
+    "inter_s0_head1_raw",
+    "inter_s0_head2_raw",
+    "inter_s0_value_embed_out",
+    "inter_s0_value_norm_out",
+    "inter_s0_mem_key_written",
+    "inter_s0_mem_value_written",
+    "inter_s1_enc_out",
+    "inter_s1_mem_query",
+    "inter_s1_mem_read_out",
+    "inter_s1_mem_attn_increment",
+    "inter_s1_dec1_final",
+    "inter_s1_dec2_final",
+    "inter_s1_head1_raw",
+    "inter_s1_head2_raw",
+    "inter_s1_mem_key_written",
+    "inter_s1_mem_value_written",
 ]
 
 

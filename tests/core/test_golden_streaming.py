@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from golden import check_close, check_decisions
+
 from spann3r.core.engine import FrameOutput, MemoryTrace, Session
 from spann3r.core.preprocess import load_frame
 
@@ -63,9 +63,20 @@ def run_B(official_engine, golden_dir):
 def cli_A(golden_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "A.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "spann3r.cli", "reconstruct", str(golden_dir / "frames_A"),
-         "--weights", "synthetic", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "spann3r.cli",
+            "reconstruct",
+            str(golden_dir / "frames_A"),
+            "--weights",
+            "synthetic",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return dict(np.load(out))
@@ -111,12 +122,13 @@ def test_A_through_cli(cli_A, golden_A):
     """The CLI path (previews off; the last frame's head run once in finish) matches too."""
     check_close("A cli pts3d", cli_A["pts3d"], golden_A["final_pts3d"])
     check_close("A cli conf", cli_A["conf"], golden_A["final_conf"])
-    assert cli_A["skipped"].tolist() == golden_A["trace_skipped"].tolist() + [True]
+    assert cli_A["skipped"].tolist() == [*golden_A["trace_skipped"].tolist(), True]
     assert cli_A["mem_tokens"][:-1].tolist() == golden_A["trace_mem_tokens"].tolist()
     assert cli_A["colors"].dtype == np.uint8 and cli_A["colors"].shape == (8, 224, 224, 3)
     # colours are the model input pixels
-    np.testing.assert_allclose((cli_A["colors"].transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5,
-                               golden_A["inputs_img"], atol=1e-6)
+    np.testing.assert_allclose(
+        (cli_A["colors"].transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5, golden_A["inputs_img"], atol=1e-6
+    )
     # camera as demo.py: focal clipped to 0 with synthetic weights, PnP fails → invalid, NaN poses
     assert float(cli_A["focal"]) == pytest.approx(float(golden_A["cam_focal"]), abs=1e-6)
     assert cli_A["pose_valid"].tolist() == golden_A["cam_pnp_success"].tolist()

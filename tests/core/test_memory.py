@@ -25,15 +25,15 @@ class NaiveMemory:
         self.wm = self.lm = 0
 
     def read(self, q):
-        A = torch.softmax(self.nq(q) @ self.nk(self.K).T / D ** 0.5, dim=-1)
-        A = torch.where(A < self.cfg.attn_thresh, torch.zeros_like(A), A)
+        A = torch.softmax(self.nq(q) @ self.nk(self.K).T / D**0.5, dim=-1)
+        A = torch.where(self.cfg.attn_thresh > A, torch.zeros_like(A), A)
         A = A / A.sum(-1, keepdim=True)
         self.attn = self.attn + A.sum(0)
         return A @ self.nv(self.V) + q
 
     def write(self, k, v):
         if self.K is not None:
-            frames = self.K[-self.wm * P:].reshape(self.wm, P, D)
+            frames = self.K[-self.wm * P :].reshape(self.wm, P, D)
             sim = (F.normalize(k, dim=-1)[None] * F.normalize(frames, dim=-1)).sum(-1).mean(-1).max()
             if sim > self.cfg.sim_thresh:
                 return "skip"
@@ -68,10 +68,13 @@ def make_norms(seed):
     return norms
 
 
-@pytest.mark.parametrize("cfg", [
-    MemoryConfig(long_mem_size=24, work_mem_size=2, attn_thresh=0.02, sim_thresh=0.8),
-    MemoryConfig(long_mem_size=40, work_mem_size=3, attn_thresh=5e-4, sim_thresh=0.95),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MemoryConfig(long_mem_size=24, work_mem_size=2, attn_thresh=0.02, sim_thresh=0.8),
+        MemoryConfig(long_mem_size=40, work_mem_size=3, attn_thresh=5e-4, sim_thresh=0.95),
+    ],
+)
 def test_matches_naive_reference(cfg):
     torch.manual_seed(0)
     norms = make_norms(1)

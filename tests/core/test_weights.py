@@ -29,8 +29,11 @@ def test_synthetic_weights_match_fingerprint_of_every_key(official_model, golden
     fp = json.loads((golden_dir / "weights_fingerprint.json").read_text())["keys"]
     sd = official_model.state_dict()
     assert set(sd) == set(fp)
-    bad = [k for k, v in sd.items()
-           if hashlib.sha256(v.detach().contiguous().numpy().astype("<f4").tobytes()).hexdigest() != fp[k]["sha256_f32le"]]
+    bad = [
+        k
+        for k, v in sd.items()
+        if hashlib.sha256(v.detach().contiguous().numpy().astype("<f4").tobytes()).hexdigest() != fp[k]["sha256_f32le"]
+    ]
     assert not bad, f"{len(bad)} tensors differ from the fingerprint, e.g. {bad[:3]}"
 
 
@@ -115,7 +118,7 @@ def test_unreadable_checkpoint(tmp_path, content):
 
 
 def test_missing_checkpoint_says_where_to_get_it(tmp_path):
-    with pytest.raises(WeightsError, match="spann3r.pth"):
+    with pytest.raises(WeightsError, match=r"spann3r\.pth"):
         build_model(str(tmp_path / "nope.pth"), ModelConfig.tiny())
 
 
@@ -125,7 +128,7 @@ def test_hub_offline_gives_clear_error(monkeypatch, tmp_path):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(WeightsError, match="offline|cannot"):
+    with pytest.raises(WeightsError, match=r"offline|cannot"):
         build_model("hf:someone/spann3r/spann3r.pth", ModelConfig.tiny())
 
 

@@ -99,7 +99,7 @@ def build_seven_scenes(root: Path, frames: int = 41, kf_every: int = 20) -> dict
         (root / scene / "TestSplit.txt").write_text("\n".join(seqs) + "\n")
         (root / scene / "TrainSplit.txt").write_text("sequence9\n")
         for q, seq in enumerate(seqs):
-            folder = root / scene / f"seq-{int(seq[len('sequence'):]):02d}"
+            folder = root / scene / f"seq-{int(seq[len('sequence') :]):02d}"
             folder.mkdir()
             poses[f"{scene}/{folder.name}"] = []
             for i in range(frames):
@@ -142,5 +142,3 @@ def build_nrgbd(root: Path, frames: int = 81, kf_every: int = 40, nan_pose: int 
             poses[scene].append(c2w)
         (root / scene / "poses.txt").write_text("\n".join(lines) + "\n")
     return poses
-
-

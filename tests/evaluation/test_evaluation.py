@@ -9,9 +9,18 @@ import pytest
 import torch
 from rgbd_scenes import distance_to_room, room_normals
 
-from spann3r.core.evaluation import (DATASETS, EvalError, align_to_gt, crop_resize_rgbd, evaluate_scene,
-                                     intrinsics_matrix, load_prediction, lower_median, read_nrgbd_poses,
-                                     select_scenes)
+from spann3r.core.evaluation import (
+    DATASETS,
+    EvalError,
+    align_to_gt,
+    crop_resize_rgbd,
+    evaluate_scene,
+    intrinsics_matrix,
+    load_prediction,
+    lower_median,
+    read_nrgbd_poses,
+    select_scenes,
+)
 from spann3r.core.preprocess import crop_resize
 
 
@@ -149,8 +158,12 @@ def test_unordered_predictions_follow_their_order(chess_views, tmp_path):
     order = [2, 0, 1]
     ordered = [chess_views[i] for i in order]
     path = tmp_path / "p.npz"
-    np.savez(path, pts3d=exact_prediction(ordered, scale=3.0), order=np.array(order),
-             frame_names=np.array([v.name for v in ordered]))
+    np.savez(
+        path,
+        pts3d=exact_prediction(ordered, scale=3.0),
+        order=np.array(order),
+        frame_names=np.array([v.name for v in ordered]),
+    )
     pred, views = load_prediction(path, chess_views)
     assert [v.name for v in views] == [v.name for v in ordered]
     assert evaluate_scene(pred, views, 0.1).chamfer < 1e-5

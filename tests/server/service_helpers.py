@@ -1,5 +1,6 @@
 """Helpers of the server tests: a real uvicorn server on a loopback port, in a thread of the test process (so
-it can reuse the session's models), and async runners. The reference README's acceptance checks are tests/golden.py's."""
+it can reuse the session's models), and async runners. The reference README's acceptance checks are in
+tests/golden.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-import numpy as np
 
 
 class LiveServer:
@@ -34,7 +34,7 @@ class LiveServer:
     def service(self):
         return self.app.state.service
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not (self.server.started and self.service.ready):
@@ -70,7 +70,6 @@ def live_server(engine, weights_kind: str = "synthetic", **overrides):
 def run(coro, timeout: float = 120):
     """Run client coroutine code from a sync test, with a timeout so a hang fails instead of blocking."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
 
 
 def answers_by_seq(messages) -> dict[int, list]:

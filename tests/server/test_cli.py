@@ -48,8 +48,12 @@ def test_flags_and_environment(monkeypatch, capsys):
 
 
 def test_bad_weights_fail_in_one_line(tmp_path):
-    r = subprocess.run([*SPANN3R, "serve", "--model", "tiny", "--weights", str(tmp_path / "none.pth"),
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*SPANN3R, "serve", "--model", "tiny", "--weights", str(tmp_path / "none.pth"), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
 
@@ -59,9 +63,13 @@ def served(tmp_path):
     """``spann3r serve`` in a subprocess (tiny model, state dir, settings partly from the environment)."""
     port = free_port()
     env = {**os.environ, "SPANN3R_MAX_FPS": "40", "SPANN3R_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen([*SPANN3R, "serve", "--model", "tiny", "--weights", "synthetic", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [*SPANN3R, "serve", "--model", "tiny", "--weights", "synthetic", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -86,13 +94,42 @@ def test_stream_command_writes_what_reconstruct_writes(served, small_frames, tmp
     frames.mkdir()
     for name, rgb in small_frames[:5]:
         cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    streamed = subprocess.run([*SPANN3R, "stream", str(frames), "--url", url, "--out", str(tmp_path / "s.npz"),
-                               "--encoding", "rgb8", "--dtype", "float32"], capture_output=True, text=True,
-                              timeout=300)
+    streamed = subprocess.run(
+        [
+            *SPANN3R,
+            "stream",
+            str(frames),
+            "--url",
+            url,
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--encoding",
+            "rgb8",
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert streamed.returncode == 0, streamed.stderr
     assert "UNTRAINED MODEL" in streamed.stderr  # synthetic weights are announced
-    offline = subprocess.run([*SPANN3R, "reconstruct", str(frames), "--model", "tiny", "--weights", "synthetic",
-                              "--out", str(tmp_path / "r.npz")], capture_output=True, text=True, timeout=300)
+    offline = subprocess.run(
+        [
+            *SPANN3R,
+            "reconstruct",
+            str(frames),
+            "--model",
+            "tiny",
+            "--weights",
+            "synthetic",
+            "--out",
+            str(tmp_path / "r.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert offline.returncode == 0, offline.stderr
     s, r = np.load(tmp_path / "s.npz"), np.load(tmp_path / "r.npz")
     assert sorted(s.files) == sorted(r.files)
@@ -108,11 +145,19 @@ def test_stream_command_writes_what_reconstruct_writes(served, small_frames, tmp
 
 def test_stream_command_refuses_a_bad_input(served, tmp_path):
     url, _, _ = served
-    r = subprocess.run([*SPANN3R, "stream", str(tmp_path / "nothing"), "--url", url, "--out",
-                        str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*SPANN3R, "stream", str(tmp_path / "nothing"), "--url", url, "--out", str(tmp_path / "o.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "input not found" in r.stderr
-    r = subprocess.run([*SPANN3R, "stream", str(tmp_path), "--url", "http://127.0.0.1:9", "--out",
-                        str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*SPANN3R, "stream", str(tmp_path), "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "o.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no images" in r.stderr
 
 
@@ -137,12 +182,27 @@ def test_stream_needs_neither_torch_nor_the_server_packages(served, small_frames
     frames.mkdir()
     for name, rgb in small_frames[:3]:
         cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    r = subprocess.run([sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "stream", str(frames), "--url", url, "--out",
-                        str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_SERVER_PACKAGES,
+            "stream",
+            str(frames),
+            "--url",
+            url,
+            "--out",
+            str(tmp_path / "s.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     with np.load(tmp_path / "s.npz") as s:
         assert s["pts3d"].shape == (3, 224, 224, 3) and np.isfinite(s["pts3d"]).all()
     # and the block is real: the service's commands cannot start without those packages
-    r = subprocess.run([sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "serve", "--help"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "serve", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode != 0 and "blocked by the test" in r.stderr

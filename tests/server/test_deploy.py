@@ -23,7 +23,7 @@ def hadolint() -> str | None:
 
 
 def settings_named(env: dict) -> set[str]:
-    return {k[len("SPANN3R_"):].lower() for k in env if k.startswith("SPANN3R_")}
+    return {k[len("SPANN3R_") :].lower() for k in env if k.startswith("SPANN3R_")}
 
 
 def dockerfile_env() -> dict:
@@ -69,13 +69,14 @@ def test_compose_file_names_the_settings_of_spann3r_serve(kind):
     doc = yaml.safe_load(COMPOSE[kind].read_text())
     service = doc["services"]["spann3r"]
     assert service["build"]["context"] == ".." and service["build"]["dockerfile"] == "Dockerfile"
-    assert (COMPOSE[kind].parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == \
-        REPO / "Dockerfile"
+    assert (
+        COMPOSE[kind].parent / service["build"]["context"] / service["build"]["dockerfile"]
+    ).resolve() == REPO / "Dockerfile"
     env = service["environment"]
     unknown = settings_named(env) - set(ServeSettings.model_fields)
     assert not unknown, f"{COMPOSE[kind].name} sets SPANN3R_ variables that spann3r serve does not know: {unknown}"
     # the same values pass ServeSettings' validation (with ${VAR:-default} resolved to its default)
-    resolved = {k[len("SPANN3R_"):].lower(): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    resolved = {k[len("SPANN3R_") :].lower(): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
     ServeSettings(**resolved)
     state = env["SPANN3R_STATE_DIR"]
     assert any(str(v).split(":")[:2] == ["state", state] for v in service["volumes"])

@@ -16,10 +16,19 @@ from spann3r.server.protocol import DroppedMsg, ErrorMsg, ResultMsg
 @pytest.mark.golden
 def test_golden_A_through_the_service(official_engine, golden_A, frames_a):
     with live_server(official_engine) as srv:
+
         async def main():
             client = StreamClient(srv.url)
-            messages = [m async for m in stream(srv.url, frames_a, client=client, encoding="rgb8", settings={
-                "encoding": "full", "dtype": "float32", "frame_policy": "queue", "preview": True})]
+            messages = [
+                m
+                async for m in stream(
+                    srv.url,
+                    frames_a,
+                    client=client,
+                    encoding="rgb8",
+                    settings={"encoding": "full", "dtype": "float32", "frame_policy": "queue", "preview": True},
+                )
+            ]
             await client.close()
             return messages, client.names
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from spann3r.cli.main import main
 from spann3r.core.preprocess import load_frame
 from spann3r.core.unordered import reconstruct_unordered
-from spann3r.cli.main import main
 
 
 def test_writes_the_ordered_layout_plus_order(golden_dir, tmp_path, tiny_model):
@@ -20,8 +20,24 @@ def test_writes_the_ordered_layout_plus_order(golden_dir, tmp_path, tiny_model):
         shutil.copy(path, folder)
     out = tmp_path / "u.npz"
     ply = tmp_path / "u.ply"
-    assert main(["reconstruct", str(folder), "--unordered", "--weights", "synthetic", "--model", "tiny",
-                 "--out", str(out), "--ply", str(ply)]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(folder),
+                "--unordered",
+                "--weights",
+                "synthetic",
+                "--model",
+                "tiny",
+                "--out",
+                str(out),
+                "--ply",
+                str(ply),
+            ]
+        )
+        == 0
+    )
     data = np.load(out)
     files = sorted(p.name for p in folder.glob("*.png"))
     assert data["input_names"].tolist() == files
@@ -40,21 +56,48 @@ def test_writes_the_ordered_layout_plus_order(golden_dir, tmp_path, tiny_model):
 def test_refuses_above_max_frames_before_loading_the_model(golden_dir, tmp_path, capsys):
     out = tmp_path / "u.npz"
     t0 = time.perf_counter()
-    code = main(["reconstruct", str(golden_dir / "frames_B"), "--unordered", "--weights", "synthetic",
-                 "--out", str(out)])  # 46 images, default limit, the full-size model never built
+    code = main(
+        ["reconstruct", str(golden_dir / "frames_B"), "--unordered", "--weights", "synthetic", "--out", str(out)]
+    )  # 46 images, default limit, the full-size model never built
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert time.perf_counter() - t0 < 20
     assert "46 images" in err and "--max-frames" in err and "2070 ordered pairs" in err
-    code = main(["reconstruct", str(golden_dir / "frames_D"), "--unordered", "--max-frames", "5",
-                 "--weights", "synthetic", "--model", "tiny", "--out", str(out)])
+    code = main(
+        [
+            "reconstruct",
+            str(golden_dir / "frames_D"),
+            "--unordered",
+            "--max-frames",
+            "5",
+            "--weights",
+            "synthetic",
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "6 images" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("limit", ["1", "0"])
 def test_max_frames_must_allow_a_pair(golden_dir, tmp_path, capsys, limit):
-    code = main(["reconstruct", str(golden_dir / "frames_D"), "--unordered", "--max-frames", limit,
-                 "--weights", "synthetic", "--model", "tiny", "--out", str(tmp_path / "u.npz")])
+    code = main(
+        [
+            "reconstruct",
+            str(golden_dir / "frames_D"),
+            "--unordered",
+            "--max-frames",
+            limit,
+            "--weights",
+            "synthetic",
+            "--model",
+            "tiny",
+            "--out",
+            str(tmp_path / "u.npz"),
+        ]
+    )
     assert code == 2 and "at least 2" in capsys.readouterr().err
 
 
@@ -62,6 +105,17 @@ def test_single_image_is_refused(golden_dir, tmp_path, capsys):
     folder = tmp_path / "one"
     folder.mkdir()
     shutil.copy(golden_dir / "frames_D" / "frame_000.png", folder)
-    code = main(["reconstruct", str(folder), "--unordered", "--weights", "synthetic", "--model", "tiny",
-                 "--out", str(tmp_path / "u.npz")])
+    code = main(
+        [
+            "reconstruct",
+            str(folder),
+            "--unordered",
+            "--weights",
+            "synthetic",
+            "--model",
+            "tiny",
+            "--out",
+            str(tmp_path / "u.npz"),
+        ]
+    )
     assert code == 2 and "at least two images" in capsys.readouterr().err

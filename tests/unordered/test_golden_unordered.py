@@ -9,8 +9,8 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from golden import check_close, check_decisions
+
 from spann3r.core.preprocess import load_frame
 from spann3r.core.unordered import complete_pair_list, reconstruct_unordered
 
@@ -77,6 +77,7 @@ def test_plain_dust3r_pair_outputs(run_D, golden_D, pair):
     i, j = pair
     out = run_D.pair_outputs[pair]
     check_close(f"pair_{i}_{j}_pts3d", out.pts3d, golden_D[f"pair_{i}_{j}_pts3d"])
-    check_close(f"pair_{i}_{j}_pts3d_in_other_view", out.pts3d_in_other_view,
-                golden_D[f"pair_{i}_{j}_pts3d_in_other_view"])
+    check_close(
+        f"pair_{i}_{j}_pts3d_in_other_view", out.pts3d_in_other_view, golden_D[f"pair_{i}_{j}_pts3d_in_other_view"]
+    )
     check_close(f"pair_{i}_{j}_conf", np.stack([out.conf1, out.conf2]), golden_D[f"pair_{i}_{j}_conf"])
