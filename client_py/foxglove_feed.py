@@ -14,8 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.ros_export import (CAMERA_FRAME, MAP_FRAME, McapRosWriter, Topics, confident_points, encode_jpeg,
-                               intrinsics_matrix, rotation_to_quaternion)
+from ..core.ros_export import (
+    CAMERA_FRAME,
+    DEFAULT_TOPICS,
+    MAP_FRAME,
+    McapRosWriter,
+    Topics,
+    confident_points,
+    encode_jpeg,
+    intrinsics_matrix,
+    rotation_to_quaternion,
+)
 from ..server.encoding import decode_map, pose_matrix
 from ..server.protocol import FinishedMsg, FrameData, ResultMsg
 
@@ -78,7 +87,7 @@ class FinalFrames:
 def _timestamp(stamp_s: float):
     from foxglove.messages import Timestamp
 
-    ns = int(round(stamp_s * 1e9))
+    ns = round(stamp_s * 1e9)
     return Timestamp(ns // 1_000_000_000, ns % 1_000_000_000)
 
 
@@ -118,7 +127,7 @@ class FoxgloveFeed:
     """
 
     def __init__(self, port: int = 8765, host: str = "127.0.0.1", *, conf_thresh: float = 1e-3, stride: int = 1,
-                 topics: Topics = Topics(), map_frame: str = MAP_FRAME, camera_frame: str = CAMERA_FRAME,
+                 topics: Topics = DEFAULT_TOPICS, map_frame: str = MAP_FRAME, camera_frame: str = CAMERA_FRAME,
                  name: str = "spann3r"):
         import foxglove
         from foxglove import channels
@@ -140,7 +149,7 @@ class FoxgloveFeed:
         """The port the server listens on (the one asked for, or the system's choice for port 0)."""
         return self.server.port
 
-    def __enter__(self) -> "FoxgloveFeed":
+    def __enter__(self) -> FoxgloveFeed:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,10 +165,19 @@ class FoxgloveFeed:
 
     def add_frame(self, frame: LiveFrame, image: bytes | None = None) -> None:
         """Publish one decoded final frame (``image``: the original frame's JPEG bytes, default the model's)."""
-        from foxglove.messages import (CameraCalibration, CompressedImage, FrameTransform, FrameTransforms, Pose,
-                                       PoseInFrame, PointCloud, Quaternion, Vector3)
+        from foxglove.messages import (
+            CameraCalibration,
+            CompressedImage,
+            FrameTransform,
+            FrameTransforms,
+            PointCloud,
+            Pose,
+            PoseInFrame,
+            Quaternion,
+            Vector3,
+        )
 
-        ts, log_time = _timestamp(frame.stamp), int(round(frame.stamp * 1e9))
+        ts, log_time = _timestamp(frame.stamp), round(frame.stamp * 1e9)
         self.points.log(PointCloud(timestamp=ts, frame_id=self.map_frame, point_stride=CLOUD_STRIDE,
                                    fields=_cloud_fields(), data=cloud_bytes(frame.xyz, frame.rgb, frame.conf)),
                         log_time=log_time)
@@ -194,11 +212,11 @@ class McapLog:
     """A stream's final frames into an MCAP file of ROS 2 messages (``core.ros_export``: same topics and frame
     ids as the feed), stamped with the client's capture times."""
 
-    def __init__(self, output, *, conf_thresh: float = 1e-3, stride: int = 1, topics: Topics = Topics()):
+    def __init__(self, output, *, conf_thresh: float = 1e-3, stride: int = 1, topics: Topics = DEFAULT_TOPICS):
         self.finals = FinalFrames(conf_thresh, stride)
         self.writer = McapRosWriter(output, topics=topics)
 
-    def __enter__(self) -> "McapLog":
+    def __enter__(self) -> McapLog:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -46,7 +46,7 @@ class RerunLog:
         self.accumulate = accumulate
         self.logged = 0
 
-    def __enter__(self) -> "RerunLog":
+    def __enter__(self) -> RerunLog:
         return self
 
     def __exit__(self, *exc) -> None:

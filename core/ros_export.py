@@ -38,6 +38,8 @@ class Topics:
     image: str = "/spann3r/camera/image/compressed"
 
 
+DEFAULT_TOPICS = Topics()
+
 # ROS 2 message definitions (the .msg files of ROS 2 Humble, comments dropped), in the concatenated form that
 # rosbag2 stores as an MCAP schema: the type itself, then each dependency after a separator line.
 _SEP = "=" * 80 + "\n"
@@ -148,7 +150,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 def ros_time(stamp_s: float) -> dict[str, int]:
     """Seconds → builtin_interfaces/Time."""
-    ns = int(round(stamp_s * 1e9))
+    ns = round(stamp_s * 1e9)
     return {"sec": ns // 1_000_000_000, "nanosec": ns % 1_000_000_000}
 
 
@@ -214,11 +216,12 @@ class McapRosWriter:
     """
 
     def __init__(self, output: str | Path | IO[bytes], *, conf_thresh: float = 1e-3, stride: int = 1,
-                 rate: float = 10.0, start_time: float = 0.0, topics: Topics = Topics(),
+                 rate: float = 10.0, start_time: float = 0.0, topics: Topics = DEFAULT_TOPICS,
                  map_frame: str = MAP_FRAME, camera_frame: str = CAMERA_FRAME, jpeg_quality: int = 90):
         from mcap_ros2.writer import Writer
 
-        self._file = open(output, "wb") if isinstance(output, (str, Path)) else None
+        # kept open across add_frame calls; closed by close()
+        self._file = open(output, "wb") if isinstance(output, (str, Path)) else None  # noqa: SIM115
         self._writer = Writer(self._file or output)
         self._schemas = {name: self._writer.register_msgdef(name, text) for name, text in MSGDEFS.items()}
         self.conf_thresh, self.stride, self.rate, self.start_time = conf_thresh, stride, rate, start_time
@@ -227,7 +230,7 @@ class McapRosWriter:
         self.frames = 0
         self._closed = False
 
-    def __enter__(self) -> "McapRosWriter":
+    def __enter__(self) -> McapRosWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -289,7 +292,7 @@ class McapRosWriter:
 
 def write_mcap(output: str | Path | IO[bytes], arrays: Mapping[str, np.ndarray], *, conf_thresh: float = 1e-3,
                stride: int = 1, stamps: Sequence[float] | None = None, rate: float = 10.0, start_time: float = 0.0,
-               images: Sequence[bytes] | None = None, topics: Topics = Topics()) -> int:
+               images: Sequence[bytes] | None = None, topics: Topics = DEFAULT_TOPICS) -> int:
     """The arrays of ``OUT.npz`` (pts3d, conf, colors, poses, pose_valid, focal; see README) → an MCAP file.
     ``stamps``: capture time of each frame in seconds (default ``start_time + index / rate``); ``images``: the
     original frames' JPEG bytes (default: ``colors``). Returns the number of frames written."""

@@ -65,7 +65,7 @@ def test_mcap_round_trip_through_rosbags(tmp_path, run_arrays):
     assert len(bag[TOPICS.points]) == len(bag[TOPICS.camera_info]) == len(bag[TOPICS.image]) == n
     assert len(bag[TOPICS.pose]) == len(bag[TOPICS.tf]) == valid.sum()  # no pose for the invalid frame
     for i, (t, msg) in enumerate(bag[TOPICS.points]):
-        assert t == int(round(stamps[i] * 1e9))
+        assert t == round(stamps[i] * 1e9)
         assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == divmod(t, 1_000_000_000)
         assert msg.header.frame_id == "map" and msg.is_dense and not msg.is_bigendian
         xyz, rgb, conf = cloud_arrays(msg)
@@ -77,7 +77,7 @@ def test_mcap_round_trip_through_rosbags(tmp_path, run_arrays):
 
     for (t, pose), (t_tf, tf), i in zip(bag[TOPICS.pose], bag[TOPICS.tf], np.flatnonzero(valid)):
         c2w = run_arrays["poses"][i].astype(np.float64)
-        assert t == t_tf == int(round(stamps[i] * 1e9))
+        assert t == t_tf == round(stamps[i] * 1e9)
         assert pose.header.frame_id == "map"
         p, q = pose.pose.position, pose.pose.orientation
         np.testing.assert_allclose([p.x, p.y, p.z], c2w[:3, 3], atol=1e-6)
@@ -88,9 +88,8 @@ def test_mcap_round_trip_through_rosbags(tmp_path, run_arrays):
         np.testing.assert_allclose([tr.x, tr.y, tr.z], c2w[:3, 3], atol=1e-6)
         np.testing.assert_allclose([rot.x, rot.y, rot.z, rot.w], [q.x, q.y, q.z, q.w])
 
-    size = run_arrays["conf"].shape[1]
-    for i, (_, info) in enumerate(bag[TOPICS.camera_info]):
-        f = float(run_arrays["focal"])
+    size, f = run_arrays["conf"].shape[1], float(run_arrays["focal"])
+    for _, info in bag[TOPICS.camera_info]:
         assert info.header.frame_id == "camera_optical" and (info.width, info.height) == (size, size)
         np.testing.assert_allclose(info.k.reshape(3, 3), [[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
         np.testing.assert_allclose(info.p.reshape(3, 4)[:, :3], info.k.reshape(3, 3))
@@ -142,7 +141,7 @@ def test_stream_results_into_mcap(tmp_path, run_arrays, encoding):
     with McapLog(path, conf_thresh=CONF_THRESH) as log:
         frames = [f for m in server_messages(run_arrays, stamps, encoding) if (f := log.add(m)) is not None]
     bag = read_bag(path)
-    assert [t for t, _ in bag[TOPICS.points]] == [int(round(s * 1e9)) for s in stamps]
+    assert [t for t, _ in bag[TOPICS.points]] == [round(s * 1e9) for s in stamps]
     assert len(bag[TOPICS.tf]) == run_arrays["pose_valid"].sum() and len(bag[TOPICS.camera_info]) == n
     assert len(bag.get(TOPICS.image, [])) == (n if encoding == "full" else 0)  # compact maps carry no image
     for frame, (_, cloud) in zip(frames, bag[TOPICS.points]):
