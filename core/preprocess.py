@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,18 @@ from PIL import Image
 
 RESOLUTION = 224
 MAX_PIXELS = 64_000_000  # refuse absurd images before allocating them
+# Longest side / shortest side. The resize target is 224 × 224·aspect, so this also bounds what step 3 allocates
+# (a 2×10000 image would be resized to 224×1,120,000 pixels).
+MAX_ASPECT = 4.0
 
 
 class ImageError(ValueError):
-    """An input image that cannot be used. The message is user-facing."""
+    """An input image that cannot be used. The message is user-facing; ``code`` is the protocol's error code
+    (``bad_image``, ``image_too_large``, ``bad_aspect_ratio``)."""
+
+    def __init__(self, message: str, code: str = "bad_image"):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -61,6 +70,53 @@ def to_model_input(colors: np.ndarray) -> torch.Tensor:
 def prepare(rgb: np.ndarray) -> PreparedFrame:
     colors = crop_resize(rgb)
     return PreparedFrame(to_model_input(colors), colors)
+
+
+def check_image_size(w: int, h: int, max_pixels: int, max_aspect: float = MAX_ASPECT) -> None:
+    """Refuse sizes the pipeline must not allocate: zero or one pixel wide, too many pixels, too extreme an aspect."""
+    if w < 2 or h < 2:
+        raise ImageError(f"image too small: {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError(f"{w}x{h} exceeds the limit of {max_pixels} pixels", "image_too_large")
+    if max(w, h) > max_aspect * min(w, h):
+        raise ImageError(f"{w}x{h}: aspect ratio beyond 1:{max_aspect:g}", "bad_aspect_ratio")
+
+
+def check_image_header(data: bytes, fmt: str, width: int | None = None, height: int | None = None,
+                       max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> tuple[int, int]:
+    """Size of an image from its header only (no pixel decoded, nothing allocated) → (w, h), or ImageError.
+    ``fmt``: ``rgb8`` (raw pixels; ``width`` and ``height`` given) or any encoded format Pillow can identify."""
+    if fmt == "rgb8":
+        if not width or not height:
+            raise ImageError("rgb8 frames need width and height")
+        check_image_size(width, height, max_pixels, max_aspect)
+        if len(data) != width * height * 3:
+            raise ImageError(f"rgb8 {width}x{height} needs {width * height * 3} bytes, got {len(data)}")
+        return width, height
+    if not data:
+        raise ImageError("empty image data")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(str(exc), "image_too_large") from None
+    except Exception:
+        raise ImageError("cannot decode image data (not a JPEG, PNG or WebP image, or truncated)") from None
+    check_image_size(w, h, max_pixels, max_aspect)
+    return w, h
+
+
+def decode_and_prepare(data: bytes, fmt: str, width: int | None = None, height: int | None = None,
+                       max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> PreparedFrame:
+    """Image bytes → model input, the one path of every network input (stream frames and job uploads): the
+    header is checked before any pixel is decoded. Raises ImageError (with a code)."""
+    check_image_header(data, fmt, width, height, max_pixels, max_aspect)
+    if fmt == "rgb8":
+        rgb = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+    else:
+        rgb = decode_image(data)
+        check_image_size(rgb.shape[1], rgb.shape[0], max_pixels, max_aspect)  # the header may have lied
+    return prepare(rgb)
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -7,7 +7,6 @@ Handlers only authenticate and delegate: the session manager, the worker and the
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +27,8 @@ from .jobs import Job, JobDownloadName, JobNotReady
 from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody, JobCreated,
                        JobStatus, SessionCreated, SessionSettings, SessionStats, errors_summary, validation_summary)
 from .service import NotReady, Service
-from .sessions import CapacityError, Session, token_matches
+from .auth import api_key_valid, presented_token, session_role, token_matches
+from .sessions import CapacityError, Session
 from .settings import ServeSettings
 from .uploads import UploadRefused
 
@@ -46,12 +46,6 @@ class ApiError(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
-def _bearer(auth_header: str | None) -> str | None:
-    if auth_header and auth_header.lower().startswith("bearer "):
-        return auth_header[7:].strip()
-    return None
-
-
 def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     service.require_ready()
@@ -60,20 +54,9 @@ def get_service(request: Request) -> Service:
 
 def require_api_key(request: Request, service: Service = Depends(get_service)) -> None:
     key = service.settings.api_key
-    if key is None:
-        return
-    given = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization")) or ""
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+    if not api_key_valid(request.headers, None if key is None else key.get_secret_value()):
         raise ApiError(401, "unauthorized", "a valid API key is required to create sessions and jobs (X-API-Key "
                        "header)")
-
-
-def session_role(session: Session, token: str | None) -> str | None:
-    if token_matches(token, session.token_hash):
-        return "stream"
-    if token_matches(token, session.watch_hash):
-        return "watch"
-    return None
 
 
 def _session(service: Service, session_id: str, token: str | None, need: str) -> Session:
@@ -91,12 +74,12 @@ def _session(service: Service, session_id: str, token: str | None, need: str) ->
 
 def stream_session(session_id: str, request: Request, token: str | None = Query(None),
                    service: Service = Depends(get_service)) -> Session:
-    return _session(service, session_id, token or _bearer(request.headers.get("authorization")), "stream")
+    return _session(service, session_id, presented_token(token, request.headers), "stream")
 
 
 def any_session(session_id: str, request: Request, token: str | None = Query(None),
                 service: Service = Depends(get_service)) -> Session:
-    return _session(service, session_id, token or _bearer(request.headers.get("authorization")), "watch")
+    return _session(service, session_id, presented_token(token, request.headers), "watch")
 
 
 def job_with_token(job_id: str, request: Request, token: str | None = Query(None),
@@ -104,7 +87,7 @@ def job_with_token(job_id: str, request: Request, token: str | None = Query(None
     job = service.jobs.get(job_id)
     if job is None:
         raise ApiError(404, "not_found", "no such job (never created, deleted, or expired)")
-    if not token_matches(token or _bearer(request.headers.get("authorization")), job.token_hash):
+    if not token_matches(presented_token(token, request.headers), job.token_hash):
         raise ApiError(401, "unauthorized", "a valid job token is required (Authorization: Bearer TOKEN or "
                        "?token=TOKEN)")
     return job
@@ -197,7 +180,7 @@ async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)
     s = service.manager.get(session_id)
     if s is None:
         return await ws.close(CLOSE_NOT_FOUND, "no such session")
-    role = session_role(s, token or _bearer(ws.headers.get("authorization")))
+    role = session_role(s, presented_token(token, ws.headers))
     if role is None:
         return await ws.close(CLOSE_UNAUTHORIZED, "a valid session token is required")
     if role == "watch" and len(s.watchers) >= service.settings.max_watchers:

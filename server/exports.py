@@ -2,10 +2,79 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+
 from ..core.export import glb_bytes, ply_bytes, trajectory_json, transforms_json
-from .sessions import ExportBuffer
+
+
+def _owned(a: np.ndarray) -> np.ndarray:
+    """A compact copy: a slice of a per-frame array would keep the whole frame's array alive."""
+    return np.array(a, copy=True, order="C")
+
+
+@dataclass
+class ExportBuffer:
+    """Confident points of every final (for PLY/GLB), within a point budget, and the camera trajectory. Keyed by
+    frame index: post-processing finishes out of order, exports come out in frame order."""
+
+    max_points: int
+    points_by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index → (xyz, rgb)
+    poses: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # final frame index → (c2w, valid)
+    decimation: int = 1  # keep every n-th confident point; doubles whenever the budget is exceeded
+
+    @property
+    def points(self) -> int:
+        return sum(len(x) for x, _ in self.points_by_frame.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the point arrays (each owns its data: no view keeps a larger array alive)."""
+        return sum(x.nbytes + c.nbytes for x, c in self.points_by_frame.values())
+
+    def add(self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool) -> None:
+        self.points_by_frame[index] = (_owned(xyz[:: self.decimation]), _owned(rgb[:: self.decimation]))
+        self.poses[index] = (np.array(c2w), valid)
+        while self.points > self.max_points:
+            self.decimation *= 2
+            self.points_by_frame = {i: (_owned(x[::2]), _owned(c[::2])) for i, (x, c) in self.points_by_frame.items()}
+
+    def frozen(self) -> "ExportBuffer":
+        """A copy that later additions do not touch (for reading in another thread)."""
+        return ExportBuffer(self.max_points, dict(self.points_by_frame), dict(self.poses), self.decimation)
+
+    def cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.points_by_frame:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        order = sorted(self.points_by_frame)
+        return (np.concatenate([self.points_by_frame[i][0] for i in order]),
+                np.concatenate([self.points_by_frame[i][1] for i in order]))
+
+    def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
+        n = max(self.poses) + 1 if self.poses else 0
+        c2w, valid = np.full((n, 4, 4), np.nan), np.zeros(n, bool)
+        for i, (p, v) in self.poses.items():
+            c2w[i], valid[i] = p, v
+        return c2w, valid
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """For the snapshot file (plain arrays, no pickle)."""
+        order = sorted(self.points_by_frame)
+        xyz, rgb = self.cloud()
+        c2w, valid = self.trajectory()
+        return {"xyz": xyz, "rgb": rgb, "frames": np.array(order, np.int64),
+                "counts": np.array([len(self.points_by_frame[i][0]) for i in order], np.int64),
+                "c2w": c2w, "valid": valid}
+
+    def load_arrays(self, z) -> None:
+        bounds = np.cumsum(z["counts"])[:-1]
+        self.points_by_frame = {int(i): (_owned(x), _owned(c)) for i, x, c in
+                                zip(z["frames"], np.split(z["xyz"], bounds), np.split(z["rgb"], bounds))}
+        c2w, valid = z["c2w"], z["valid"]
+        self.poses = {i: (np.array(c2w[i]), bool(valid[i])) for i in range(len(valid))}
+
 
 
 class ExportKind(str, Enum):

@@ -29,9 +29,10 @@ import numpy as np
 from ..core.export import fuse
 from ..core.unordered import UnorderedError
 from ..core.unordered_steps import UnorderedSteps
-from .exports import ExportKind, export_bytes
+from .auth import token_hash
+from .exports import ExportBuffer, ExportKind, export_bytes
 from .protocol import JobError, JobMsg, JobStatus, pack
-from .sessions import CapacityError, ExportBuffer, token_hash
+from .sessions import CapacityError
 from .uploads import UploadLimits, UploadRefused, read_collection, receive_body
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class JobManager:
         try:
             parts = await receive_body(body, content_type, content_length, folder, self.limits)
             frames = await asyncio.get_running_loop().run_in_executor(
-                self.worker.decode_pool, read_collection, parts, self.limits)
+                self.worker.job_decode_pool, read_collection, parts, self.limits)
             for part in parts:  # decoded: the upload itself is no longer needed
                 part.path.unlink(missing_ok=True)
             b = self.settings.job_batch

@@ -280,6 +280,7 @@ ErrorCode = Literal[
     "message_too_large",
     "bad_image",  # undecodable image, wrong rgb8 size, zero-size image
     "image_too_large",  # more pixels than max_pixels
+    "bad_aspect_ratio",  # longest side over MAX_ASPECT (4) times the shortest (checked from the header)
     "bad_seq",  # seq not larger than the last accepted one
     "finished",  # frame after finish (send a reset to start a new stream)
     "read_only",  # a watch connection sent a frame or control

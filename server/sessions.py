@@ -9,23 +9,20 @@ is touched on the event loop only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
+import enum
 import logging
-import os
-import re
 import secrets
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-
+from .auth import token_hash
+from .exports import ExportBuffer
 from .protocol import CLOSE_DELETED, CLOSE_IDLE, CLOSE_SHUTDOWN, DroppedMsg, SessionSettings, SessionStats, pack
+from .snapshots import SessionRecord, SnapshotFiles, snapshot_ids
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -36,23 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SESSION_ID = re.compile(r"[0-9a-f]{32}")  # server-made ids; nothing else is ever used to build a path
-SNAPSHOT_FORMAT = "spann3r-session/1"
 
 
 class CapacityError(RuntimeError):
     """The server holds its maximum number of sessions."""
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def token_matches(candidate: str | None, stored_hash: str) -> bool:
-    """Constant-time check of a presented token against a stored hash (tokens themselves are never stored)."""
-    if not candidate:
-        return False
-    return hmac.compare_digest(token_hash(candidate), stored_hash)
 
 
 @dataclass
@@ -75,14 +59,6 @@ class ReadyFrame:
     background_units: int = 0  # the worker's count of job units done when this frame became ready
 
 
-@dataclass
-class Calibration:
-    """Per-stream constants fixed by frame 0's final: focal, and the auto scale of compact positions."""
-
-    focal: float
-    auto_scale: float
-
-
 class RateLimiter:
     """Token bucket: ``rate`` frames per second, bursts of up to one second's worth."""
 
@@ -100,59 +76,27 @@ class RateLimiter:
         return False
 
 
-@dataclass
-class ExportBuffer:
-    """Confident points of every final (for PLY/GLB), within a point budget, and the camera trajectory. Keyed by
-    frame index: post-processing finishes out of order, exports come out in frame order."""
+class StreamPhase(enum.Enum):
+    """A session's stream: taking frames; finish requested (waiting frames still run, new ones are refused);
+    finished (the last final is on its way). A reset starts a new stream in STREAMING."""
 
-    max_points: int
-    points_by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index → (xyz, rgb)
-    poses: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # final frame index → (c2w, valid)
-    decimation: int = 1  # keep every n-th confident point; doubles whenever the budget is exceeded
+    STREAMING = "streaming"
+    FINISHING = "finishing"
+    FINISHED = "finished"
 
-    @property
-    def points(self) -> int:
-        return sum(len(x) for x, _ in self.points_by_frame.values())
 
-    def add(self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool) -> None:
-        self.points_by_frame[index] = (xyz[:: self.decimation], rgb[:: self.decimation])
-        self.poses[index] = (c2w, valid)
-        while self.points > self.max_points:
-            self.decimation *= 2
-            self.points_by_frame = {i: (x[::2], c[::2]) for i, (x, c) in self.points_by_frame.items()}
+@dataclass(frozen=True)
+class StepTicket:
+    """One frame claimed for a model step, with what its result needs of the session at that moment (a reset
+    or settings change while it runs must not change how it is reported)."""
 
-    def frozen(self) -> "ExportBuffer":
-        """A copy that later additions do not touch (for reading in another thread)."""
-        return ExportBuffer(self.max_points, dict(self.points_by_frame), dict(self.poses), self.decimation)
-
-    def cloud(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.points_by_frame:
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
-        order = sorted(self.points_by_frame)
-        return (np.concatenate([self.points_by_frame[i][0] for i in order]),
-                np.concatenate([self.points_by_frame[i][1] for i in order]))
-
-    def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
-        n = max(self.poses) + 1 if self.poses else 0
-        c2w, valid = np.full((n, 4, 4), np.nan), np.zeros(n, bool)
-        for i, (p, v) in self.poses.items():
-            c2w[i], valid[i] = p, v
-        return c2w, valid
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """For the snapshot file (plain arrays, no pickle)."""
-        order = sorted(self.points_by_frame)
-        xyz, rgb = self.cloud()
-        c2w, valid = self.trajectory()
-        return {"xyz": xyz, "rgb": rgb, "frames": np.array(order, np.int64),
-                "counts": np.array([len(self.points_by_frame[i][0]) for i in order], np.int64),
-                "c2w": c2w, "valid": valid}
-
-    def load_arrays(self, z) -> None:
-        bounds = np.cumsum(z["counts"])[:-1]
-        self.points_by_frame = {int(i): (x, c) for i, x, c in zip(z["frames"], np.split(z["xyz"], bounds),
-                                                                   np.split(z["rgb"], bounds))}
-        self.poses = {i: (z["c2w"][i], bool(z["valid"][i])) for i in range(len(z["valid"]))}
+    frame: ReadyFrame
+    index: int  # frame index in the stream
+    prev_seq: int | None  # seq of frame index − 1 (the final this step produces)
+    generation: int
+    settings: SessionSettings
+    stream: object  # core.engine.StreamState
+    calibration: asyncio.Future
 
 
 class Session:
@@ -171,8 +115,7 @@ class Session:
         self.stream = None
         self.generation = 0
         self.frames_processed = 0  # frames of the current stream taken by the model
-        self.finished = False  # finish requested (frames refused until reset)
-        self.finish_sent = False
+        self.phase = StreamPhase.STREAMING
         self.last_seq: int | None = None
         self.seq_by_index: dict[int, int] = {}
         self.calibration: asyncio.Future | None = None  # → Calibration, resolved by frame 0's final
@@ -181,10 +124,12 @@ class Session:
         self.buffer: deque[RawFrame] = deque()
         self.decoding: RawFrame | None = None
         self.ready: ReadyFrame | None = None
+        self.ready_since: float | None = None  # when it first had a ready frame since its last step
         self.in_model = False
         self.posting = 0  # results in post-processing
         self.busy = False  # a reset / finish / snapshot runs on the model thread: keep frames out
         self._nth = 0
+        self.snapshot_files: SnapshotFiles | None = None  # where its snapshot goes (with a state dir)
         # counters
         self.frames_received = 0
         self.frames_rejected = 0
@@ -193,6 +138,106 @@ class Session:
         self.stream_conn: Connection | None = None
         self.watchers: set[Connection] = set()
         self.out_tail: asyncio.Future | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Finish requested: frames are refused until a reset."""
+        return self.phase is not StreamPhase.STREAMING
+
+    # ------------------------------------------------------------------ stream life (event loop, no I/O)
+    def reset_stream(self, stream, calibration: asyncio.Future) -> None:
+        """Start a new stream: counters, frame indices and export restart; results of the old one still in
+        post-processing no longer count (generation)."""
+        self.generation += 1
+        self.stream, self.calibration = stream, calibration
+        self.frames_processed, self.phase, self._nth = 0, StreamPhase.STREAMING, 0
+        self.last_seq = None  # a new stream: any seq goes again (a reset unbricks a huge seq)
+        self.seq_by_index, self.ready_since = {}, None
+        self.export = ExportBuffer(self.max_export_points)
+
+    def request_finish(self) -> None:
+        self.phase = StreamPhase.FINISHING
+
+    def claim_finish(self) -> bool:
+        """Whether the finish can run now (requested, not yet run, nothing left in the pipeline); claims it."""
+        if self.phase is StreamPhase.FINISHING and self.pipeline_empty() and not self.busy and not self.closed:
+            self.phase = StreamPhase.FINISHED
+            return True
+        return False
+
+    def cancel_finish(self) -> None:
+        """The finish could not run (too few frames after all): the stream takes frames again."""
+        self.phase = StreamPhase.STREAMING
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep frames out of the model while a reset / snapshot runs on the model thread."""
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+
+    # ------------------------------------------------------------------ frames through the pipeline
+    def receive(self, seq: int) -> str | None:
+        """Count a received frame and accept its seq; or the code of its refusal (``finished``: the stream
+        takes no more frames; ``bad_seq``: not above the last accepted seq)."""
+        self.frames_received += 1
+        if self.finished:
+            return "finished"
+        if self.last_seq is not None and seq <= self.last_seq:
+            return "bad_seq"
+        self.last_seq = seq
+        return None
+
+    def next_to_decode(self) -> RawFrame | None:
+        """The next waiting frame to decode, when none is decoded or decoding (one at a time keeps order)."""
+        if self.closed or self.decoding is not None or self.ready is not None or not self.buffer:
+            return None
+        self.decoding = self.buffer.popleft()
+        return self.decoding
+
+    def decode_done(self, raw: RawFrame) -> bool:
+        """A decode returned; False when its frame no longer counts (superseded, or the session closed)."""
+        if self.decoding is raw:
+            self.decoding = None
+        return not (raw.cancelled or self.closed)
+
+    def set_ready(self, frame: ReadyFrame) -> None:
+        self.ready = frame
+        if self.ready_since is None:  # a frame superseding another keeps its place in the batch-fill wait
+            self.ready_since = frame.ready_at
+
+    def claim_step(self) -> StepTicket | None:
+        """Take the ready frame into a model step, atomically: the frame, its index and what its result needs.
+        None when there is no ready frame (superseded since it was scheduled)."""
+        frame, self.ready = self.ready, None
+        if frame is None or self.closed:
+            return None
+        self.ready_since = None
+        index = self.frames_processed
+        self.frames_processed += 1
+        prev_seq = self.seq_by_index.get(index - 1)
+        self.seq_by_index = {index: frame.raw.seq}
+        self.in_model = True
+        return StepTicket(frame, index, prev_seq, self.generation, self.settings, self.stream, self.calibration)
+
+    def step_done(self, ok: bool) -> None:
+        """The model step returned; a successful one starts its result's post-processing."""
+        self.in_model = False
+        if ok:
+            self.posting += 1
+
+    def result_done(self) -> None:
+        self.posting -= 1
+
+    def add_export(self, generation: int, item) -> None:
+        """Add a final's export item (``results.ExportItem``) unless a reset started a new stream since."""
+        if generation == self.generation:
+            self.export.add(item.index, item.xyz, item.rgb, item.c2w, item.valid)
+
+    def reject_counted(self) -> None:
+        self.frames_rejected += 1
 
     # ------------------------------------------------------------------ intake policy (event loop, no I/O)
     @property
@@ -295,17 +340,34 @@ class Session:
         c = self.calibration
         return c.result().focal if c is not None and c.done() and not c.exception() else None
 
-    def metadata(self) -> dict:
+    def record(self) -> SessionRecord:
+        """What a snapshot keeps of the session (snapshots.py holds the format)."""
         cal = self.calibration.result() if self.calibration is not None and self.calibration.done() else None
-        return {
-            "format": SNAPSHOT_FORMAT, "id": self.id, "token_hash": self.token_hash,
-            "watch_hash": self.watch_hash, "settings": self.settings.model_dump(), "finished": self.finished,
-            "frames_processed": self.frames_processed, "last_seq": self.last_seq,
-            "seq_by_index": {str(k): v for k, v in self.seq_by_index.items()},
-            "calibration": None if cal is None else {"focal": cal.focal, "auto_scale": cal.auto_scale},
-            "frames_received": self.frames_received, "frames_rejected": self.frames_rejected,
-            "dropped": self.dropped, "export_decimation": self.export.decimation,
-        }
+        return SessionRecord(
+            id=self.id, token_hash=self.token_hash, watch_hash=self.watch_hash, settings=self.settings.model_dump(),
+            finished=self.finished, frames_processed=self.frames_processed, last_seq=self.last_seq,
+            seq_by_index=dict(self.seq_by_index), calibration=cal, frames_received=self.frames_received,
+            frames_rejected=self.frames_rejected, dropped=dict(self.dropped),
+            export_decimation=self.export.decimation)
+
+    @classmethod
+    def from_record(cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float,
+                    calibration: asyncio.Future) -> "Session":
+        """A session as its snapshot left it (its stream is restored separately, on the model thread)."""
+        s = cls(SessionSettings(**record.settings), max_export_points, max_fps, session_id=record.id)
+        s.token = s.watch_token = ""  # only the hashes survive a restart
+        s.token_hash, s.watch_hash = record.token_hash, record.watch_hash
+        s.phase = StreamPhase.FINISHING if record.finished else StreamPhase.STREAMING
+        s.frames_processed, s.last_seq = record.frames_processed, record.last_seq
+        s.seq_by_index = dict(record.seq_by_index)
+        s.frames_received, s.frames_rejected, s.dropped = record.frames_received, record.frames_rejected, \
+            dict(record.dropped)
+        s.calibration = calibration
+        if record.calibration is not None:
+            calibration.set_result(record.calibration)
+        s.export.load_arrays(export)
+        s.export.decimation = record.export_decimation
+        return s
 
 
 class SessionManager:
@@ -341,6 +403,7 @@ class SessionManager:
             raise CapacityError(f"the server holds its maximum of {self.settings.max_sessions} sessions; "
                                 "retry later or delete an unused session")
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
+        s.snapshot_files = self._files(s.id)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
         try:
             await self.worker.open_stream(s)
@@ -363,9 +426,8 @@ class SessionManager:
         await s.close_connections(code, reason)
         s.stream = None  # the spatial memory goes with the last reference
         self.metrics.active_sessions.set(len(self.sessions))
-        if not keep_files and self.settings.state_dir is not None:
-            for suffix in (".json", ".stream", ".export.npz"):
-                (self.settings.state_dir / f"{s.id}{suffix}").unlink(missing_ok=True)
+        if not keep_files and s.snapshot_files is not None:
+            s.snapshot_files.delete()
         log.info("session %s removed (%s)", s.id, reason)
 
     async def _evict_loop(self) -> None:
@@ -384,61 +446,34 @@ class SessionManager:
         return n
 
     # ------------------------------------------------------------------ snapshots
-    def _paths(self, session_id: str) -> tuple[Path, Path, Path]:
-        assert SESSION_ID.fullmatch(session_id)
+    def _files(self, session_id: str) -> SnapshotFiles | None:
         d = self.settings.state_dir
-        return d / f"{session_id}.json", d / f"{session_id}.stream", d / f"{session_id}.export.npz"
+        return None if d is None else SnapshotFiles(d, session_id)
 
     async def snapshot(self, s: Session) -> int:
-        """Write the session (stream state, metadata, export buffer) to the state dir; returns stream bytes."""
-        if self.settings.state_dir is None:
+        """Write the session (stream state, record, export buffer) to the state dir; returns stream bytes."""
+        if s.snapshot_files is None:
             raise RuntimeError("no state dir configured (--state-dir)")
         data = await self.worker.snapshot_stream(s)
-        meta, export = s.metadata(), s.export.arrays()
-
-        def write():
-            meta_p, stream_p, export_p = self._paths(s.id)
-            for path, write_fn in ((stream_p, lambda f: f.write(data)),
-                                   (export_p, lambda f: np.savez(f, **export)),
-                                   (meta_p, lambda f: f.write(json.dumps(meta).encode()))):  # metadata last
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                with open(tmp, "wb") as f:
-                    write_fn(f)
-                os.replace(tmp, path)
-
-        await asyncio.get_running_loop().run_in_executor(None, write)
+        record, export = s.record(), s.export.arrays()
+        await asyncio.to_thread(s.snapshot_files.write, record, data, export)
         log.info("session %s snapshotted (%d frames, %d bytes)", s.id, s.frames_processed, len(data))
         return len(data)
 
     async def restore_all(self) -> None:
-        for meta_p in sorted(self.settings.state_dir.glob("*.json")):
-            if not SESSION_ID.fullmatch(meta_p.stem):
-                continue
+        for session_id in snapshot_ids(self.settings.state_dir):
             try:
-                await self.restore(meta_p.stem)
+                await self.restore(session_id)
             except Exception as exc:
-                log.error("cannot restore session %s: %s", meta_p.stem, exc)
+                log.error("cannot restore session %s: %s", session_id, exc)
 
     async def restore(self, session_id: str) -> Session:
-        meta_p, stream_p, export_p = self._paths(session_id)
-        meta = json.loads(meta_p.read_text())
-        if meta.get("format") != SNAPSHOT_FORMAT or meta.get("id") != session_id:
-            raise ValueError(f"{meta_p.name} is not a session snapshot of this format")
-        s = Session(SessionSettings(**meta["settings"]), self.settings.max_export_points, self.settings.max_fps,
-                    session_id=session_id)
-        s.token = s.watch_token = ""  # only the hashes survive a restart
-        s.token_hash, s.watch_hash = meta["token_hash"], meta["watch_hash"]
-        s.finished, s.frames_processed, s.last_seq = meta["finished"], meta["frames_processed"], meta["last_seq"]
-        s.seq_by_index = {int(k): v for k, v in meta["seq_by_index"].items()}
-        s.frames_received, s.frames_rejected, s.dropped = meta["frames_received"], meta["frames_rejected"], \
-            meta["dropped"]
-        if meta["calibration"] is not None:
-            s.calibration = asyncio.get_running_loop().create_future()
-            s.calibration.set_result(Calibration(**meta["calibration"]))
-        with np.load(export_p, allow_pickle=False) as z:
-            s.export.load_arrays(z)
-        s.export.decimation = meta["export_decimation"]
-        await self.worker.restore_stream(s, stream_p.read_bytes())
+        files = self._files(session_id)
+        record, stream, export = await asyncio.to_thread(files.read)
+        s = Session.from_record(record, export, self.settings.max_export_points, self.settings.max_fps,
+                                asyncio.get_running_loop().create_future())
+        s.snapshot_files = files
+        await self.worker.restore_stream(s, stream)
         self.sessions[s.id] = s
         self.metrics.active_sessions.set(len(self.sessions))
         log.info("session %s restored (%d frames)", s.id, s.frames_processed)

@@ -24,9 +24,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
 
-from ..core.preprocess import ImageError, PreparedFrame, decode_image, prepare
+from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.sources import IMAGE_SUFFIXES
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty archive
@@ -265,22 +264,15 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, budget:
 
 
 # ----------------------------------------------------------------------------------------- images
+IMAGE_REFUSAL_STATUS = {"image_too_large": 413}  # other image refusals (bad_image, bad_aspect_ratio): 422
+
+
 def decode_member(name: str, data: bytes, max_pixels: int) -> PreparedFrame:
-    """Encoded image → model input; refusals name the file (``name``)."""
+    """Encoded image → model input (the same checks as stream frames); refusals name the file (``name``)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Image.DecompressionBombError:
-        raise UploadRefused(413, "image_too_large", f"{name}: too many pixels (decompression bomb guard)") from None
-    except Exception:
-        raise UploadRefused(422, "bad_image", f"{name}: not a readable image (JPEG, PNG, WebP, BMP or TIFF)") \
-            from None
-    if w * h > max_pixels:
-        raise UploadRefused(413, "image_too_large", f"{name}: {w}x{h} exceeds the limit of {max_pixels} pixels")
-    try:
-        return prepare(decode_image(data))
+        return decode_and_prepare(data, "encoded", max_pixels=max_pixels)
     except ImageError as exc:
-        raise UploadRefused(422, "bad_image", f"{name}: {exc}") from None
+        raise UploadRefused(IMAGE_REFUSAL_STATUS.get(exc.code, 422), exc.code, f"{name}: {exc.message}") from None
 
 
 def _is_zip(path: Path) -> bool:

@@ -1,25 +1,24 @@
-"""The device worker: holds the model and every session's stream, and runs batched steps.
+"""The device worker: the mechanism that runs the model. It holds the model and every session's stream, and
+applies the decisions of the scheduling policy (scheduler.py).
 
 Threads, and what runs where (the event loop never waits on any of them):
 - event loop: message intake, the frame policy, scheduling, sending;
 - model thread (one): ``Engine.step`` over a batch, and everything else that touches a ``StreamState``
   (new stream, finish, snapshot, restore), so a stream is never touched by two threads;
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
-- post pool: focal, PnP poses, encoding and msgpack of results, in parallel across frames and sessions.
+- job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
+- post pool: focal, PnP poses, encoding and msgpack of results (results.py), in parallel across frames and
+  sessions.
 
-Scheduling: a session holds at most one decoded frame ("ready"); the scheduler takes up to ``max_batch``
-ready sessions, oldest first, waiting at most ``max_wait_ms`` after the oldest became ready to fill a
-batch. One frame per session per step keeps each session's frames in order.
-
-Background work (collection jobs, jobs.py) runs on the same model thread in small units, one at a time,
-round-robin between jobs: a unit runs when no stream frame is ready, or after ``job_stream_batches`` stream
-batches in a row kept a job waiting. A ready frame therefore waits for one unit at most, never for a job.
+Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
+of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly
+what was ready when it was formed. Background work (collection jobs, jobs.py) runs on the same model thread in
+small units, interleaved with stream batches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import time
@@ -27,24 +26,19 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-import numpy as np
-from PIL import Image
-
-from ..core.camera import estimate_focal, solve_pose
-from ..core.engine import Engine, StreamError
-from ..core.export import fuse
-from ..core.preprocess import ImageError, PreparedFrame, decode_image, prepare
+from ..core.engine import Engine, StepResult, StreamError
+from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.weights import LoadedWeights
-from .encoding import choose_scale, encode_frame
+from . import results
 from .metrics import Metrics
-from .protocol import (AckMsg, ErrorMsg, FinishedMsg, FrameMsg, MemoryInfo, ModelInfo, ResultMsg,
-                       SessionSettings, pack)
-from .sessions import Calibration, RawFrame, ReadyFrame, Session
+from .protocol import AckMsg, ErrorMsg, FrameMsg, ModelInfo, SessionSettings, pack
+from .results import Calibration, FrameIdentity
+from .scheduler import Candidate, RunBatch, RunUnit, SchedulePolicy, Wait, schedule
+from .sessions import RawFrame, ReadyFrame, Session, StepTicket
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-MAX_POSTING = 2  # results of one session in post-processing (poses, encoding) before it gets no new step
 SYNTHETIC_NOTICE = ("UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
                     "the computation, not a reconstruction")
 
@@ -57,36 +51,10 @@ class FrameRejected(Exception):
 
 def decode_frame(msg: FrameMsg, max_pixels: int) -> PreparedFrame:
     """Frame message → model input. Image sizes are checked from the header, before any pixel is decoded."""
-    if msg.format == "rgb8":
-        w, h = msg.width, msg.height
-        if not w or not h:
-            raise FrameRejected("bad_image", "rgb8 frames need width and height")
-        if w * h > max_pixels:
-            raise FrameRejected("image_too_large", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
-        if len(msg.data) != w * h * 3:
-            raise FrameRejected("bad_image", f"rgb8 {w}x{h} needs {w * h * 3} bytes, got {len(msg.data)}")
-        rgb = np.frombuffer(msg.data, np.uint8).reshape(h, w, 3)
-    else:
-        if not msg.data:
-            raise FrameRejected("bad_image", "empty image data")
-        try:
-            with Image.open(io.BytesIO(msg.data)) as im:
-                w, h = im.size
-        except Image.DecompressionBombError as exc:
-            raise FrameRejected("image_too_large", str(exc)) from None
-        except Exception:
-            raise FrameRejected("bad_image", "cannot decode image data (not a JPEG, PNG or WebP image, or "
-                                "truncated)") from None
-        if w * h > max_pixels:
-            raise FrameRejected("image_too_large", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
-        try:
-            rgb = decode_image(msg.data)
-        except ImageError as exc:
-            raise FrameRejected("bad_image", str(exc)) from None
     try:
-        return prepare(rgb)
+        return decode_and_prepare(msg.data, msg.format, msg.width, msg.height, max_pixels)
     except ImageError as exc:
-        raise FrameRejected("bad_image", str(exc)) from None
+        raise FrameRejected(exc.code, exc.message) from None
 
 
 class BackgroundWork(Protocol):
@@ -100,24 +68,18 @@ class BackgroundWork(Protocol):
     def unit_done(self, error: BaseException | None, seconds: float) -> None: ...
 
 
-def _memory_info(trace) -> MemoryInfo | None:
-    if trace is None:
-        return None
-    return MemoryInfo(step=trace.step, frame_index=trace.frame_index, similarity=trace.similarity,
-                      skipped=trace.skipped, pruned=trace.pruned, mem_tokens=trace.mem_tokens, wm=trace.wm,
-                      lm=trace.lm, attn_zeroed_frac=trace.attn_zeroed_frac)
-
-
 class Worker:
     def __init__(self, engine: Engine, weights: LoadedWeights, preset: str, settings: ServeSettings,
                  metrics: Metrics):
         self.engine, self.weights, self.preset = engine, weights, preset
         self.settings, self.metrics = settings, metrics
+        self.policy = SchedulePolicy(settings.max_batch, settings.max_wait_ms / 1000, settings.job_stream_batches)
         cpus = os.cpu_count() or 2
         self.model_exec = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.decode_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="decode")
+        self.job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="job-decode")
         self.post_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="post")
-        self._ready: dict[Session, None] = {}  # sessions with a decoded frame, in the order they got it
+        self._ready: dict[str, Session] = {}  # sessions with a decoded frame, by id, in the order they got it
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -135,7 +97,7 @@ class Worker:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        for pool in (self.decode_pool, self.post_pool, self.model_exec):
+        for pool in (self.decode_pool, self.job_decode_pool, self.post_pool, self.model_exec):
             pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -149,6 +111,9 @@ class Worker:
 
     async def on_model(self, fn, *args):
         return await self._loop.run_in_executor(self.model_exec, fn, *args)
+
+    async def on_post(self, fn, *args):
+        return await self._loop.run_in_executor(self.post_pool, fn, *args)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -168,29 +133,24 @@ class Worker:
     async def snapshot_stream(self, s: Session) -> bytes:
         """Stream bytes consistent with the session's counters and export buffer (frames are held back
         until the snapshot and the results already computed are in)."""
-        s.busy = True
         try:
-            data = await self.on_model(self.engine.snapshot, s.stream)
-            if s.out_tail is not None:
-                await asyncio.wait([s.out_tail])
-            return data
+            with s.held():
+                data = await self.on_model(self.engine.snapshot, s.stream)
+                if s.out_tail is not None:
+                    await asyncio.wait([s.out_tail])
+                return data
         finally:
-            s.busy = False
             self._wake.set()
 
     async def reset(self, s: Session) -> None:
-        s.busy = True
         try:
-            await s.notify_dropped([(q, "reset") for q in s.clear_waiting()], self.metrics)
-            s.generation += 1
-            s.stream = await self.on_model(self.engine.new_stream, s.settings.preview)
-            s.frames_processed, s.finished, s.finish_sent, s._nth = 0, False, False, 0
-            s.last_seq = None  # a new stream: any seq goes again (a reset unbricks a huge seq)
-            s.seq_by_index = {}
-            s.calibration = self._loop.create_future()
-            s.export = type(s.export)(s.max_export_points)
+            with s.held():
+                await s.notify_dropped([(q, "reset") for q in s.clear_waiting()], self.metrics)
+                if s.snapshot_files is not None:  # a restart must not bring back the stream abandoned here
+                    await asyncio.to_thread(s.snapshot_files.delete)
+                stream = await self.on_model(self.engine.new_stream, s.settings.preview)
+                s.reset_stream(stream, self._loop.create_future())
         finally:
-            s.busy = False
             self._wake.set()  # frames that became ready meanwhile
         s.send_ordered(pack(AckMsg(action="reset", settings=s.settings)))
 
@@ -201,36 +161,36 @@ class Worker:
     # ------------------------------------------------------------------ intake
     async def accept_frame(self, s: Session, msg: FrameMsg) -> None:
         self.metrics.frames_received.inc()
-        s.frames_received += 1
-        if s.finished:
+        last = s.last_seq
+        refusal = s.receive(msg.seq)
+        if refusal == "finished":
             return await self.reject(s, msg.seq, "finished", "the stream is finished; send a reset to start anew")
-        if s.last_seq is not None and msg.seq <= s.last_seq:
+        if refusal == "bad_seq":
             return await self.reject(s, msg.seq, "bad_seq", f"seq {msg.seq} is not above the last accepted "
-                                     f"seq {s.last_seq}")
-        s.last_seq = msg.seq
+                                     f"seq {last}")
         if not s.rate.allow():
             return await s.notify_dropped([(msg.seq, "rate_limit")], self.metrics)
         dropped = s.intake(RawFrame(msg, time.perf_counter()))
-        self.pump(s)
+        self._advance(s)
         await s.notify_dropped(dropped, self.metrics)
 
     async def reject(self, s: Session, seq: int | None, code: str, message: str) -> None:
-        s.frames_rejected += 1
+        s.reject_counted()
         self.metrics.frames_rejected.labels(code).inc()
         if s.stream_conn is not None:
             await s.stream_conn.send(pack(ErrorMsg(code=code, message=message, seq=seq)))
 
-    def pump(self, s: Session) -> None:
-        """Start decoding the session's next waiting frame, if it has none decoded or decoding."""
-        if s.closed or s.decoding is not None or s.ready is not None or not s.buffer:
-            return
-        raw = s.buffer.popleft()
-        s.decoding = raw
-        self._spawn(self._decode(s, raw))
+    def _advance(self, s: Session) -> None:
+        """After any change of a session's pipeline: decode its next waiting frame, or finish its stream."""
+        raw = s.next_to_decode()
+        if raw is not None:
+            self._spawn(self._decode(s, raw))
+        if s.claim_finish():
+            self._spawn(self._finish(s))
 
     async def _decode(self, s: Session, raw: RawFrame) -> None:
         t0 = time.perf_counter()
-        error = None
+        error = prepared = None
         try:
             prepared = await self._loop.run_in_executor(self.decode_pool, decode_frame, raw.msg,
                                                         self.settings.max_pixels)
@@ -240,103 +200,97 @@ class Worker:
             log.exception("decoding frame %d of session %s", raw.seq, s.id)
             error = FrameRejected("internal", f"decoding failed: {exc.__class__.__name__}")
         dt = time.perf_counter() - t0
-        if s.decoding is raw:
-            s.decoding = None
-        if raw.cancelled or s.closed:  # its drop was reported when it was superseded
-            self.pump(s)
-            self.maybe_finish(s)
-            return
-        if error is not None:
-            self.pump(s)
-            self.maybe_finish(s)
-            await self.reject(s, raw.seq, error.code, error.message)
+        counts = s.decode_done(raw)  # a superseded frame's drop was reported when it was superseded
+        if not counts or error is not None:
+            self._advance(s)
+            if counts:
+                await self.reject(s, raw.seq, error.code, error.message)
             return
         self.metrics.decode_seconds.observe(dt)
-        s.ready = ReadyFrame(raw, prepared, dt, time.perf_counter(), self.background_units)
-        self._ready[s] = None
+        s.set_ready(ReadyFrame(raw, prepared, dt, time.perf_counter(), self.background_units))
+        self._ready[s.id] = s
         self._wake.set()
 
-    # ------------------------------------------------------------------ scheduling
-    def _pick(self) -> list[Session]:
-        for s in [s for s in self._ready if s.ready is None or s.closed]:
-            del self._ready[s]
-        # a session whose results are still being post-processed waits: its frame policy then drops frames
-        # upstream instead of a backlog growing behind pose recovery
-        return [s for s in self._ready if not s.busy and s.posting < MAX_POSTING][: self.settings.max_batch]
+    # ------------------------------------------------------------------ scheduling (policy: scheduler.py)
+    def _candidates(self) -> list[Candidate]:
+        for sid in [sid for sid, s in self._ready.items() if s.ready is None or s.closed]:
+            del self._ready[sid]
+        return [Candidate(s.id, s.ready_since, s.busy, s.posting) for s in self._ready.values()]
+
+    def _background_waiting(self) -> bool:
+        return self._pick_background() is not None
 
     async def _schedule(self) -> None:
-        max_wait = self.settings.max_wait_ms / 1000
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch = self._pick()
-            work = self._pick_background()
-            if work is not None and (not batch or self._batches_since_unit >= self.settings.job_stream_batches):
-                await self._run_unit(work)
+            decision = schedule(self._candidates(), self._background_waiting(), self._batches_since_unit,
+                                time.perf_counter(), self.policy)
+            if isinstance(decision, Wait):
+                await self._wait(decision.until)
+            elif isinstance(decision, RunUnit):
+                await self._run_unit(self._pick_background())
                 self._batches_since_unit = 0
-                if self._pick() or self._pick_background():
-                    self._wake.set()
-                continue
-            if not batch:
-                continue
-            if len(batch) < self.settings.max_batch and max_wait > 0:
-                deadline = min(s.ready.ready_at for s in batch) + max_wait
-                while len(batch) < self.settings.max_batch and (left := deadline - time.perf_counter()) > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), left)
-                    except TimeoutError:
-                        break
-                    self._wake.clear()
-                    batch = self._pick()
-            try:
-                await self._run_batch(batch)
-            except Exception:
-                log.exception("batch failed")
-            if self._background:
-                self._batches_since_unit += 1
-            if self._pick() or self._pick_background():
-                self._wake.set()
+            else:
+                await self._run_claimed(self._claim(decision))
 
-    async def _run_batch(self, batch: list[Session]) -> None:
-        items = []
-        for s in batch:
-            rf = s.ready
-            s.ready = None
-            del self._ready[s]
-            s.in_model = True
-            index = s.frames_processed
-            s.frames_processed += 1
-            prev_seq = s.seq_by_index.get(index - 1)
-            s.seq_by_index = {index: rf.raw.seq}
-            items.append((s, rf, prev_seq, s.generation, s.settings, s.stream, s.calibration))
-            self.pump(s)
+    async def _wait(self, until: float | None) -> None:
+        """Until something changes (a frame ready, a result posted, work added), or until ``until``."""
+        try:
+            if until is None:
+                await self._wake.wait()
+            else:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, until - time.perf_counter()))
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _claim(self, decision: RunBatch) -> list[tuple[Session, StepTicket]]:
+        """Take the decided sessions' frames into a batch, at once (no await between decision and claim)."""
+        claimed = []
+        for sid in decision.keys:
+            s = self._ready.pop(sid)
+            ticket = s.claim_step()
+            if ticket is not None:
+                claimed.append((s, ticket))
+        return claimed
+
+    async def _run_claimed(self, batch: list[tuple[Session, StepTicket]]) -> None:
+        for s, _ in batch:
+            self._advance(s)  # decode each session's next frame while the model runs
+        try:
+            await self._run_batch(batch)
+        except Exception:
+            log.exception("batch failed")
+        if self._background:
+            self._batches_since_unit += 1
+
+    async def _run_batch(self, batch: list[tuple[Session, StepTicket]]) -> None:
         taken = time.perf_counter()
         units_before = self.background_units
-        jobs = [(stream, rf.prepared, settings.preview) for s, rf, _, _, settings, stream, _ in items]
+        jobs = [(t.stream, t.frame.prepared, t.settings.preview) for _, t in batch]
         self.step_started = time.monotonic()
         try:
-            results = await self.on_model(self._step, jobs)
+            outs = await self.on_model(self._step, jobs)
         except Exception as exc:
-            log.exception("model step failed for %d frames", len(items))
-            for s, rf, *_ in items:
-                s.in_model = False
-                await self.reject(s, rf.raw.seq, "internal", f"model step failed: {exc.__class__.__name__}")
+            log.exception("model step failed for %d frames", len(batch))
+            for s, t in batch:
+                s.step_done(ok=False)
+                await self.reject(s, t.frame.raw.seq, "internal", f"model step failed: {exc.__class__.__name__}")
+                self._advance(s)
             return
         finally:
             self.step_started = None
         step_s = time.perf_counter() - taken
         self.metrics.step_latency.observe(step_s)
-        self.metrics.batch_size.observe(len(items))
-        self.metrics.frames_processed.inc(len(items))
-        for (s, rf, prev_seq, gen, settings, _, cal), res in zip(items, results):
-            s.in_model = False
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.frames_processed.inc(len(batch))
+        for (s, t), res in zip(batch, outs):
+            rf = t.frame
             timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
-                       "step_s": step_s, "batch": float(len(items)),
+                       "step_s": step_s, "batch": float(len(batch)),
                        "job_units": float(units_before - rf.background_units)}
-            s.posting += 1
-            s.chain(self._result_producer(s, rf, res, prev_seq, gen, settings, cal, timings))
-            self.pump(s)
-            self.maybe_finish(s)
+            s.step_done(ok=True)
+            s.chain(self._result_producer(s, t, res, timings))
+            self._advance(s)
 
     def _step(self, jobs):
         for stream, _, preview in jobs:
@@ -372,39 +326,45 @@ class Worker:
         except Exception:
             log.exception("background work: unit_done failed")
 
-    # ------------------------------------------------------------------ post-processing
-    async def _calibrated(self, cal: asyncio.Future, final, settings: SessionSettings) -> Calibration:
-        """Frame 0's final fixes the stream's focal and compact scale; every later pose waits for it."""
-        if final is not None and final.index == 0 and not cal.done():
+    # ------------------------------------------------------------------ post-processing (results.py)
+    async def _cameras(self, cal: asyncio.Future, res: StepResult, settings: SessionSettings
+                       ) -> tuple[Calibration | None, results.Cameras]:
+        """Calibration and poses of a step's maps. Frame 0's final fixes the stream's calibration; every other
+        map's pose waits for it."""
+        maps = results.step_outputs(res)
+        if not maps:
+            return None, results.Cameras(float("nan"), [])
+        pts = [o.pts3d for o in maps]
+        if res.final is not None and res.final.index == 0 and not cal.done():
             try:
-                c = await self._loop.run_in_executor(self.post_pool, lambda: Calibration(
-                    estimate_focal(final.pts3d), choose_scale(final.pts3d, final.conf, settings.conf_thresh)))
+                cameras = await self.on_post(results.solve_cameras, pts, None)
+                c = await self.on_post(results.calibration_of, res.final, cameras.focal, settings.conf_thresh)
             except Exception:
                 log.exception("calibration failed")
-                c = Calibration(float("nan"), 1e-3)
+                c, cameras = results.failed_calibration(), None
             if not cal.done():
                 cal.set_result(c)
-        return await cal
+            if cameras is not None and cameras.focal == cal.result().focal:
+                return cal.result(), cameras
+        c = await cal
+        return c, await self.on_post(results.solve_cameras, pts, c.focal)
 
-    def _pose(self, out, focal: float):
-        return solve_pose(out.pts3d, focal)
+    def _result_producer(self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float]):
+        rf = t.frame
+        frame = FrameIdentity(rf.raw.seq, rf.raw.msg.ts, t.prev_seq, rf.raw.received)
 
-    def _result_producer(self, s: Session, rf: ReadyFrame, res, prev_seq, gen, settings, cal, timings):
         async def produce() -> bytes:
             try:
-                outs = [o for o in (res.final, res.preview) if o is not None]
-                c = await self._calibrated(cal, res.final, settings) if outs else None
                 t0 = time.perf_counter()
-                poses = await asyncio.gather(*(self._loop.run_in_executor(self.post_pool, self._pose, o, c.focal)
-                                               for o in outs))
+                cal, cameras = await self._cameras(t.calibration, res, t.settings)
                 timings["pose_s"] = time.perf_counter() - t0
-                if outs:
+                if cameras.poses:
                     self.metrics.pose_seconds.observe(timings["pose_s"])
-                pose_of = {id(o): p for o, p in zip(outs, poses)}
-                data, export = await self._loop.run_in_executor(
-                    self.post_pool, self._encode_result, rf, res, prev_seq, settings, c, pose_of, timings)
-                if export is not None and s.generation == gen:
-                    s.export.add(*export)
+                data, export = await self.on_post(results.result_bytes, frame, res, cameras, cal, t.settings,
+                                                  timings)
+                self.metrics.encode_seconds.observe(timings["encode_s"])
+                if export is not None:
+                    s.add_export(t.generation, export)
                 self.metrics.server_latency.observe(time.perf_counter() - rf.raw.received)
                 s.touch()
                 return data
@@ -413,37 +373,10 @@ class Worker:
                 return pack(ErrorMsg(code="internal", message=f"post-processing failed: {exc.__class__.__name__}",
                                      seq=rf.raw.seq))
             finally:
-                s.posting -= 1
+                s.result_done()
                 self._wake.set()
 
         return produce
-
-    def _frame_data(self, out, seq, pose, cal: Calibration, settings: SessionSettings):
-        scale = settings.compact_scale or cal.auto_scale
-        return encode_frame(out.index, seq, out.kind, out.pts3d, out.conf, out.colors, pose.c2w, pose.valid,
-                            cal.focal if np.isfinite(cal.focal) else None, settings, scale)
-
-    def _export_item(self, out, pose, settings: SessionSettings):
-        xyz, rgb = fuse(out.pts3d[None], out.conf[None], out.colors[None], settings.conf_thresh)
-        return out.index, xyz, rgb, pose.c2w, pose.valid
-
-    def _encode_result(self, rf: ReadyFrame, res, prev_seq, settings, cal, pose_of, timings):
-        t0 = time.perf_counter()
-        final = preview = export = None
-        if res.final is not None:
-            p = pose_of[id(res.final)]
-            final = self._frame_data(res.final, prev_seq if prev_seq is not None else -1, p, cal, settings)
-            export = self._export_item(res.final, p, settings)
-        if res.preview is not None:
-            preview = self._frame_data(res.preview, rf.raw.seq, pose_of[id(res.preview)], cal, settings)
-        msg = ResultMsg.model_construct(type="result", seq=rf.raw.seq, frame_index=res.frame_index,
-                                        ts=rf.raw.msg.ts, final=final, preview=preview,
-                                        memory=_memory_info(res.memory), timings=timings)
-        timings["encode_s"] = time.perf_counter() - t0
-        timings["server_s"] = time.perf_counter() - rf.raw.received
-        data = pack(msg)
-        self.metrics.encode_seconds.observe(time.perf_counter() - t0)
-        return data, export
 
     # ------------------------------------------------------------------ finish
     async def request_finish(self, s: Session) -> None:
@@ -451,18 +384,17 @@ class Worker:
             return await self.reject(s, None, "finished", "the stream is already finished")
         if s.frames_processed + s.waiting < 2:
             return await self.reject(s, None, "not_finishable", "a stream needs at least two frames to finish")
-        s.finished = True  # frames sent after this are refused; waiting ones are processed first
-        self.maybe_finish(s)
+        s.request_finish()  # frames sent after this are refused; waiting ones are processed first
+        self._advance(s)
 
     def maybe_finish(self, s: Session) -> None:
-        if s.finished and not s.finish_sent and s.pipeline_empty() and not s.busy and not s.closed:
-            s.finish_sent = True
-            self._spawn(self._finish(s))
+        """Run the requested finish if the session's pipeline is empty."""
+        self._advance(s)
 
     async def _finish(self, s: Session) -> None:
         gen, settings, cal = s.generation, s.settings, s.calibration
         if s.frames_processed < 2:  # waiting frames were rejected after all
-            s.finished = s.finish_sent = False
+            s.cancel_finish()
             return await self.reject(s, None, "not_finishable", "a stream needs at least two frames to finish")
         try:
             out = await self.on_model(self.engine.finish, s.stream)
@@ -472,16 +404,11 @@ class Worker:
         frames = s.frames_processed
 
         async def produce() -> bytes:
-            c = await self._calibrated(cal, None, settings)
-            pose = await self._loop.run_in_executor(self.post_pool, self._pose, out, c.focal)
-
-            def encode():
-                return (pack(FinishedMsg.model_construct(type="finished", frames=frames, final=self._frame_data(
-                    out, seq, pose, c, settings))), self._export_item(out, pose, settings))
-
-            data, export = await self._loop.run_in_executor(self.post_pool, encode)
-            if s.generation == gen:
-                s.export.add(*export)
+            c = await cal
+            cameras = await self.on_post(results.solve_cameras, [out.pts3d], c.focal)
+            data, export = await self.on_post(results.finished_bytes, frames, out, seq, cameras.poses[0], c,
+                                              settings)
+            s.add_export(gen, export)
             return data
 
         s.chain(produce)

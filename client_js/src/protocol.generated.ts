@@ -349,6 +349,7 @@ export interface ErrorMsg {
     | 'message_too_large'
     | 'bad_image'
     | 'image_too_large'
+    | 'bad_aspect_ratio'
     | 'bad_seq'
     | 'finished'
     | 'read_only'
@@ -532,6 +533,7 @@ export const ERROR_CODES = [
   'message_too_large',
   'bad_image',
   'image_too_large',
+  'bad_aspect_ratio',
   'bad_seq',
   'finished',
   'read_only',

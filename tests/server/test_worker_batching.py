@@ -1,0 +1,104 @@
+"""The worker's batch formation over a live server (tiny model): frames a batch runs are claimed when the batch
+is formed, so a frame superseded during the batch-fill wait never breaks the batch or the session's counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import cv2
+from service_helpers import answers_by_seq, live_server, run
+
+from spann3r.client import StreamClient
+from spann3r.server.protocol import DroppedMsg, ErrorMsg, FinishedMsg, ResultMsg
+
+FPS, SECONDS = 30, 3
+
+
+async def stream_at_rate(url: str, images, n: int) -> tuple[list, int]:
+    """Send n frames at FPS (latest-frame-wins) while receiving; finish; return every message and the
+    server's frames_processed."""
+    async with StreamClient(url) as c:
+        await c.create_session({"frame_policy": "latest", "encoding": "compact"})
+        await c.connect()
+        messages: list = []
+
+        async def receive_until_finished():
+            while not messages or not isinstance(messages[-1], FinishedMsg):
+                messages.append(await c.receive())
+
+        receiver = asyncio.create_task(receive_until_finished())
+        for i in range(n):
+            await c.send_frame(images[i % len(images)], "png", seq=i)
+            await asyncio.sleep(1 / FPS)
+        while len(answers_by_seq(messages)) < n and not receiver.done():
+            await asyncio.sleep(0.05)
+        await c.finish()
+        await receiver
+        processed = (await c.stats()).frames_processed
+        await c.delete()
+        return messages, processed
+
+
+def test_superseded_frames_during_the_fill_wait_never_break_a_batch(tiny_engine, frames_a, caplog):
+    # full-size PNGs: their decode takes a while, so the fill wait often ends while a newer frame decodes
+    images = [cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes() for _, rgb in frames_a[:8]]
+    n = FPS * SECONDS
+    caplog.set_level(logging.ERROR, logger="spann3r")
+    # a fill wait longer than the frame interval: frames are superseded while the worker waits for company
+    with live_server(tiny_engine, max_batch=4, max_wait_ms=60) as srv:
+        messages, processed = run(stream_at_rate(srv.url, images, n))
+    answers = answers_by_seq(messages)
+    assert sorted(answers) == list(range(n)) and all(len(a) == 1 for a in answers.values()), \
+        [s for s in range(n) if len(answers.get(s, [])) != 1]
+    assert not [m for m in messages if isinstance(m, ErrorMsg)]
+    results = [m for m in messages if isinstance(m, ResultMsg)]
+    assert len(results) + sum(isinstance(m, DroppedMsg) for m in messages) == n
+    assert len(results) == processed  # every processed frame got its result
+    finished = messages[-1]
+    assert finished.frames == processed and finished.final.seq == results[-1].seq
+    assert finished.final.index == processed - 1
+    assert "batch failed" not in caplog.text
+
+
+def _ready_frame(seq: int, ready_at: float):
+    from spann3r.server.protocol import FrameMsg
+    from spann3r.server.sessions import RawFrame, ReadyFrame
+
+    raw = RawFrame(FrameMsg(seq=seq, format="png", data=b"x"), received=ready_at)
+    return raw, ReadyFrame(raw, prepared=None, decode_s=0.0, ready_at=ready_at)
+
+
+def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
+    from spann3r.server.protocol import SessionSettings
+    from spann3r.server.sessions import Session
+
+    s = Session(SessionSettings(frame_policy="latest"), 1000, 30.0)
+    raw0, ready0 = _ready_frame(0, 1.0)
+    s.intake(raw0)
+    assert s.next_to_decode() is raw0 and s.decode_done(raw0)
+    s.set_ready(ready0)
+    raw1, ready1 = _ready_frame(1, 1.5)
+    assert s.intake(raw1) == [(0, "superseded")] and s.ready is None  # superseded while a batch waited
+    assert s.claim_step() is None and s.frames_processed == 0 and not s.in_model  # nothing claimed, nothing counted
+    assert s.next_to_decode() is raw1 and s.decode_done(raw1)
+    s.set_ready(ready1)
+    assert s.ready_since == 1.0  # since its first ready frame, superseded or not
+    ticket = s.claim_step()
+    assert ticket.frame is ready1 and ticket.index == 0 and ticket.prev_seq is None and s.in_model
+    assert s.claim_step() is None and s.frames_processed == 1  # a frame is claimed once
+    assert s.seq_by_index == {0: 1} and s.ready_since is None
+
+
+def test_a_superseding_frame_keeps_its_sessions_place_in_the_fill_wait():
+    from spann3r.server.protocol import SessionSettings
+    from spann3r.server.sessions import Session
+
+    s = Session(SessionSettings(frame_policy="latest"), 1000, 30.0)
+    for seq, t in ((0, 1.0), (1, 1.03)):
+        raw, ready = _ready_frame(seq, t)
+        s.intake(raw)
+        s.next_to_decode()
+        s.decode_done(raw)
+        s.set_ready(ready)
+    assert s.ready.raw.seq == 1 and s.ready_since == 1.0  # the wait deadline does not move with each new frame
