@@ -91,6 +91,7 @@ def solve_pose(pts3d: np.ndarray, focal: float) -> Pose:
 #      warm-started from OpenCV's PnP-RANSAC, and the same check decides.
 
 POSE_METHODS = ("robust", "pnp_ransac")
+CPU_CHUNK = 8  # frames per robust solve on a CPU
 CAUCHY_SCALE = 1.25  # x the median residual: smaller is more robust to gross outliers, 1.25 loses little on noise
 
 
@@ -358,17 +359,17 @@ def _robust_solve(pts, conf, K, init, *, coarse_iterations, fine_iterations, max
                   min_inlier_weight, min_condition):
     """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B]."""
     B, H, W, _ = pts.shape
-    X = pts.permute(0, 3, 1, 2).reshape(B, 3, H * W)  # [B, 3, N] component-major (a copy)
-    finite = X.sum(1).isfinite() & conf.reshape(B, -1).isfinite()  # [B, N]
+    finite = pts.sum(-1).isfinite().reshape(B, -1) & conf.reshape(B, -1).isfinite()  # [B, N]
     if not bool(finite.all()):
-        X = X.nan_to_num_(0.0, 0.0, 0.0)
+        pts = pts.nan_to_num(0.0, 0.0, 0.0)
+    X = pts.reshape(B, H * W, 3).transpose(1, 2)  # [B, 3, N] view: the GEMM reads it transposed, no copy
     w = conf.reshape(B, -1).clamp(min=1).log_().masked_fill_(~finite, 0.0)  # 0 at the minimum confidence
     K_ok = K.flatten(1).isfinite().all(1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
     K = torch.where(K_ok[:, None, None], K, torch.eye(3, dtype=K.dtype, device=K.device))
     enough = K_ok & ((w > 0).sum(1) >= min_points)
 
     step = max(1, round(math.sqrt(H * W / 3000)))  # ~3000 sampled pixels per frame
-    Xs = X.view(B, 3, H, W)[..., ::step, ::step].reshape(B, 3, -1)  # [B, 3, n]
+    Xs = pts[:, ::step, ::step].reshape(B, -1, 3).transpose(1, 2).contiguous()  # [B, 3, n]
     ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
     W_s = len(range(0, W, step))
     ns = _normalised_pixels(K, H, W, step)
@@ -404,7 +405,7 @@ def _to_c2w(R: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tens
 
 def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor,
                 init: np.ndarray | torch.Tensor | None = None, *, method: str = "robust", fallback: bool = True,
-                coarse_iterations: int = 4, fine_iterations: int = 2, max_error_px: float = 8.0,
+                coarse_iterations: int = 4, fine_iterations: int = 1, max_error_px: float = 8.0,
                 min_points: int = 64, min_inlier_weight: float = 0.5, min_condition: float = 1e-9):
     """Camera-to-world poses of a batch of frames, each seeing its global pointmap through its pixel grid.
 
@@ -428,7 +429,12 @@ def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tenso
         settings = dict(coarse_iterations=coarse_iterations, fine_iterations=fine_iterations,
                         max_error_px=max_error_px, min_points=min_points, min_inlier_weight=min_inlier_weight,
                         min_condition=min_condition)
-        R, t, valid, enough = _robust_solve(pts, conf_t, K_t, init_t, **settings)
+        # on a CPU, chunks of 8 frames keep the per-pixel work (~20 MB) in cache; a GPU takes the batch at once
+        chunk = CPU_CHUNK if pts.device.type == "cpu" else pts.shape[0]
+        parts = [_robust_solve(pts[i:i + chunk], conf_t[i:i + chunk], K_t[i:i + chunk],
+                               None if init_t is None else init_t[i:i + chunk], **settings)
+                 for i in range(0, pts.shape[0], chunk)]
+        R, t, valid, enough = (torch.cat(x) for x in zip(*parts))
         retry = enough & ~valid
         if fallback and bool(retry.any()):
             i = retry.nonzero()[:, 0]

@@ -148,7 +148,8 @@ def test_warm_start_gives_the_same_answer():
     for init in (near, cold, np.eye(4)):  # a far-off init loses to the linear starts
         warm, ok = solve_poses(pts, conf, K, init=init)
         assert ok.all()
-        np.testing.assert_allclose(warm, cold, atol=2e-5)
+        # the same minimum: IRLS stops after a fixed few steps, so within a tenth of the error to the truth (~1 mm)
+        np.testing.assert_allclose(warm, cold, atol=1e-4)
 
 
 def test_torch_in_torch_out():
