@@ -1,0 +1,50 @@
+"""The export buffer holds compact copies within its point budget: no per-frame array kept alive by a view."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spann3r.server.exports import ExportBuffer
+
+POINTS_PER_FRAME, FRAMES, BUDGET = 10_000, 60, 5_000
+BYTES_PER_POINT = 3 * 4 + 3  # xyz float32 + rgb uint8
+
+
+def held_bytes(buf: ExportBuffer) -> int:
+    """Bytes the buffer's arrays keep alive: a view keeps its whole base array."""
+    seen: dict[int, int] = {}
+    for arrays in buf.points_by_frame.values():
+        for a in arrays:
+            owner = a if a.base is None else a.base
+            while isinstance(owner, np.ndarray) and owner.base is not None:
+                owner = owner.base
+            seen[id(owner)] = owner.nbytes
+    return sum(seen.values())
+
+
+def fill(buf: ExportBuffer, frames: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        xyz = rng.random((POINTS_PER_FRAME, 3), dtype=np.float32)
+        rgb = rng.integers(0, 255, (POINTS_PER_FRAME, 3), dtype=np.uint8)
+        buf.add(i, xyz, rgb, np.eye(4), True)
+
+
+def test_export_buffer_holds_copies_within_the_point_budget():
+    buf = ExportBuffer(BUDGET)
+    fill(buf, FRAMES)
+    assert buf.points <= BUDGET and buf.decimation > 1
+    assert all(a.flags.owndata for arrays in buf.points_by_frame.values() for a in arrays)
+    assert held_bytes(buf) <= BUDGET * BYTES_PER_POINT
+    assert buf.nbytes == held_bytes(buf)
+
+
+def test_a_restored_export_buffer_holds_copies_too():
+    buf = ExportBuffer(BUDGET)
+    fill(buf, 8)
+    restored = ExportBuffer(BUDGET)
+    restored.load_arrays(buf.arrays())
+    assert restored.points == buf.points
+    assert all(a.flags.owndata for arrays in restored.points_by_frame.values() for a in arrays)
+    assert held_bytes(restored) <= BUDGET * BYTES_PER_POINT
+    np.testing.assert_array_equal(restored.cloud()[0], buf.cloud()[0])
