@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
 from ..core.sources import SourceError
-from ..server.protocol import DroppedMsg, ErrorMsg, HelloMsg, SessionSettings
+from ..server.protocol import DroppedMsg, ErrorMsg, FramePolicy, HelloMsg, SessionSettings
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def _run(args) -> int:
     frames = iter_source(args.input, args.kf_every)
     first = next(frames)  # a bad input fails before any session is created
     frames = itertools.islice(itertools.chain([first], frames), args.max_frames)
-    policy = args.policy or ("latest" if live else "queue")
+    policy: FramePolicy = args.policy or ("latest" if live else "queue")
     window = args.window if policy == "queue" else max(args.window, 8)
     settings = SessionSettings(
         frame_policy=policy,

@@ -8,6 +8,7 @@ flow control (at most ``window`` unanswered frames) and pacing, which a robot pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -16,12 +17,29 @@ from typing import Any
 import cv2
 import httpx
 import numpy as np
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
-from ..server.protocol import (MAX_SERVER_MESSAGE_BYTES, SUBPROTOCOL, ControlMsg, DroppedMsg, ErrorMsg, FinishedMsg,
-                               FrameMsg, HelloMsg, PingMsg, ResultMsg, SessionCreated, SessionSettings,
-                               SessionSettingsPatch, SessionStats, decode_server_message, pack)
+from ..server.protocol import (
+    MAX_SERVER_MESSAGE_BYTES,
+    SUBPROTOCOL,
+    ControlAction,
+    ControlMsg,
+    DroppedMsg,
+    ErrorMsg,
+    FinishedMsg,
+    FrameMsg,
+    HelloMsg,
+    PingMsg,
+    ResultMsg,
+    SessionCreated,
+    SessionSettings,
+    SessionSettingsPatch,
+    SessionStats,
+    decode_server_message,
+    pack,
+)
 
 IMAGE_ENCODINGS = ("jpeg", "png", "webp", "rgb8")
 
@@ -39,8 +57,11 @@ def encode_image(rgb: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> 
     if encoding == "rgb8":
         h, w = rgb.shape[:2]
         return {"format": "rgb8", "data": np.ascontiguousarray(rgb, np.uint8).tobytes(), "width": w, "height": h}
-    ext, params = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]), "png": (".png", []),
-                   "webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, quality])}[encoding]
+    ext, params = {
+        "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]),
+        "png": (".png", []),
+        "webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, quality]),
+    }[encoding]
     ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"cannot encode a {rgb.shape} image as {encoding}")
@@ -59,10 +80,21 @@ class StreamClient:
         self.session: SessionCreated | None = None
         self.token: str | None = None
         self.hello: HelloMsg | None = None
-        self.ws = None
+        self.ws: ClientConnection | None = None
+        self.names: dict[int, str] = {}  # seq → frame name, filled by ``stream``
         self._seq = -1
 
-    async def __aenter__(self) -> "StreamClient":
+    def _created(self) -> SessionCreated:
+        if self.session is None:
+            raise ServiceError("no session yet: call create_session() or attach() first")
+        return self.session
+
+    def _socket(self) -> ClientConnection:
+        if self.ws is None:
+            raise ServiceError("not connected: call connect() first")
+        return self.ws
+
+    async def __aenter__(self) -> StreamClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -76,8 +108,9 @@ class StreamClient:
                 code, detail = body.get("code"), body.get("detail")
             except Exception:
                 code, detail = None, r.text[:200]
-            raise ServiceError(f"{r.request.method} {r.request.url.path}: {r.status_code} {code}: {detail}", code,
-                               r.status_code)
+            raise ServiceError(
+                f"{r.request.method} {r.request.url.path}: {r.status_code} {code}: {detail}", code, r.status_code
+            )
         return r
 
     def _auth(self, token: str | None = None) -> dict:
@@ -94,44 +127,53 @@ class StreamClient:
     def attach(self, session_id: str, token: str, stream_url: str | None = None) -> None:
         """Use an existing session (reconnect, or watch with its watch token)."""
         ws_base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        self.session = SessionCreated.model_construct(id=session_id, token=token, watch_token="",
-                                                      stream_url=stream_url or f"{ws_base}/v1/sessions/{session_id}/ws",
-                                                      worker_id="", settings=None)
+        self.session = SessionCreated.model_construct(
+            id=session_id,
+            token=token,
+            watch_token="",
+            stream_url=stream_url or f"{ws_base}/v1/sessions/{session_id}/ws",
+            worker_id="",
+            settings=None,  # type: ignore[arg-type]  # not known when attaching to an existing session
+        )
         self.token = token
 
     async def stats(self) -> SessionStats:
-        r = await self._check(await self.http.get(f"/v1/sessions/{self.session.id}", headers=self._auth()))
+        r = await self._check(await self.http.get(f"/v1/sessions/{self._created().id}", headers=self._auth()))
         return SessionStats.model_validate(r.json())
 
     async def export(self, kind: str) -> bytes:
         """kind: cloud.ply | cloud.glb | trajectory.json | transforms.json"""
-        r = await self._check(await self.http.get(f"/v1/sessions/{self.session.id}/export/{kind}",
-                                                  headers=self._auth()))
+        r = await self._check(
+            await self.http.get(f"/v1/sessions/{self._created().id}/export/{kind}", headers=self._auth())
+        )
         return r.content
 
     async def snapshot(self) -> dict:
-        r = await self._check(await self.http.post(f"/v1/sessions/{self.session.id}/snapshot",
-                                                   headers=self._auth()))
+        r = await self._check(await self.http.post(f"/v1/sessions/{self._created().id}/snapshot", headers=self._auth()))
         return r.json()
 
     async def delete(self) -> None:
-        await self._check(await self.http.delete(f"/v1/sessions/{self.session.id}", headers=self._auth()))
+        await self._check(await self.http.delete(f"/v1/sessions/{self._created().id}", headers=self._auth()))
 
     # ------------------------------------------------------------------ WebSocket
     async def connect(self, token: str | None = None) -> HelloMsg:
         """Open the session's WebSocket (stream token by default, or a watch token) and read its hello."""
-        uri = f"{self.session.stream_url}?token={token or self.token}"
+        uri = f"{self._created().stream_url}?token={token or self.token}"
         ctx = None
         if uri.startswith("wss://") and not self.verify_tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         # no permessage-deflate: pointmaps hardly compress and deflate costs CPU on both ends
         # max_queue=None: keep reading while the caller is busy sending, so neither side can stall the other
-        from websockets.exceptions import InvalidStatus
-
         try:
-            self.ws = await connect(uri, max_size=self.max_message_bytes, max_queue=None, compression=None, ssl=ctx,
-                                    subprotocols=[SUBPROTOCOL])
+            self.ws = await connect(
+                uri,
+                max_size=self.max_message_bytes,
+                max_queue=None,
+                compression=None,
+                ssl=ctx,
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
+            )
         except InvalidStatus as exc:  # refused before the WebSocket opened (no such route)
             status = exc.response.status_code
             raise ServiceError(f"WebSocket refused: HTTP {status}", code=f"http {status}", status=status) from None
@@ -145,14 +187,14 @@ class StreamClient:
 
     async def receive(self):
         """Next server message (pydantic); raises ``ServiceError`` when the server closed the connection."""
-        from websockets.exceptions import ConnectionClosed
-
         try:
-            data = await self.ws.recv()
+            data = await self._socket().recv()
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
-            raise ServiceError(f"connection closed: {rcvd.code if rcvd else '-'} {rcvd.reason if rcvd else ''}",
-                               code=str(rcvd.code) if rcvd else None) from None
+            raise ServiceError(
+                f"connection closed: {rcvd.code if rcvd else '-'} {rcvd.reason if rcvd else ''}",
+                code=str(rcvd.code) if rcvd else None,
+            ) from None
         if isinstance(data, str):
             raise ServiceError("unexpected text message from the server")
         return decode_server_message(data)
@@ -166,23 +208,30 @@ class StreamClient:
                 return
 
     async def send_raw(self, data: bytes | str) -> None:
-        await self.ws.send(data)
+        await self._socket().send(data)
 
-    async def send_frame(self, image: np.ndarray | bytes, encoding: str = "jpeg", seq: int | None = None,
-                         ts: float | None = None, quality: int = 90, width: int | None = None,
-                         height: int | None = None) -> int:
+    async def send_frame(
+        self,
+        image: np.ndarray | bytes,
+        encoding: str = "jpeg",
+        seq: int | None = None,
+        ts: float | None = None,
+        quality: int = 90,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> int:
         """Send an RGB image (encoded here as ``encoding``) or already-encoded bytes; returns its seq."""
         if isinstance(image, np.ndarray):
             fields = await asyncio.to_thread(encode_image, image, encoding, quality)
         else:
             fields = {"format": encoding, "data": image, "width": width, "height": height}
         self._seq = seq if seq is not None else self._seq + 1
-        await self.ws.send(pack(FrameMsg(seq=self._seq, ts=time.time() if ts is None else ts, **fields)))
+        await self._socket().send(pack(FrameMsg(seq=self._seq, ts=time.time() if ts is None else ts, **fields)))
         return self._seq
 
-    async def control(self, action: str, **settings) -> None:
+    async def control(self, action: ControlAction, **settings) -> None:
         patch = SessionSettingsPatch(**settings) if action == "settings" else None
-        await self.ws.send(pack(ControlMsg(action=action, settings=patch)))
+        await self._socket().send(pack(ControlMsg(action=action, settings=patch)))
 
     async def finish(self) -> None:
         await self.control("finish")
@@ -191,15 +240,13 @@ class StreamClient:
         await self.control("reset")
 
     async def ping(self, id: int = 0) -> None:
-        await self.ws.send(pack(PingMsg(id=id, ts=time.time())))
+        await self._socket().send(pack(PingMsg(id=id, ts=time.time())))
 
     async def disconnect(self) -> None:
         if self.ws is not None:
             ws, self.ws = self.ws, None
-            try:
+            with contextlib.suppress(ConnectionClosed):  # the server may have closed it already (e.g. 1009)
                 await ws.close()
-            except ConnectionClosed:  # the server already closed it (e.g. 1009 for an oversized message)
-                pass
 
     async def close(self) -> None:
         await self.disconnect()
@@ -222,10 +269,20 @@ async def _aiter(frames: Iterable | AsyncIterable) -> AsyncIterator:
         yield f
 
 
-async def stream(url: str, frames: Iterable | AsyncIterable, *, settings: SessionSettings | dict | None = None,
-                 encoding: str = "jpeg", quality: int = 90, window: int = 4, rate: float | None = None,
-                 api_key: str | None = None, verify_tls: bool = True, finish: bool = True,
-                 client: StreamClient | None = None) -> AsyncIterator[Any]:
+async def stream(
+    url: str,
+    frames: Iterable | AsyncIterable,
+    *,
+    settings: SessionSettings | dict | None = None,
+    encoding: str = "jpeg",
+    quality: int = 90,
+    window: int = 4,
+    rate: float | None = None,
+    api_key: str | None = None,
+    verify_tls: bool = True,
+    finish: bool = True,
+    client: StreamClient | None = None,
+) -> AsyncIterator[Any]:
     """Stream ``(name, RGB uint8)`` frames; yield every server message (``ResultMsg``, ``DroppedMsg``,
     ``ErrorMsg``, ``FinishedMsg``, ...) as it arrives, ``hello`` first. At most ``window`` frames are
     unanswered at once; frames go out at most at ``rate`` fps and never faster than the server's limit.
@@ -233,12 +290,13 @@ async def stream(url: str, frames: Iterable | AsyncIterable, *, settings: Sessio
     with the ``finished`` message. Frame names by seq: ``client.names`` (pass your own ``client``)."""
     own = client is None
     client = client or StreamClient(url, api_key, verify_tls)
-    client.names = {}
+    client.names.clear()
     try:
         if client.session is None:
             await client.create_session(settings)
-        yield await client.connect()
-        limit = client.hello.limits.max_fps
+        hello = await client.connect()
+        yield hello
+        limit = hello.limits.max_fps
         period = 1.0 / min(rate or limit, limit)
         credit = asyncio.Semaphore(window)
         inbox: asyncio.Queue = asyncio.Queue()
@@ -274,11 +332,12 @@ async def stream(url: str, frames: Iterable | AsyncIterable, *, settings: Sessio
                     finishing = True
                     await client.finish()
                 get = asyncio.create_task(inbox.get())
-                done, _ = await asyncio.wait({get} if sender.done() else {get, sender},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if sender in done and sender.exception() is not None:
+                done, _ = await asyncio.wait(
+                    {get} if sender.done() else {get, sender}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if sender in done and (failure := sender.exception()) is not None:
                     get.cancel()
-                    raise sender.exception()
+                    raise failure
                 if get not in done:  # the sender is through: re-check whether to finish
                     get.cancel()
                     continue

@@ -54,10 +54,11 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        presets = {"official": cls, "tiny": cls.tiny}
-        if name not in presets:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name]()
+        if name == "official":
+            return cls()
+        if name == "tiny":
+            return cls.tiny()
+        raise ValueError(f"unknown model preset {name!r}; choose one of ['official', 'tiny']")
 
     def to_dict(self) -> dict:
         return asdict(self)

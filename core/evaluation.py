@@ -87,7 +87,7 @@ def crop_resize_rgbd(
     # scale so that the size×size crop fits, then crop the centre
     s = max(size / W, size / H) + 1e-8
     new_w, new_h = math.floor(W * s), math.floor(H * s)
-    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.LANCZOS))
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.Resampling.LANCZOS))
     depth = cv2.resize(depth, (new_w, new_h), fx=s, fy=s, interpolation=cv2.INTER_NEAREST)
     # intrinsics of the rescale, in the pixel-centre convention (+0.5) the loader uses
     margin = np.array([W * s - new_w, H * s - new_h])

@@ -57,6 +57,7 @@ def reconstruct(
         names.append(name)
         if result.final is not None:
             finals.append(result.final)
+        if result.memory is not None:
             traces.append(result.memory)
         if progress:
             progress(1)

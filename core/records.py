@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class Reconstruction:
     names: list[str] = field(default_factory=list)
     traces: list[MemoryTrace] = field(default_factory=list)
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, Any]:
         return {
             "pts3d": self.pts3d.astype(np.float32),
             "conf": self.conf.astype(np.float32),

@@ -70,6 +70,7 @@ FramePolicy = Literal["latest", "queue", "every_nth"]
 OutputEncoding = Literal["full", "compact"]
 FloatDtype = Literal["float32", "float16"]
 ImageFormat = Literal["jpeg", "png", "webp", "rgb8"]
+ControlAction = Literal["finish", "reset", "settings", "snapshot"]
 
 
 class SessionSettings(_Inbound):
@@ -154,7 +155,7 @@ class ControlMsg(_Inbound):
     session's state on the server (needs a state dir)."""
 
     type: Literal["control"] = "control"
-    action: Literal["finish", "reset", "settings", "snapshot"]
+    action: ControlAction
     settings: SessionSettingsPatch | None = None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..core.config import ModelConfig
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights, load_engine
 from .jobs import JobManager
@@ -15,6 +16,11 @@ from .settings import ServeSettings
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+def preset_name(cfg: ModelConfig) -> str:
+    """The preset a model config equals ("official", "tiny"), else "custom"."""
+    return "official" if cfg == ModelConfig() else "tiny" if cfg == ModelConfig.tiny() else "custom"
 
 
 class NotReady(RuntimeError):
@@ -50,9 +56,12 @@ class Service:
 
     async def _load_and_start(self) -> None:
         try:
-            if self._engine is None:
-                self._engine, self._weights = await asyncio.to_thread(load_engine_for, self.settings)
-            worker = Worker(self._engine, self._weights, self._preset(), self.settings, self.metrics)
+            if self._engine is not None and self._weights is not None:
+                engine, weights = self._engine, self._weights
+            else:
+                engine, weights = await asyncio.to_thread(load_engine_for, self.settings)
+            preset = preset_name(engine.model.cfg)
+            worker = Worker(engine, weights, preset, self.settings, self.metrics)
             await worker.start()
             manager = SessionManager(self.settings, worker, self.metrics)
             self.metrics.queue_depth.set_function(lambda: worker.queue_depth(manager.sessions.values()))
@@ -63,23 +72,14 @@ class Service:
             self.manager, self.jobs = manager, jobs
             log.info(
                 "ready: %s model, %s weights on %s (worker %s)",
-                self._preset(),
-                self._weights.kind,
-                self._engine.device,
+                preset,
+                weights.kind,
+                engine.device,
                 self.settings.worker_id,
             )
         except Exception as exc:
             self.load_error = f"{exc.__class__.__name__}: {exc}"
             log.error("cannot start the worker: %s", self.load_error)
-
-    def _preset(self) -> str:
-        from ..core.config import ModelConfig
-
-        return (
-            "official"
-            if self._engine.model.cfg == ModelConfig()
-            else ("tiny" if self._engine.model.cfg == ModelConfig.tiny() else "custom")
-        )
 
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():
