@@ -126,7 +126,8 @@ def rotation_to_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
         q[i], q[j], q[k] = s / 4, (r[j, i] + r[i, j]) / s, (r[k, i] + r[i, k]) / s
         q[3] = (r[k, j] - r[j, k]) / s
     q /= np.linalg.norm(q)
-    return tuple(float(v) for v in (q if q[3] >= 0 else -q))
+    x, y, z, w = (float(v) for v in (q if q[3] >= 0 else -q))
+    return x, y, z, w
 
 
 def intrinsics_matrix(focal: float, size: int = MODEL_SIZE) -> np.ndarray:
@@ -220,9 +221,13 @@ class McapRosWriter:
                  map_frame: str = MAP_FRAME, camera_frame: str = CAMERA_FRAME, jpeg_quality: int = 90):
         from mcap_ros2.writer import Writer
 
-        # kept open across add_frame calls; closed by close()
-        self._file = open(output, "wb") if isinstance(output, (str, Path)) else None  # noqa: SIM115
-        self._writer = Writer(self._file or output)
+        stream: IO[bytes]
+        self._file: IO[bytes] | None = None
+        if isinstance(output, (str, Path)):
+            stream = self._file = open(output, "wb")  # noqa: SIM115 (kept open across add_frame calls; close())
+        else:
+            stream = output
+        self._writer = Writer(stream)
         self._schemas = {name: self._writer.register_msgdef(name, text) for name, text in MSGDEFS.items()}
         self.conf_thresh, self.stride, self.rate, self.start_time = conf_thresh, stride, rate, start_time
         self.topics, self.map_frame, self.camera_frame = topics, map_frame, camera_frame
