@@ -264,12 +264,15 @@ class McapRosWriter:
         self.add_points(xyz, rgb, c, c2w, intrinsics=k, size=(w, h), stamp=stamp, image=image,
                         image_format=image_format)
 
-    def add_points(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray, c2w: np.ndarray | None = None, *,
+    def add_points(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None, c2w: np.ndarray | None = None, *,
                    intrinsics: np.ndarray | None = None, size: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE),
                    stamp: float | None = None, image: bytes | None = None, image_format: str = "jpeg") -> None:
         """One frame from points already chosen (xyz float32 [M, 3] in the world frame, rgb uint8 [M, 3],
-        confidence [M]; e.g. a stream's ``compact`` maps): written as they are. ``size``: (width, height) of
-        the image ``intrinsics`` belong to; no image message without ``image``."""
+        confidence [M] or None where unknown, written as NaN; e.g. a stream's ``compact`` maps, or a session's
+        export buffer): written as they are. ``size``: (width, height) of the image ``intrinsics`` belong to; no
+        image message without ``image``."""
+        if conf is None:
+            conf = np.full(len(xyz), np.nan, np.float32)
         stamp_s = self.start_time + self.frames / self.rate if stamp is None else float(stamp)
         self._write(self.topics.points, "sensor_msgs/msg/PointCloud2",
                     point_cloud_msg(xyz, rgb, conf, stamp_s, self.map_frame), stamp_s)

@@ -172,3 +172,17 @@ def test_mcap_of_a_real_reconstruction(tmp_path, tiny_engine):
         keep = ((conf - 1) / conf > 0.0) & np.isfinite(arrays["pts3d"][i]).all(-1)
         np.testing.assert_array_equal(cloud_arrays(cloud)[0], arrays["pts3d"][i][keep])
         assert cloud.width == keep.sum() > 0
+
+
+def test_points_without_confidence(tmp_path, run_arrays):
+    """A session's export buffer keeps points and colours only: confidence is written as NaN."""
+    xyz, rgb, _ = expected_points(run_arrays, 0)
+    path = tmp_path / "session.mcap"
+    with McapRosWriter(path) as writer:
+        writer.add_points(xyz, rgb, None, run_arrays["poses"][0])
+    bag = read_bag(path)
+    (_, cloud), = bag[TOPICS.points]
+    got_xyz, got_rgb, got_conf = cloud_arrays(cloud)
+    np.testing.assert_array_equal(got_xyz, xyz)
+    np.testing.assert_array_equal(got_rgb, rgb)
+    assert np.isnan(got_conf).all() and set(bag) == {TOPICS.points, TOPICS.pose, TOPICS.tf}
