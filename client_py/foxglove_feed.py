@@ -96,8 +96,16 @@ def _cloud_fields():
     from foxglove.messages import PackedElementField as Field
     from foxglove.messages import PackedElementFieldNumericType as T
 
-    names = [("x", 0, T.Float32), ("y", 4, T.Float32), ("z", 8, T.Float32), ("red", 12, T.Uint8),
-             ("green", 13, T.Uint8), ("blue", 14, T.Uint8), ("alpha", 15, T.Uint8), ("confidence", 16, T.Float32)]
+    names = [
+        ("x", 0, T.Float32),
+        ("y", 4, T.Float32),
+        ("z", 8, T.Float32),
+        ("red", 12, T.Uint8),
+        ("green", 13, T.Uint8),
+        ("blue", 14, T.Uint8),
+        ("alpha", 15, T.Uint8),
+        ("confidence", 16, T.Float32),
+    ]
     return [Field(name=n, offset=o, type=t) for n, o, t in names]
 
 
@@ -126,9 +134,18 @@ class FoxgloveFeed:
     ...         feed.add(msg)
     """
 
-    def __init__(self, port: int = 8765, host: str = "127.0.0.1", *, conf_thresh: float = 1e-3, stride: int = 1,
-                 topics: Topics = DEFAULT_TOPICS, map_frame: str = MAP_FRAME, camera_frame: str = CAMERA_FRAME,
-                 name: str = "spann3r"):
+    def __init__(
+        self,
+        port: int = 8765,
+        host: str = "127.0.0.1",
+        *,
+        conf_thresh: float = 1e-3,
+        stride: int = 1,
+        topics: Topics = DEFAULT_TOPICS,
+        map_frame: str = MAP_FRAME,
+        camera_frame: str = CAMERA_FRAME,
+        name: str = "spann3r",
+    ):
         import foxglove
         from foxglove import channels
 
@@ -178,30 +195,63 @@ class FoxgloveFeed:
         )
 
         ts, log_time = _timestamp(frame.stamp), round(frame.stamp * 1e9)
-        self.points.log(PointCloud(timestamp=ts, frame_id=self.map_frame, point_stride=CLOUD_STRIDE,
-                                   fields=_cloud_fields(), data=cloud_bytes(frame.xyz, frame.rgb, frame.conf)),
-                        log_time=log_time)
+        self.points.log(
+            PointCloud(
+                timestamp=ts,
+                frame_id=self.map_frame,
+                point_stride=CLOUD_STRIDE,
+                fields=_cloud_fields(),
+                data=cloud_bytes(frame.xyz, frame.rgb, frame.conf),
+            ),
+            log_time=log_time,
+        )
         if frame.c2w is not None:
             x, y, z, w = rotation_to_quaternion(frame.c2w[:3, :3])
             translation = Vector3(**dict(zip("xyz", (float(v) for v in frame.c2w[:3, 3]))))
             rotation = Quaternion(x=x, y=y, z=z, w=w)
-            self.pose.log(PoseInFrame(timestamp=ts, frame_id=self.map_frame,
-                                      pose=Pose(position=translation, orientation=rotation)), log_time=log_time)
-            self.tf.log(FrameTransforms(transforms=[FrameTransform(
-                timestamp=ts, parent_frame_id=self.map_frame, child_frame_id=self.camera_frame,
-                translation=translation, rotation=rotation)]), log_time=log_time)
+            self.pose.log(
+                PoseInFrame(
+                    timestamp=ts, frame_id=self.map_frame, pose=Pose(position=translation, orientation=rotation)
+                ),
+                log_time=log_time,
+            )
+            self.tf.log(
+                FrameTransforms(
+                    transforms=[
+                        FrameTransform(
+                            timestamp=ts,
+                            parent_frame_id=self.map_frame,
+                            child_frame_id=self.camera_frame,
+                            translation=translation,
+                            rotation=rotation,
+                        )
+                    ]
+                ),
+                log_time=log_time,
+            )
         if frame.intrinsics is not None:
             k = frame.intrinsics
             p = np.hstack([k, np.zeros((3, 1))])
-            self.camera_info.log(CameraCalibration(
-                timestamp=ts, frame_id=self.camera_frame, width=frame.size, height=frame.size,
-                distortion_model="plumb_bob", D=[0.0] * 5, K=k.reshape(-1).tolist(),
-                R=np.eye(3).reshape(-1).tolist(), P=p.reshape(-1).tolist()), log_time=log_time)
+            self.camera_info.log(
+                CameraCalibration(
+                    timestamp=ts,
+                    frame_id=self.camera_frame,
+                    width=frame.size,
+                    height=frame.size,
+                    distortion_model="plumb_bob",
+                    D=[0.0] * 5,
+                    K=k.reshape(-1).tolist(),
+                    R=np.eye(3).reshape(-1).tolist(),
+                    P=p.reshape(-1).tolist(),
+                ),
+                log_time=log_time,
+            )
         if image is None and frame.image is not None:
             image = encode_jpeg(frame.image)
         if image is not None:
-            self.image.log(CompressedImage(timestamp=ts, frame_id=self.camera_frame, data=image, format="jpeg"),
-                           log_time=log_time)
+            self.image.log(
+                CompressedImage(timestamp=ts, frame_id=self.camera_frame, data=image, format="jpeg"), log_time=log_time
+            )
         self.published += 1
 
     def close(self) -> None:
@@ -234,8 +284,16 @@ class McapLog:
         """Write one decoded final frame."""
         if image is None and frame.image is not None:
             image = encode_jpeg(frame.image)
-        self.writer.add_points(frame.xyz, frame.rgb, frame.conf, frame.c2w, intrinsics=frame.intrinsics,
-                               size=(frame.size, frame.size), stamp=frame.stamp, image=image)
+        self.writer.add_points(
+            frame.xyz,
+            frame.rgb,
+            frame.conf,
+            frame.c2w,
+            intrinsics=frame.intrinsics,
+            size=(frame.size, frame.size),
+            stamp=frame.stamp,
+            image=image,
+        )
 
     def close(self) -> None:
         self.writer.close()

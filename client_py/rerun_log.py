@@ -28,9 +28,17 @@ class RerunLog:
     ...         log.add(msg)
     """
 
-    def __init__(self, *, path: str | Path | None = None, connect: str | None = None,
-                 application_id: str = "spann3r", recording_id: str | None = None, conf_thresh: float = 1e-3,
-                 stride: int = 1, accumulate: bool = True):
+    def __init__(
+        self,
+        *,
+        path: str | Path | None = None,
+        connect: str | None = None,
+        application_id: str = "spann3r",
+        recording_id: str | None = None,
+        conf_thresh: float = 1e-3,
+        stride: int = 1,
+        accumulate: bool = True,
+    ):
         import rerun as rr
 
         if (path is None) == (connect is None):
@@ -70,8 +78,14 @@ class RerunLog:
         if frame.c2w is not None:
             rec.log("world/camera", rr.Transform3D(translation=frame.c2w[:3, 3], mat3x3=frame.c2w[:3, :3]))
         if frame.intrinsics is not None:
-            rec.log("world/camera", rr.Pinhole(image_from_camera=frame.intrinsics, resolution=[frame.size, frame.size],
-                                               camera_xyz=rr.ViewCoordinates.RDF))
+            rec.log(
+                "world/camera",
+                rr.Pinhole(
+                    image_from_camera=frame.intrinsics,
+                    resolution=[frame.size, frame.size],
+                    camera_xyz=rr.ViewCoordinates.RDF,
+                ),
+            )
         if image is not None:
             rec.log("world/camera/image", rr.EncodedImage(contents=image, media_type="image/jpeg"))
         elif frame.image is not None:

@@ -67,10 +67,19 @@ def report(frame: LiveFrame) -> None:
     print(f"frame {frame.index}: {where}, {len(frame.xyz)} points{ahead}", flush=True)
 
 
-async def robot_loop(url: str, frames, *, on_frame: Callable[[LiveFrame], None] = report,
-                     conf_thresh: float = 1e-3, foxglove_port: int | None = None, rerun_file: str | None = None,
-                     mcap_file: str | None = None, rate: float | None = None, live: bool = True,
-                     window: int = 4) -> list[LiveFrame]:
+async def robot_loop(
+    url: str,
+    frames,
+    *,
+    on_frame: Callable[[LiveFrame], None] = report,
+    conf_thresh: float = 1e-3,
+    foxglove_port: int | None = None,
+    rerun_file: str | None = None,
+    mcap_file: str | None = None,
+    rate: float | None = None,
+    live: bool = True,
+    window: int = 4,
+) -> list[LiveFrame]:
     """Stream ``frames`` to the service at ``url``; call ``on_frame`` with every final frame (in order) and
     publish it to the sinks asked for. ``live``: a camera, where the newest frame matters and older waiting ones
     are dropped (latest-frame-wins); else (files) every frame is queued and reconstructed. Returns the finals."""
@@ -91,8 +100,12 @@ async def robot_loop(url: str, frames, *, on_frame: Callable[[LiveFrame], None] 
 
             outputs.append(sinks.enter_context(McapLog(mcap_file, conf_thresh=conf_thresh)))
         # 'full' maps: every pixel's point with its confidence, and the image the model saw
-        settings = {"encoding": "full", "preview": False, "frame_policy": "latest" if live else "queue",
-                    "queue_size": window}
+        settings = {
+            "encoding": "full",
+            "preview": False,
+            "frame_policy": "latest" if live else "queue",
+            "queue_size": window,
+        }
         async for msg in stream(url, frames, settings=settings, rate=rate, window=window):
             frame = finals(msg)
             if frame is None:
@@ -115,9 +128,18 @@ def main() -> None:
     parser.add_argument("--rerun", metavar="FILE.rrd", help="log to a rerun recording")
     parser.add_argument("--mcap", metavar="FILE.mcap", help="record ROS 2 messages")
     args = parser.parse_args()
-    asyncio.run(robot_loop(args.url, opencv_frames(args.source, args.max_frames), conf_thresh=args.conf_thresh,
-                           foxglove_port=args.foxglove, rerun_file=args.rerun, mcap_file=args.mcap, rate=args.rate,
-                           live=args.source.isdigit()))
+    asyncio.run(
+        robot_loop(
+            args.url,
+            opencv_frames(args.source, args.max_frames),
+            conf_thresh=args.conf_thresh,
+            foxglove_port=args.foxglove,
+            rerun_file=args.rerun,
+            mcap_file=args.mcap,
+            rate=args.rate,
+            live=args.source.isdigit(),
+        )
+    )
 
 
 if __name__ == "__main__":

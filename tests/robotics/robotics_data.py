@@ -33,8 +33,15 @@ def synthetic_run(n: int = 4, size: int = 24, seed: int = 0) -> dict[str, np.nda
     valid = np.ones(n, dtype=bool)
     valid[n - 2] = False
     poses[n - 2] = np.nan
-    return {"pts3d": pts3d, "conf": conf, "colors": colors, "poses": poses, "pose_valid": valid,
-            "focal": np.float32(201.5), "frame_names": np.array([f"f{i:03d}.png" for i in range(n)])}
+    return {
+        "pts3d": pts3d,
+        "conf": conf,
+        "colors": colors,
+        "poses": poses,
+        "pose_valid": valid,
+        "focal": np.float32(201.5),
+        "frame_names": np.array([f"f{i:03d}.png" for i in range(n)]),
+    }
 
 
 def server_messages(arrays: dict[str, np.ndarray], stamps: list[float], encoding: str = "full") -> list:
@@ -46,9 +53,22 @@ def server_messages(arrays: dict[str, np.ndarray], stamps: list[float], encoding
     settings = SessionSettings(encoding=encoding, conf_thresh=0.0)
     scale = choose_scale(arrays["pts3d"][0], arrays["conf"][0], 0.0)
     n = len(arrays["pts3d"])
-    finals = [encode_frame(i, i, "final", arrays["pts3d"][i], arrays["conf"][i], arrays["colors"][i],
-                           arrays["poses"][i], bool(arrays["pose_valid"][i]), float(arrays["focal"]), settings, scale)
-              for i in range(n)]
+    finals = [
+        encode_frame(
+            i,
+            i,
+            "final",
+            arrays["pts3d"][i],
+            arrays["conf"][i],
+            arrays["colors"][i],
+            arrays["poses"][i],
+            bool(arrays["pose_valid"][i]),
+            float(arrays["focal"]),
+            settings,
+            scale,
+        )
+        for i in range(n)
+    ]
     messages = [ResultMsg(seq=i, frame_index=i, ts=stamps[i], final=finals[i - 1] if i else None) for i in range(n)]
     messages.append(FinishedMsg(frames=n, final=finals[-1]))
     return [decode_server_message(pack(m)) for m in messages]

@@ -38,8 +38,9 @@ async def subscribe_all(ws, feed: FoxgloveFeed) -> dict[int, tuple[str, type]]:
     assert advertised["op"] == "advertise"
     subs = {100 + c["id"]: c for c in advertised["channels"]}
     assert all(c["encoding"] == "protobuf" for c in subs.values())
-    await ws.send(json.dumps({"op": "subscribe",
-                              "subscriptions": [{"id": sid, "channelId": c["id"]} for sid, c in subs.items()]}))
+    await ws.send(
+        json.dumps({"op": "subscribe", "subscriptions": [{"id": sid, "channelId": c["id"]} for sid, c in subs.items()]})
+    )
     channels = (feed.points, feed.pose, feed.tf, feed.camera_info, feed.image)
     deadline = time.monotonic() + 10
     while not all(ch.has_sinks() for ch in channels):  # the server has taken the subscriptions in
@@ -64,7 +65,7 @@ def cloud_points(msg) -> tuple[np.ndarray, np.ndarray]:
     fields = {f.name: f for f in msg.fields}
     n = len(msg.data) // msg.point_stride
     raw = np.frombuffer(msg.data, np.uint8).reshape(n, msg.point_stride)
-    xyz = np.stack([raw[:, fields[a].offset:fields[a].offset + 4].copy().view("<f4")[:, 0] for a in "xyz"], -1)
+    xyz = np.stack([raw[:, fields[a].offset : fields[a].offset + 4].copy().view("<f4")[:, 0] for a in "xyz"], -1)
     rgb = np.stack([raw[:, fields[c].offset] for c in ("red", "green", "blue")], -1)
     return xyz, rgb
 
@@ -81,10 +82,17 @@ def test_feed_publishes_clouds_transforms_poses_calibration_images(run_arrays):
                 subs = await subscribe_all(ws, feed)
                 frames = [f for m in server_messages(run_arrays, stamps) if (f := feed.add(m)) is not None]
                 assert [f.index for f in frames] == list(range(n))
-                return await receive(ws, subs, {"/spann3r/points": n, "/tf": int(valid.sum()),
-                                                "/spann3r/camera/pose": int(valid.sum()),
-                                                "/spann3r/camera/camera_info": n,
-                                                "/spann3r/camera/image/compressed": n})
+                return await receive(
+                    ws,
+                    subs,
+                    {
+                        "/spann3r/points": n,
+                        "/tf": int(valid.sum()),
+                        "/spann3r/camera/pose": int(valid.sum()),
+                        "/spann3r/camera/camera_info": n,
+                        "/spann3r/camera/image/compressed": n,
+                    },
+                )
 
     got = asyncio.run(asyncio.wait_for(scenario(), 60))
     for i, (log_time, cloud) in enumerate(got["/spann3r/points"]):
@@ -102,9 +110,13 @@ def test_feed_publishes_clouds_transforms_poses_calibration_images(run_arrays):
         t, q = tf.translation, tf.rotation
         np.testing.assert_allclose([t.x, t.y, t.z], c2w[:3, 3], atol=1e-6)
         x, y, z, w = q.x, q.y, q.z, q.w  # rotation matrix of the quaternion
-        rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        rot = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
         np.testing.assert_allclose(rot, c2w[:3, :3], atol=1e-6)
         p, o = pose.pose.position, pose.pose.orientation
         assert pose.frame_id == "map" and (p.x, p.y, p.z) == (t.x, t.y, t.z) and (o.x, o.y, o.z, o.w) == (x, y, z, w)

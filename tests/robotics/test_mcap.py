@@ -32,8 +32,14 @@ def cloud_arrays(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PointCloud2 → (xyz, rgb, confidence), through the message's own field table."""
     fields = {f.name: f for f in msg.fields}
     assert all(f.datatype == 7 and f.count == 1 for f in msg.fields)  # FLOAT32
-    dtype = np.dtype({"names": list(fields), "formats": ["<f4"] * len(fields),
-                      "offsets": [f.offset for f in fields.values()], "itemsize": msg.point_step})
+    dtype = np.dtype(
+        {
+            "names": list(fields),
+            "formats": ["<f4"] * len(fields),
+            "offsets": [f.offset for f in fields.values()],
+            "itemsize": msg.point_step,
+        }
+    )
     rec = np.frombuffer(msg.data.tobytes(), dtype=dtype, count=msg.width * msg.height)
     xyz = np.stack([rec["x"], rec["y"], rec["z"]], -1)
     bits = rec["rgb"].view("<u4")
@@ -109,8 +115,14 @@ def test_incremental_writer_with_given_images_intrinsics_and_synthetic_stamps(tm
     originals = [f"jpeg bytes of frame {i}".encode() for i in range(2)]
     with McapRosWriter(buf, conf_thresh=CONF_THRESH, rate=5.0, start_time=10.0) as writer:
         for i in range(2):
-            writer.add_frame(run_arrays["pts3d"][i], run_arrays["conf"][i], run_arrays["colors"][i],
-                             run_arrays["poses"][i], intrinsics=k, image=originals[i])
+            writer.add_frame(
+                run_arrays["pts3d"][i],
+                run_arrays["conf"][i],
+                run_arrays["colors"][i],
+                run_arrays["poses"][i],
+                intrinsics=k,
+                image=originals[i],
+            )
     path = tmp_path / "stream.mcap"
     path.write_bytes(buf.getvalue())
     bag = read_bag(path)
@@ -160,7 +172,7 @@ def test_mcap_of_a_real_reconstruction(tmp_path, tiny_engine):
 
     rng = np.random.default_rng(2)
     scene = cv2.GaussianBlur(rng.integers(0, 256, (72, 160, 3), dtype=np.uint8), (5, 5), 0)
-    rec = reconstruct(tiny_engine, [(f"{i}.png", scene[:, 8 * i:8 * i + 96]) for i in range(3)])
+    rec = reconstruct(tiny_engine, [(f"{i}.png", scene[:, 8 * i : 8 * i + 96]) for i in range(3)])
     arrays = dict(rec.arrays())
     path = tmp_path / "rec.mcap"
     write_mcap(path, arrays, conf_thresh=0.0)
@@ -181,7 +193,7 @@ def test_points_without_confidence(tmp_path, run_arrays):
     with McapRosWriter(path) as writer:
         writer.add_points(xyz, rgb, None, run_arrays["poses"][0])
     bag = read_bag(path)
-    (_, cloud), = bag[TOPICS.points]
+    ((_, cloud),) = bag[TOPICS.points]
     got_xyz, got_rgb, got_conf = cloud_arrays(cloud)
     np.testing.assert_array_equal(got_xyz, xyz)
     np.testing.assert_array_equal(got_rgb, rgb)

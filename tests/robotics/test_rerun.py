@@ -28,8 +28,10 @@ def rows_by_entity(path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for chunk in rr.chunk.RrdReader(path).stream():
         batch = chunk.to_record_batch()
-        columns = {name: col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col  # ns since the epoch
-                   for name, col in zip(batch.schema.names, batch.columns)}
+        columns = {
+            name: col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col  # ns since the epoch
+            for name, col in zip(batch.schema.names, batch.columns)
+        }
         for row in pa.table(columns).to_pylist():
             out.setdefault(chunk.entity_path, []).append(row)
     return out
@@ -62,8 +64,9 @@ def test_rrd_holds_points_cameras_and_images_of_every_frame(tmp_path, run_arrays
         keep = ((conf - 1) / conf > CONF_THRESH) & np.isfinite(run_arrays["pts3d"][i]).all(-1)
         np.testing.assert_array_equal(np.array(row["Points3D:positions"], np.float32), run_arrays["pts3d"][i][keep])
         rgba = np.array(row["Points3D:colors"], np.uint32)
-        np.testing.assert_array_equal(np.stack([rgba >> 24, (rgba >> 16) & 255, (rgba >> 8) & 255], -1),
-                                      run_arrays["colors"][i][keep])
+        np.testing.assert_array_equal(
+            np.stack([rgba >> 24, (rgba >> 16) & 255, (rgba >> 8) & 255], -1), run_arrays["colors"][i][keep]
+        )
         np.testing.assert_array_equal(np.array(row["confidence"], np.float32), conf[keep])
         assert (row["capture_time"], row["frame"]) == (round(stamps[i] * 1e9), i)
 
@@ -101,9 +104,12 @@ def entities_so_far(path: Path) -> set[str]:
 def test_logging_to_a_running_viewer(tmp_path, run_arrays):
     """``connect``: the frames reach a rerun gRPC endpoint (the ``rerun`` CLI, saving what it receives)."""
     port, received = free_port(), tmp_path / "received.rrd"
-    viewer = subprocess.Popen([str(Path(sys.executable).parent / "rerun"), "--port", str(port), "--save",
-                               str(received)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # its own process group: the CLI wrapper runs a binary
+    viewer = subprocess.Popen(
+        [str(Path(sys.executable).parent / "rerun"), "--port", str(port), "--save", str(received)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own process group: the CLI wrapper runs a binary
     try:
         deadline = time.monotonic() + 30
         while not received.exists():  # created once the endpoint listens

@@ -27,7 +27,7 @@ def write_frames(folder: Path, n: int) -> None:
     scene = cv2.GaussianBlur(rng.integers(0, 256, (72, 160, 3), dtype=np.uint8), (5, 5), 0)
     folder.mkdir()
     for i in range(n):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), scene[:, 8 * i:8 * i + 96])
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene[:, 8 * i : 8 * i + 96])
 
 
 def test_robot_loop_streams_a_folder_and_records_it(tmp_path, tiny_engine, capsys):
@@ -36,9 +36,20 @@ def test_robot_loop_streams_a_folder_and_records_it(tmp_path, tiny_engine, capsy
     write_frames(tmp_path / "frames", 4)
     mcap, rrd = tmp_path / "run.mcap", tmp_path / "run.rrd"
     with helpers.live_server(tiny_engine) as server:
-        frames = asyncio.run(asyncio.wait_for(example.robot_loop(
-            server.url, example.opencv_frames(str(tmp_path / "frames")), conf_thresh=0.0, foxglove_port=0,
-            rerun_file=str(rrd), mcap_file=str(mcap), live=False), 120))
+        frames = asyncio.run(
+            asyncio.wait_for(
+                example.robot_loop(
+                    server.url,
+                    example.opencv_frames(str(tmp_path / "frames")),
+                    conf_thresh=0.0,
+                    foxglove_port=0,
+                    rerun_file=str(rrd),
+                    mcap_file=str(mcap),
+                    live=False,
+                ),
+                120,
+            )
+        )
 
     assert [f.index for f in frames] == [0, 1, 2, 3]
     assert all(f.xyz.shape[1] == 3 and len(f.xyz) == len(f.rgb) == len(f.conf) > 0 for f in frames)
