@@ -41,7 +41,7 @@ class ExportBuffer:
             self.decimation *= 2
             self.points_by_frame = {i: (_owned(x[::2]), _owned(c[::2])) for i, (x, c) in self.points_by_frame.items()}
 
-    def frozen(self) -> "ExportBuffer":
+    def frozen(self) -> ExportBuffer:
         """A copy that later additions do not touch (for reading in another thread)."""
         return ExportBuffer(self.max_points, dict(self.points_by_frame), dict(self.poses), self.decimation)
 

@@ -15,9 +15,10 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .auth import token_hash
 from .exports import ExportBuffer
@@ -41,7 +42,7 @@ class CapacityError(RuntimeError):
 
 @dataclass
 class RawFrame:
-    msg: "FrameMsg"
+    msg: FrameMsg
     received: float  # time.perf_counter() at arrival
     cancelled: bool = False  # superseded while decoding
 
@@ -145,6 +146,13 @@ class Session:
         return self.phase is not StreamPhase.STREAMING
 
     # ------------------------------------------------------------------ stream life (event loop, no I/O)
+    def attach_stream(self, stream, calibration: asyncio.Future) -> None:
+        """The stream made (or restored) on the model thread, and the future of its calibration."""
+        self.stream, self.calibration = stream, calibration
+
+    def change_settings(self, settings: SessionSettings) -> None:
+        self.settings = settings
+
     def reset_stream(self, stream, calibration: asyncio.Future) -> None:
         """Start a new stream: counters, frame indices and export restart; results of the old one still in
         post-processing no longer count (generation)."""
@@ -288,7 +296,7 @@ class Session:
             for w in list(self.watchers):
                 w.send_nowait(data)
 
-    async def notify_dropped(self, dropped: list[tuple[int, str]], metrics: "Metrics") -> None:
+    async def notify_dropped(self, dropped: list[tuple[int, str]], metrics: Metrics) -> None:
         for seq, reason in dropped:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
             metrics.frames_dropped.labels(reason).inc()
@@ -352,7 +360,7 @@ class Session:
 
     @classmethod
     def from_record(cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float,
-                    calibration: asyncio.Future) -> "Session":
+                    calibration: asyncio.Future) -> Session:
         """A session as its snapshot left it (its stream is restored separately, on the model thread)."""
         s = cls(SessionSettings(**record.settings), max_export_points, max_fps, session_id=record.id)
         s.token = s.watch_token = ""  # only the hashes survive a restart
@@ -373,7 +381,7 @@ class Session:
 class SessionManager:
     """All sessions of one worker: creation (within capacity), lookup, idle eviction, snapshots."""
 
-    def __init__(self, settings: "ServeSettings", worker: "Worker", metrics: "Metrics"):
+    def __init__(self, settings: ServeSettings, worker: Worker, metrics: Metrics):
         self.settings, self.worker, self.metrics = settings, worker, metrics
         self.sessions: dict[str, Session] = {}
         self._evictor: asyncio.Task | None = None

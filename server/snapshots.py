@@ -49,7 +49,7 @@ class SessionRecord:
         return json.dumps({"format": SNAPSHOT_FORMAT, **d}).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str, session_id: str) -> "SessionRecord":
+    def from_json(cls, data: bytes | str, session_id: str) -> SessionRecord:
         d = json.loads(data)
         if d.pop("format", None) != SNAPSHOT_FORMAT or d.get("id") != session_id:
             raise ValueError(f"{session_id}.json is not a session snapshot of this format")

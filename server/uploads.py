@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.sources import IMAGE_SUFFIXES
 

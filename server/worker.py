@@ -33,7 +33,7 @@ from . import results
 from .metrics import Metrics
 from .protocol import AckMsg, ErrorMsg, FrameMsg, ModelInfo, SessionSettings, pack
 from .results import Calibration, FrameIdentity
-from .scheduler import Candidate, RunBatch, RunUnit, SchedulePolicy, Wait, schedule
+from .scheduler import Candidate, Decision, RunBatch, RunUnit, SchedulePolicy, Wait, schedule
 from .sessions import RawFrame, ReadyFrame, Session, StepTicket
 from .settings import ServeSettings
 
@@ -122,13 +122,10 @@ class Worker:
 
     # ------------------------------------------------------------------ streams
     async def open_stream(self, s: Session) -> None:
-        s.stream = await self.on_model(self.engine.new_stream, s.settings.preview)
-        s.calibration = self._loop.create_future()
+        s.attach_stream(await self.on_model(self.engine.new_stream, s.settings.preview), self._loop.create_future())
 
     async def restore_stream(self, s: Session, data: bytes) -> None:
-        s.stream = await self.on_model(self.engine.restore, data)
-        if s.calibration is None:
-            s.calibration = self._loop.create_future()
+        s.attach_stream(await self.on_model(self.engine.restore, data), s.calibration or self._loop.create_future())
 
     async def snapshot_stream(self, s: Session) -> bytes:
         """Stream bytes consistent with the session's counters and export buffer (frames are held back
@@ -155,7 +152,7 @@ class Worker:
         s.send_ordered(pack(AckMsg(action="reset", settings=s.settings)))
 
     def change_settings(self, s: Session, settings: SessionSettings) -> None:
-        s.settings = settings
+        s.change_settings(settings)  # frames already claimed keep the settings they were claimed with
         s.send_ordered(pack(AckMsg(action="settings", settings=settings)))
 
     # ------------------------------------------------------------------ intake
@@ -222,15 +219,21 @@ class Worker:
 
     async def _schedule(self) -> None:
         while True:
-            decision = schedule(self._candidates(), self._background_waiting(), self._batches_since_unit,
-                                time.perf_counter(), self.policy)
-            if isinstance(decision, Wait):
-                await self._wait(decision.until)
-            elif isinstance(decision, RunUnit):
-                await self._run_unit(self._pick_background())
-                self._batches_since_unit = 0
-            else:
-                await self._run_claimed(self._claim(decision))
+            try:
+                await self._apply(schedule(self._candidates(), self._background_waiting(), self._batches_since_unit,
+                                           time.perf_counter(), self.policy))
+            except Exception:  # the worker must outlive any one decision
+                log.exception("scheduling failed")
+                await self._wait(time.perf_counter() + 0.1)
+
+    async def _apply(self, decision: Decision) -> None:
+        if isinstance(decision, Wait):
+            await self._wait(decision.until)
+        elif isinstance(decision, RunUnit):
+            await self._run_unit(self._pick_background())
+            self._batches_since_unit = 0
+        else:
+            await self._run_claimed(self._claim(decision))
 
     async def _wait(self, until: float | None) -> None:
         """Until something changes (a frame ready, a result posted, work added), or until ``until``."""
@@ -385,10 +388,6 @@ class Worker:
         if s.frames_processed + s.waiting < 2:
             return await self.reject(s, None, "not_finishable", "a stream needs at least two frames to finish")
         s.request_finish()  # frames sent after this are refused; waiting ones are processed first
-        self._advance(s)
-
-    def maybe_finish(self, s: Session) -> None:
-        """Run the requested finish if the session's pipeline is empty."""
         self._advance(s)
 
     async def _finish(self, s: Session) -> None:
