@@ -13,6 +13,7 @@ from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from ..core.export import fuse, write_ply
 from ..core.preprocess import prepare
 from ..core.reconstruct import reconstruct
+from ..core.records import Reconstruction
 from ..core.sources import count_frames, iter_frames
 from ..core.unordered import (
     DEFAULT_MAX_FRAMES,
@@ -65,10 +66,17 @@ def register(sub, name: str, help_text: str) -> None:
     )
     p.add_argument("--ply", default=None, help="also write the fused, confidence-filtered point cloud here")
     p.add_argument(
+        "--mcap",
+        default=None,
+        metavar="OUT.mcap",
+        help="also write ROS 2 messages (points, poses, TF, camera info, images) to an MCAP file "
+        "(the 'robotics' extra; docs/robotics.md)",
+    )
+    p.add_argument(
         "--conf-thresh",
         type=float,
         default=1e-3,
-        help="PLY filter on (conf-1)/conf, as the official demo (default 1e-3)",
+        help="point filter of the PLY and MCAP outputs on (conf-1)/conf, as the official demo (default 1e-3)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument(
@@ -79,6 +87,19 @@ def register(sub, name: str, help_text: str) -> None:
     )
     p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help=MAX_FRAMES_HELP)
     p.set_defaults(func=run)
+
+
+def write_other_outputs(args, rec: Reconstruction) -> None:
+    """The outputs besides OUT.npz that the flags ask for (--ply, --mcap)."""
+    if args.ply:
+        xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
+        write_ply(args.ply, xyz, rgb)
+        log.info("wrote %d points to %s", len(xyz), args.ply)
+    if args.mcap:
+        from ..core.ros_export import write_mcap  # the robotics extra
+
+        write_mcap(args.mcap, rec.arrays(), conf_thresh=args.conf_thresh)
+        log.info("wrote %d frames as ROS 2 messages to %s", len(rec.names), args.mcap)
 
 
 def load_engine(args):
@@ -117,10 +138,7 @@ def run(args) -> int:
         len(rec.names),
         out,
     )
-    if args.ply:
-        xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
-        write_ply(args.ply, xyz, rgb)
-        log.info("wrote %d points to %s", len(xyz), args.ply)
+    write_other_outputs(args, rec)
     return 0
 
 
@@ -204,8 +222,5 @@ def run_unordered(args) -> int:
         n,
         out,
     )
-    if args.ply:
-        xyz, rgb = fuse(rec.pts3d, rec.conf, rec.colors, args.conf_thresh)
-        write_ply(args.ply, xyz, rgb)
-        log.info("wrote %d points to %s", len(xyz), args.ply)
+    write_other_outputs(args, rec)
     return 0

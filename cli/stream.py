@@ -58,7 +58,53 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--api-key", default=None, help="API key, when the server requires one (or SPANN3R_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="accept a self-signed TLS certificate")
     p.add_argument("--preview", action="store_true", help="ask for previews too (not saved)")
+    robots = p.add_argument_group("robotics outputs (the 'robotics' extra; topics and frames: docs/robotics.md)")
+    robots.add_argument("--mcap", default=None, metavar="OUT.mcap", help="record the finals as ROS 2 messages in MCAP")
+    robots.add_argument(
+        "--foxglove",
+        type=int,
+        nargs="?",
+        const=8765,
+        default=None,
+        metavar="PORT",
+        help="serve the finals live to Foxglove on 127.0.0.1:PORT (default 8765)",
+    )
+    robots.add_argument("--rerun", default=None, metavar="FILE.rrd", help="log the finals to a rerun recording")
+    robots.add_argument(
+        "--rerun-connect",
+        default=None,
+        metavar="URL",
+        help="log the finals to a running rerun viewer ('' for the default address)",
+    )
     p.set_defaults(func=run)
+
+
+def open_sinks(args) -> list:
+    """The live outputs the flags ask for; each takes every server message through ``add(msg)``."""
+    sinks: list = []
+    try:
+        if args.mcap:
+            from ..client.foxglove_feed import McapLog
+
+            sinks.append(McapLog(args.mcap))
+        if args.foxglove is not None:
+            from ..client.foxglove_feed import FoxgloveFeed
+
+            sinks.append(FoxgloveFeed(args.foxglove))
+            log.info("Foxglove: open ws://127.0.0.1:%d in Foxglove", args.foxglove)
+        if args.rerun or args.rerun_connect is not None:
+            from ..client.rerun_log import RerunLog
+
+            sinks.append(RerunLog(path=args.rerun) if args.rerun else RerunLog(connect=args.rerun_connect))
+    except ImportError as exc:
+        close_sinks(sinks)
+        raise UserError(f"{exc}: install the robotics extra (pip install 'spann3r-service[robotics]')") from None
+    return sinks
+
+
+def close_sinks(sinks: list) -> None:
+    for sink in sinks:
+        sink.close()
 
 
 def run(args) -> int:
@@ -84,6 +130,7 @@ async def _run(args) -> int:
     )
     client = StreamClient(args.url, args.api_key or os.environ.get("SPANN3R_API_KEY"), not args.insecure)
     recording, drops, errors = Recording(), 0, 0
+    sinks = open_sinks(args)
     t0 = time.perf_counter()
     try:
         async for msg in stream(
@@ -113,11 +160,14 @@ async def _run(args) -> int:
                 errors += 1
                 log.warning("server error %s (seq %s): %s", msg.code, msg.seq, msg.message)
             recording.add(msg)
+            for sink in sinks:
+                sink.add(msg)
     except ServiceError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot reach {args.url}: {exc}") from None
     finally:
+        close_sinks(sinks)
         await client.close()
     if not recording.finals:
         raise UserError("the server returned no final pointmaps (a stream needs at least two frames)")

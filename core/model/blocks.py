@@ -60,10 +60,11 @@ class RoPE2D(nn.Module):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ/√d)·v over [B, H, N, d] tensors.
 
-    On the CPU this is the explicit matmul-softmax-matmul of the official code: it is bit-identical to the
-    reference outputs there, where the fused kernel's different summation order would move the read
-    threshold decisions of long streams. Elsewhere the fused kernel (flash/memory-efficient) is used."""
-    if q.device.type == "cpu":
+    On the CPU in float32 (the exact path) this is the explicit matmul-softmax-matmul of the official code: it is
+    bit-identical to the reference outputs there, where the fused kernel's different summation order would move
+    the read threshold decisions of long streams. Under autocast (the bf16/fp16 precision modes) and on other
+    devices the fused kernel (flash / memory-efficient) is used."""
+    if q.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
         attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
         return attn.softmax(dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v)

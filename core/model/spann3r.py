@@ -78,11 +78,13 @@ class DUSt3R(nn.Module):
         return [dec[i] for i in self.cfg.dpt_hooks]
 
     def head(self, which: int, hooked: list[torch.Tensor]) -> torch.Tensor:
-        """Raw DPT output [B, 4, H, W] of head 1 or 2 from the hooked decoder tokens (run in float32)."""
+        """Raw DPT output [B, 4, H, W] of head 1 or 2 from the hooked decoder tokens, always in float32: the heads
+        regress metric-scale coordinates and their exp/confidence activations, which bf16 would coarsen (the
+        official code casts the head inputs to float32 too)."""
         head = self.downstream_head1 if which == 1 else self.downstream_head2
         grid = (self.cfg.grid, self.cfg.grid)
         with torch.autocast(device_type=hooked[0].device.type, enabled=False):
-            return head.raw(hooked, grid)
+            return head.raw([h.float() for h in hooked], grid)
 
 
 class KeyHead(nn.Sequential):

@@ -198,3 +198,33 @@ def test_points_without_confidence(tmp_path, run_arrays):
     np.testing.assert_array_equal(got_xyz, xyz)
     np.testing.assert_array_equal(got_rgb, rgb)
     assert np.isnan(got_conf).all() and set(bag) == {TOPICS.points, TOPICS.pose, TOPICS.tf}
+
+
+def test_reconstruct_command_writes_the_npz_run_as_mcap(tmp_path):
+    """``spann3r reconstruct --mcap``: every point, colour and pose of the MCAP equals the npz of the same run."""
+    from spann3r.cli.main import main
+
+    rng = np.random.default_rng(5)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (72, 160, 3), dtype=np.uint8), (5, 5), 0)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i}.png"), scene[:, 8 * i : 8 * i + 96])
+    out, mcap = tmp_path / "rec.npz", tmp_path / "rec.mcap"
+    argv = ["reconstruct", str(frames), "--model", "tiny", "--weights", "synthetic", "--out", str(out)]
+    assert main([*argv, "--mcap", str(mcap), "--conf-thresh", str(CONF_THRESH)]) == 0
+    arrays = dict(np.load(out))
+    bag = read_bag(mcap)
+    assert len(bag[TOPICS.points]) == 3
+    for i, (_, cloud) in enumerate(bag[TOPICS.points]):
+        xyz, rgb, conf = cloud_arrays(cloud)
+        want = expected_points(arrays, i)
+        np.testing.assert_array_equal(xyz, want[0])
+        np.testing.assert_array_equal(rgb, want[1])
+        np.testing.assert_array_equal(conf, want[2])
+    valid = np.flatnonzero(arrays["pose_valid"])
+    poses = bag.get(TOPICS.pose, [])
+    assert len(poses) == len(valid)
+    for (_, msg), i in zip(poses, valid):
+        p = msg.pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], arrays["poses"][i][:3, 3], rtol=0, atol=1e-6)

@@ -206,3 +206,42 @@ def test_stream_needs_neither_torch_nor_the_server_packages(served, small_frames
         [sys.executable, "-c", WITHOUT_SERVER_PACKAGES, "serve", "--help"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode != 0 and "blocked by the test" in r.stderr
+
+
+def test_stream_command_records_mcap_equal_to_its_npz(served, small_frames, tmp_path):
+    """``spann3r stream --mcap`` records live; every cloud equals the confident points of the npz it writes."""
+    from rosbags.highlevel import AnyReader
+
+    url, _, _ = served
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name, rgb in small_frames[:3]:
+        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    r = subprocess.run(
+        [
+            *SPANN3R,
+            "stream",
+            str(frames),
+            "--url",
+            url,
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--encoding",
+            "rgb8",
+            "--mcap",
+            str(tmp_path / "s.mcap"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    arrays = dict(np.load(tmp_path / "s.npz"))
+    with AnyReader([tmp_path / "s.mcap"]) as reader:
+        clouds = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/spann3r/points"]
+    assert len(clouds) == 3
+    for i, cloud in enumerate(clouds):
+        conf = arrays["conf"][i]
+        keep = (conf - 1) / conf > 1e-3
+        xyz = np.frombuffer(cloud.data.tobytes(), "<f4").reshape(-1, cloud.point_step // 4)[:, :3]
+        np.testing.assert_array_equal(xyz, arrays["pts3d"][i][keep])
