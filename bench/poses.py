@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 from spann3r.core.camera import solve_poses
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
-from test_pose_solver import pose_errors, scene_batch  # noqa: E402  (the rendered scenes of the tests)
+from test_pose_solver import pose_errors, scene_batch  # the rendered scenes of the tests
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:
@@ -59,9 +58,10 @@ def main() -> None:
             conf_t = torch.from_numpy(conf).to(args.device)
             K_t = torch.from_numpy(K).to(args.device)
             solve_poses(pts_t, conf_t, K_t)  # warm-up
-            wall, cpu, (c2w, valid) = timed(lambda: solve_poses(pts_t, conf_t, K_t), args.repeats)
+            wall, cpu, (c2w, valid) = timed(lambda p=pts_t, c=conf_t, k=K_t: solve_poses(p, c, k), args.repeats)
             rot, trans = pose_errors(c2w.cpu().numpy(), truth)
-            cv_wall, _, (cv_c2w, _) = timed(lambda: solve_poses(pts, conf, K, method="pnp_ransac"), args.cv_repeats)
+            cv_wall, _, (cv_c2w, _) = timed(lambda p=pts, c=conf, k=K: solve_poses(p, c, k, method="pnp_ransac"),
+                                            args.cv_repeats)
             cv_rot, cv_trans = pose_errors(cv_c2w, truth)
             print(f"{batch:>5} {outliers:>5.2f} | {wall / batch * 1e3:>12.2f} {cpu / batch * 1e3:>6.2f} "
                   f"{rot.mean():>7.4f} {trans.mean():>8.5f} {int(valid.sum()):>2}/{batch:<2} | "

@@ -107,7 +107,8 @@ ROBUST_SCALE = 3.0  # Geman-McClure scale, x the median residual (measured best 
 
 # Jacobians of the normalised projection (nx, ny) w.r.t. a left rotation ω and a camera-frame translation τ
 # (P' = P + ω×P + τ), as combinations of the monomials φ = (1, nx, ny, nx², nx·ny, ny², 1/z, nx/z, ny/z):
-#   d nx / d(ω, τ) = (-nx·ny, 1 + nx², -ny, 1/z, 0, -nx/z);  d ny / d(ω, τ) = (-(1 + ny²), nx·ny, nx, 0, 1/z, -ny/z)
+#   d nx / d(ω, τ) = (-nx·ny, 1 + nx², -ny, 1/z, 0, -nx/z)
+#   d ny / d(ω, τ) = (-(1 + ny²), nx·ny, nx, 0, 1/z, -ny/z)
 #      1  nx  ny nx² nxny ny² 1/z nx/z ny/z
 _JX = [[0, 0, 0, 0, -1, 0, 0, 0, 0],  # ωx
        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # ωy
@@ -175,7 +176,8 @@ def _linear_system(feats: torch.Tensor, n: torch.Tensor, w: torch.Tensor) -> tor
 
 
 def _dlt_pose(X: torch.Tensor, n: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted calibrated DLT: world-to-camera R [B, 3, 3], t [B, 3] from X [B, 3, N] seen at normalised n [B, 2, N]."""
+    """Weighted calibrated DLT: world-to-camera R [B, 3, 3], t [B, 3] from points X [B, 3, N] seen at normalised
+    image coordinates n [B, 2, N]."""
     c, s = _weighted_frame(X, w)
     Xh = torch.cat(((X - c[..., None]) / s[:, None, None], torch.ones_like(X[:, :1])), 1)  # [B, 4, N]
     P = _smallest_eigvec(_linear_system(Xh, n, w)).reshape(-1, 3, 4)  # ~ mu [s R | R c + t]
@@ -294,8 +296,8 @@ def _normal_equations(gram: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _gauss_newton(X, n, w, R, t, K, iterations: int):
-    """``iterations`` IRLS Gauss-Newton steps (Geman-McClure). Returns R, t, the residuals and H of the last step (taken
-    before its update)."""
+    """``iterations`` (≥ 1) IRLS Gauss-Newton steps (Geman-McClure). Returns R, t, and the residuals and H of the
+    last step (taken before its update)."""
     work = _workspace(X)
     for _ in range(iterations):
         res = _residuals(X, n, w, R, t, K, scale_px=None, work=work)
@@ -332,7 +334,8 @@ def _as_batch(pts3d, conf, K, init):
     conf = torch.as_tensor(conf, device=device).float()
     K = torch.as_tensor(K, device=device).double()
     if pts.ndim != 4 or pts.shape[-1] != 3 or conf.shape != pts.shape[:-1]:
-        raise ValueError(f"expected pts3d [B, H, W, 3] and conf [B, H, W], got {list(pts.shape)} and {list(conf.shape)}")
+        raise ValueError(f"expected pts3d [B, H, W, 3] and conf [B, H, W], got {list(pts.shape)} and "
+                         f"{list(conf.shape)}")
     K = K.expand(pts.shape[0], 3, 3) if K.shape == (3, 3) else K
     if K.shape != (pts.shape[0], 3, 3):
         raise ValueError(f"expected K [3, 3] or [B, 3, 3], got {list(K.shape)}")
@@ -355,7 +358,8 @@ def _ransac_c2w(obj: np.ndarray, px: np.ndarray, K: np.ndarray) -> np.ndarray | 
 
 
 def _ransac_batch(pts: torch.Tensor, keep: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame OpenCV PnP-RANSAC on the pixels ``keep`` [B, H, W] → c2w [B, 4, 4] float64 (NaN if failed), ok [B]."""
+    """Per-frame OpenCV PnP-RANSAC on the pixels ``keep`` [B, H, W] → c2w [B, 4, 4] float64 (NaN if failed),
+    ok [B]."""
     B, H, W, _ = pts.shape
     grid = pixel_grid(H, W)
     pts_np, keep_np, K_np = pts.cpu().numpy(), keep.reshape(B, -1).cpu().numpy(), K.cpu().numpy()
@@ -416,7 +420,8 @@ def _robust_solve(pts, conf, K, init, *, coarse_iterations, fine_iterations, max
     ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
     ns = _normalised_pixels(K, H, W, step)
     R, t = _best_start(Xs, ns, ws, len(range(0, W, step)), K, init, max_error_px)
-    R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
+    if coarse_iterations:
+        R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
 
     X = pts.reshape(B, H * W, 3).transpose(1, 2)  # [B, 3, N] view: the GEMM reads it transposed, no copy
     R, t, res, H_last = _gauss_newton(X, _normalised_pixels(K, H, W), w, R, t, K, fine_iterations)
@@ -444,13 +449,19 @@ def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tenso
     pixel (u, v) at column u, row v, as ``pixel_grid``), init [4, 4] or [B, 4, 4] camera-to-world (e.g. the
     stream's previous pose) or None. ``method``: ``"robust"`` (default; see the section comment) or
     ``"pnp_ransac"`` (per frame, OpenCV, every finite point, confidence ignored: the official demo's estimator).
-    ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC.
+    ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC. Tuning:
+    ``coarse_iterations`` steps on every 4th row and column, then ``fine_iterations`` (≥ 1) on every pixel; valid
+    needs ``min_points`` pixels with conf > 1, at least ``min_inlier_weight`` of the confidence within
+    ``max_error_px`` and the normal equations' smallest / largest eigenvalue above ``min_condition``.
 
     Returns (c2w [B, 4, 4] float64, NaN where not valid; valid [B] bool): torch tensors on pts3d's device, or
     numpy arrays when pts3d is not a tensor.
     """
     if method not in POSE_METHODS:
         raise ValueError(f"unknown pose method {method!r} (choose from {', '.join(POSE_METHODS)})")
+    if coarse_iterations < 0 or fine_iterations < 1:
+        raise ValueError(f"need coarse_iterations >= 0 and fine_iterations >= 1, got {coarse_iterations}, "
+                         f"{fine_iterations}")
     as_numpy = not isinstance(pts3d, torch.Tensor)
     pts, conf_t, K_t, init_t = _as_batch(pts3d, conf, K, init)
     if method == "pnp_ransac":

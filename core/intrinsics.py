@@ -1,12 +1,12 @@
 """Known camera intrinsics, carried through preprocessing to the model's 224² pixel grid.
 
-A client that knows its camera (a calibration, ARKit / ARCore, EXIF) gives ``FX,FY,CX,CY`` in pixels of the image it
-sends, in OpenCV's convention: pixel centres at integer coordinates, (0, 0) the centre of the top-left pixel, x right,
-y down. Preprocessing (``preprocess.crop_resize``) keeps the top-left 2⌊W/2⌋ × 2⌊H/2⌋ pixels (coordinates unchanged),
-resizes them to W' × H' = ⌊2⌊W/2⌋·s⌋ × ⌊2⌊H/2⌋·s⌋ with Pillow, whose output pixel j is centred on input coordinate
-(j + ½)·W/W' − ½, and crops 224² at (left, top). So the model pixel of an original pixel u is
-(u + ½)·W'/W − ½ − left: focal lengths scale by W'/W (and H'/H: the two differ by the flooring), principal points
-shift by the half-pixel terms and the crop.
+A client that knows its camera (a calibration, ARKit / ARCore, EXIF) gives ``FX,FY,CX,CY`` in pixels of the image
+it sends, in OpenCV's convention: pixel centres at integer coordinates, (0, 0) the centre of the top-left pixel,
+x right, y down. Preprocessing (``preprocess.crop_resize``) keeps the top-left 2⌊W/2⌋ × 2⌊H/2⌋ pixels
+(coordinates unchanged), resizes them to W' × H' = ⌊2⌊W/2⌋·s⌋ × ⌊2⌊H/2⌋·s⌋ with Pillow, whose output pixel j is
+centred on input coordinate (j + ½)·W/W' − ½, and crops 224² at (left, top). So the model pixel of an original
+pixel u is (u + ½)·W'/W − ½ − left: focal lengths scale by W'/W (and H'/H: the two differ by the flooring),
+principal points shift by the half-pixel terms and the crop.
 
 Without known intrinsics the service estimates one focal (``camera.estimate_focal``) and puts the principal point
 at (112, 112), the official demo's convention (``focal_intrinsics``).

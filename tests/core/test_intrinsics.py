@@ -8,13 +8,18 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from test_pose_solver import look_at, pose_errors, render_room  # tests/core is on sys.path (rootdir-less prepend)
 
 from spann3r.core.camera import solve_poses
-from spann3r.core.intrinsics import (Intrinsics, IntrinsicsError, crop_resize_geometry, focal_intrinsics,
-                                     model_intrinsics, parse_intrinsics)
+from spann3r.core.intrinsics import (
+    Intrinsics,
+    IntrinsicsError,
+    crop_resize_geometry,
+    focal_intrinsics,
+    model_intrinsics,
+    parse_intrinsics,
+)
 from spann3r.core.preprocess import crop_resize
-
-from test_pose_solver import look_at, pose_errors, render_room  # tests/core is on sys.path (rootdir-less prepend)
 
 # (width, height, fx, fy, cx, cy): landscape, portrait, odd sizes, non-square pixels, off-centre principal points
 CAMERAS = [
@@ -54,7 +59,7 @@ def blob_image(width: int, height: int, centres: np.ndarray, sigma: float) -> np
     img = np.full((height, width), 40.0)
     r = int(4 * sigma) + 2
     for u, v in centres:
-        u0, v0 = int(round(u)), int(round(v))
+        u0, v0 = round(u), round(v)
         ys, xs = np.mgrid[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1]
         patch = 200 * np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * sigma**2))
         img[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1] += patch
@@ -63,7 +68,7 @@ def blob_image(width: int, height: int, centres: np.ndarray, sigma: float) -> np
 
 def blob_centre(img: np.ndarray, u: float, v: float, r: int = 6) -> tuple[float, float]:
     """Intensity-weighted centroid (above the background) of the blob near (u, v) in a grey image."""
-    u0, v0 = int(round(u)), int(round(v))
+    u0, v0 = round(u), round(v)
     ys, xs = np.mgrid[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1]
     wgt = np.clip(img[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1, 0].astype(np.float64) - 40, 0, None)
     return float((wgt * xs).sum() / wgt.sum()), float((wgt * ys).sum() / wgt.sum())

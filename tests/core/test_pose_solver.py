@@ -126,7 +126,7 @@ def test_a_single_plane_is_solved_too():
 
 
 def test_batch_equals_frame_by_frame_with_per_frame_intrinsics():
-    pts, conf, K, truth = scene_batch(3, seed=2, outliers=0.1)
+    pts, conf, K, _ = scene_batch(3, seed=2, outliers=0.1)
     Ks = np.stack([K, K, K])
     Ks[1, 0, 0] *= 1.1  # a different camera for frame 1: its pose changes, the others must not
     c2w, valid = solve_poses(pts, conf, Ks)
@@ -153,7 +153,7 @@ def test_warm_start_gives_the_same_answer():
 
 
 def test_torch_in_torch_out():
-    pts, conf, K, truth = scene_batch(2, seed=4)
+    pts, conf, K, _ = scene_batch(2, seed=4)
     c2w, valid = solve_poses(torch.from_numpy(pts), torch.from_numpy(conf), torch.from_numpy(K))
     assert isinstance(c2w, torch.Tensor) and c2w.dtype == torch.float64 and valid.dtype == torch.bool
     np.testing.assert_allclose(c2w.numpy(), solve_poses(pts, conf, K)[0], atol=1e-9)
@@ -162,7 +162,7 @@ def test_torch_in_torch_out():
 def test_pnp_ransac_method_is_the_official_estimator():
     from spann3r.core.camera import intrinsics, solve_pose
 
-    pts, conf, K, _ = scene_batch(2, seed=6, outliers=0.1)
+    pts, conf, _, _ = scene_batch(2, seed=6, outliers=0.1)
     c2w, valid = solve_poses(pts, conf, intrinsics(200.0, 224, 224), method="pnp_ransac")
     for i in range(2):
         pose = solve_pose(pts[i], 200.0)
