@@ -272,7 +272,8 @@ def _residuals(X, n, w, R, t, K, scale_px: float | None, work: tuple[torch.Tenso
 def _workspace(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scratch for ``_residuals``: Φ [B, 11, N], camera points [B, 3, N], temporaries [B, 4, N]."""
     B, _, N = X.shape
-    return tuple(torch.empty(B, rows, N, dtype=X.dtype, device=X.device) for rows in (_N_MONOMIALS + 2, 3, 4))
+    phi, cam, tmp = (torch.empty(B, rows, N, dtype=X.dtype, device=X.device) for rows in (_N_MONOMIALS + 2, 3, 4))
+    return phi, cam, tmp
 
 
 @functools.lru_cache(maxsize=8)

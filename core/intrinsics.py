@@ -50,7 +50,7 @@ class CropResize:
     left: int
     top: int
 
-    def to_model(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def to_model(self, u: np.ndarray | float, v: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Original pixel coordinates → model pixel coordinates (any real values)."""
         return (u + 0.5) * self.scale_x - 0.5 - self.left, (v + 0.5) * self.scale_y - 0.5 - self.top
 
@@ -87,7 +87,7 @@ def model_intrinsics(intr: Intrinsics, width: int, height: int, size: int = RESO
     """Intrinsics of a width × height original image → [3, 3] float64 K of the size² model image (same convention,
     pixel (u, v) at column u, row v, as ``camera.pixel_grid`` and ``camera.solve_poses`` use)."""
     g = crop_resize_geometry(width, height, size)
-    cx, cy = g.to_model(np.float64(intr.cx), np.float64(intr.cy))
+    cx, cy = g.to_model(intr.cx, intr.cy)
     return Intrinsics(intr.fx * g.scale_x, intr.fy * g.scale_y, float(cx), float(cy)).matrix()
 
 
