@@ -15,10 +15,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from PIL import Image
+
+# torch and Pillow are imported where they are used: reading frames (``read_image``, used by the Python client's
+# sources) and the image errors must work with the client's base install, which has neither.
+if TYPE_CHECKING:
+    import torch
 
 RESOLUTION = 224
 MAX_PIXELS = 64_000_000  # refuse absurd images before allocating them
@@ -56,13 +61,17 @@ def crop_resize(rgb: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
     H, W = rgb.shape[:2]
     s = max(size / W, size / H) + 1e-8
     new_w, new_h = math.floor(W * s), math.floor(H * s)
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.LANCZOS))
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.Resampling.LANCZOS))
     left = int(np.round((new_w - size) / 2))
     top = int(np.round((new_h - size) / 2))
     return np.ascontiguousarray(resized[top: top + size, left: left + size])
 
 
 def to_model_input(colors: np.ndarray) -> torch.Tensor:
+    import torch
+
     x = torch.from_numpy(colors).permute(2, 0, 1).float().div(255)
     return (x - 0.5) / 0.5
 
@@ -95,6 +104,8 @@ def check_image_header(data: bytes, fmt: str, width: int | None = None, height: 
         return width, height
     if not data:
         raise ImageError("empty image data")
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size

@@ -34,7 +34,7 @@ from .uploads import UploadRefused
 
 log = logging.getLogger(__name__)
 
-REPO_CLIENT_DIST = Path(__file__).resolve().parents[1] / "client_js" / "dist"
+PAGE_DIR = Path(__file__).resolve().parent / "page"  # package data: client_js's `npm run build` writes it
 NO_CLIENT_PAGE = """<!doctype html><meta charset="utf-8"><title>Spann3R service</title>
 <h1>Spann3R streaming service</h1>
 <p>The browser client is not built. Build it with <code>cd client_js &amp;&amp; npm ci &amp;&amp; npm run build</code>
@@ -385,7 +385,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     app.include_router(api)
     app.include_router(jobs_api)
     app.include_router(health)
-    static = settings.static_dir or REPO_CLIENT_DIST
+    static = settings.static_dir or PAGE_DIR
     if (static / "index.html").is_file():
         app.mount("/", StaticFiles(directory=static, html=True), name="client")
     else:

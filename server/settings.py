@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 from .protocol import SessionSettings
-from .reconstruct_unordered import DEFAULT_MAX_FRAMES
+from ..core.unordered import DEFAULT_MAX_FRAMES
 
 
 class ServeSettings(BaseSettings):
@@ -69,7 +69,7 @@ class ServeSettings(BaseSettings):
     state_dir: Path | None = Field(None, description="folder for session snapshots (saved at shutdown and on "
                                    "request, restored at start)")
     static_dir: Path | None = Field(None, description="browser client build to serve at / (default: "
-                                    "client_js/dist of the source tree)")
+                                    "the page built into the package, server/page)")
     default_encoding: Literal["full", "compact"] = Field("compact", description="encoding of new sessions "
                                                          "that do not choose one")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
