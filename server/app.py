@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights
 from .connection import serve_connection
-from .exports import MEDIA_TYPES, ExportKind, export_bytes
+from .exports import MEDIA_TYPES, ExportKind, ExportUnavailable, export_bytes
 from .jobs import Job, JobDownloadName, JobNotReady
 from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody, JobCreated,
                        JobStatus, SessionCreated, SessionSettings, SessionStats, errors_summary, validation_summary)
@@ -159,8 +159,8 @@ async def snapshot_session(s: Session = Depends(stream_session), service: Servic
 @api.get("/sessions/{session_id}/export/{kind}", responses={**ERRORS, 200: {"content": {
     "application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}}})
 async def export_session(kind: ExportKind, s: Session = Depends(stream_session)):
-    """The fused, confidence-filtered cloud of every final so far (PLY, GLB), the camera trajectory, or a
-    nerfstudio transforms.json."""
+    """The fused, confidence-filtered cloud of every final so far (PLY, GLB), the camera trajectory, a nerfstudio
+    transforms.json, or ROS 2 messages in MCAP (scene.mcap; 501 without the robotics extra)."""
     if not s.export.poses or s.focal is None:
         raise ApiError(409, "nothing_to_export", "no final pointmap yet (a stream needs at least two frames)")
     s.touch()
@@ -372,6 +372,10 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     @app.exception_handler(JobNotReady)
     async def _job_not_ready(request: Request, exc: JobNotReady):
         return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(ExportUnavailable)
+    async def _export_unavailable(request: Request, exc: ExportUnavailable):
+        return JSONResponse({"code": "export_unavailable", "detail": str(exc)}, status_code=501)
 
     @app.exception_handler(CapacityError)
     async def _capacity(request: Request, exc: CapacityError):

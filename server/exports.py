@@ -1,7 +1,9 @@
-"""A session's reconstruction as files: fused cloud (PLY, GLB), trajectory JSON, nerfstudio transforms.json."""
+"""A session's reconstruction as files: fused cloud (PLY, GLB), trajectory JSON, nerfstudio transforms.json, and
+ROS 2 messages in MCAP (the robotics extra)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -82,16 +84,41 @@ class ExportKind(str, Enum):
     glb = "cloud.glb"
     trajectory = "trajectory.json"
     transforms = "transforms.json"
+    mcap = "scene.mcap"
 
 
 MEDIA_TYPES = {ExportKind.ply: "application/octet-stream", ExportKind.glb: "model/gltf-binary",
-               ExportKind.trajectory: "application/json", ExportKind.transforms: "application/json"}
+               ExportKind.trajectory: "application/json", ExportKind.transforms: "application/json",
+               ExportKind.mcap: "application/octet-stream"}
+
+
+class ExportUnavailable(RuntimeError):
+    """An export whose optional packages are not installed. The message says which extra to install."""
+
+
+def mcap_bytes(export: ExportBuffer, focal: float) -> bytes:
+    """The buffer's frames as ROS 2 messages (docs/robotics.md): each final's kept points (no confidence: the
+    buffer holds points and colours only) and, where valid, its pose and transform."""
+    try:
+        from ..core.ros_export import McapRosWriter, intrinsics_matrix
+    except ImportError as exc:
+        raise ExportUnavailable(f"MCAP export needs the robotics extra (pip install 'spann3r-service[robotics]'): "
+                                f"{exc}") from None
+    out = io.BytesIO()
+    with McapRosWriter(out) as writer:
+        for i in sorted(export.points_by_frame):
+            xyz, rgb = export.points_by_frame[i]
+            c2w, valid = export.poses.get(i, (None, False))
+            writer.add_points(xyz, rgb, None, c2w if valid else None, intrinsics=intrinsics_matrix(focal))
+    return out.getvalue()
 
 
 def export_bytes(export: ExportBuffer, focal: float, kind: ExportKind, image_paths: list[str] | None = None
                  ) -> bytes:
     """Runs in a thread (GLB export of millions of points takes a while). ``image_paths``: transforms.json's
     file_path per frame index (default images/frame_00000.png, ...)."""
+    if kind is ExportKind.mcap:
+        return mcap_bytes(export, focal)
     if kind in (ExportKind.ply, ExportKind.glb):
         xyz, rgb = export.cloud()
         return ply_bytes(xyz, rgb) if kind is ExportKind.ply else glb_bytes(xyz, rgb)

@@ -53,6 +53,7 @@ class JobDownloadName(str, Enum):
     glb = ExportKind.glb.value
     trajectory = ExportKind.trajectory.value
     transforms = ExportKind.transforms.value
+    mcap = ExportKind.mcap.value
 
 
 DOWNLOADS = [d.value for d in JobDownloadName]

@@ -4,6 +4,8 @@ sessions do not disturb each other, frame policies report every drop, encodings,
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,7 +303,8 @@ def test_exports_hold_every_confident_final_point(server, small_frames):
         c = StreamClient(server.url)
         messages = [m async for m in stream(server.url, small_frames[:4], client=c, settings={
             "encoding": "full", "frame_policy": "queue", "conf_thresh": 0.01})]
-        files = {k: await c.export(k) for k in ("cloud.ply", "cloud.glb", "trajectory.json", "transforms.json")}
+        kinds = ("cloud.ply", "cloud.glb", "trajectory.json", "transforms.json", "scene.mcap")
+        files = {k: await c.export(k) for k in kinds}
         stats = await c.stats()
         await c.close()
         return messages, files, stats
@@ -320,3 +323,17 @@ def test_exports_hold_every_confident_final_point(server, small_frames):
     assert [f["valid"] for f in traj["frames"]] == rec.pose_valid.tolist()
     transforms = json.loads(files["transforms.json"])
     assert len(transforms["frames"]) == int(rec.pose_valid.sum())
+    # MCAP, read back with rosbags' reader: each frame's cloud is that final's kept points, poses where valid
+    from rosbags.highlevel import AnyReader
+
+    (tmp := Path(tempfile.mkdtemp()) / "scene.mcap").write_bytes(files["scene.mcap"])
+    with AnyReader([tmp]) as reader:
+        by_topic: dict[str, list] = {}
+        for conn, _, raw in reader.messages():
+            by_topic.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
+    clouds = by_topic["/spann3r/points"]
+    assert len(clouds) == 4
+    mcap_xyz = np.concatenate([np.frombuffer(m.data.tobytes(), "<f4").reshape(-1, m.point_step // 4)[:, :3]
+                               for m in clouds])
+    np.testing.assert_array_equal(mcap_xyz, xyz)
+    assert len(by_topic.get("/spann3r/camera/pose", [])) == int(rec.pose_valid.sum())
