@@ -242,10 +242,8 @@ def _residuals(X, n, w, R, t, K, scale_px: float | None, work: tuple[torch.Tenso
     ex = torch.sub(nx, n[:, 0], out=tmp[:, 1])
     ey = torch.sub(ny, n[:, 1], out=tmp[:, 2])
     fx, s, fy = (K[:, i, j, None].to(X.dtype) for i, j in ((0, 0), (0, 1), (1, 1)))
-    rho2 = torch.mul(ex, fx, out=tmp[:, 3])
-    if bool((s != 0).any()):
-        rho2.addcmul_(ey, s)
-    rho2.square_().addcmul_(torch.mul(ey, fy, out=phi[:, 10]), phi[:, 10])  # |K₂ e|²
+    rho2 = torch.mul(ex, fx, out=tmp[:, 3]).addcmul_(ey, s).square_()  # |K₂ e|²: (fx ex + s ey)² + (fy ey)²
+    rho2.addcmul_(torch.mul(ey, fy, out=phi[:, 10]), phi[:, 10])
     if scale_px is None:
         sample = torch.where((w[:, ::16] > 0) & in_front[:, ::16], rho2[:, ::16], float("nan"))
         c2 = (ROBUST_SCALE**2 * sample.nanmedian(1).values).nan_to_num(c_max**2).clamp(c_min**2, c_max**2)[:, None]
@@ -277,22 +275,19 @@ def _workspace(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 @functools.lru_cache(maxsize=8)
-def _jacobian_maps(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(_JX, dtype=dtype, device=device), torch.tensor(_JY, dtype=dtype, device=device)
+def _jacobian_maps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor([_JX, _JY], dtype=dtype, device=device)
 
 
 def _normal_equations(gram: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gram matrix of (φ, ex, ey) [B, 11, 11] → H [B, 6, 6] and g [B, 6] of the pixel reprojection error."""
-    Jx, Jy = _jacobian_maps(gram.dtype, gram.device)  # [6, 9] each
-    S, sx, sy = gram[:, :_N_MONOMIALS, :_N_MONOMIALS], gram[:, :_N_MONOMIALS, 9], gram[:, :_N_MONOMIALS, 10]
+    """Gram matrix of (φ, ex, ey) [B, 11, 11] → H [B, 6, 6] and g [B, 6] of the pixel reprojection error
+    Σ irls |K₂ e|², K₂ e = pixel residual: H = Σ_ab G_ab J_a S J_bᵀ, g = Σ_ab G_ab J_a s_b with G = K₂ᵀK₂."""
+    J = _jacobian_maps(gram.dtype, gram.device)  # [2, 6, 9]: d(nx, ny) / d(ω, τ) over the monomials
+    S, s = gram[:, :_N_MONOMIALS, :_N_MONOMIALS], gram[:, :_N_MONOMIALS, _N_MONOMIALS:]  # [B, 9, 9], [B, 9, 2]
     K2 = K[:, :2, :2]
-    G = K2.transpose(1, 2) @ K2  # |K₂ e|² = eᵀ G e
-    g00, g01, g11 = (G[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
-    xSx, ySy, xSy = Jx @ S @ Jx.T, Jy @ S @ Jy.T, Jx @ S @ Jy.T
-    H = g00 * xSx + g01 * (xSy + xSy.transpose(1, 2)) + g11 * ySy
-    gx, gy = sx @ Jx.T, sy @ Jy.T  # [B, 6]: Σ w Jxᵀ ex, Σ w Jyᵀ ey
-    gxy = sy @ Jx.T + sx @ Jy.T
-    g = g00[..., 0] * gx + g01[..., 0] * gxy + g11[..., 0] * gy
+    G = K2.transpose(1, 2) @ K2  # [B, 2, 2]
+    H = torch.einsum("bxy,xik,bkl,yjl->bij", G, J, S, J)
+    g = torch.einsum("bxy,xik,bky->bi", G, J, s)
     return H, g
 
 
