@@ -145,7 +145,7 @@ def test_warm_start_gives_the_same_answer():
     assert valid.all()
     near = truth.copy()
     near[:, :3, 3] += 0.02  # the stream's previous pose: close, not equal
-    for init in (near, cold, np.eye(4)):  # a far-off init loses to the linear starts
+    for init in (near, cold, np.eye(4), np.full((4, 4), np.nan)):  # far-off or failed inits lose to the linear starts
         warm, ok = solve_poses(pts, conf, K, init=init)
         assert ok.all()
         # the same minimum: IRLS stops after a fixed few steps, so within a tenth of the error to the truth (~1 mm)
