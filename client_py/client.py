@@ -24,6 +24,7 @@ from websockets.typing import Subprotocol
 from ..server.protocol import (
     MAX_SERVER_MESSAGE_BYTES,
     SUBPROTOCOL,
+    TOKEN_SUBPROTOCOL_PREFIX,
     ControlAction,
     ControlMsg,
     DroppedMsg,
@@ -157,8 +158,12 @@ class StreamClient:
 
     # ------------------------------------------------------------------ WebSocket
     async def connect(self, token: str | None = None) -> HelloMsg:
-        """Open the session's WebSocket (stream token by default, or a watch token) and read its hello."""
-        uri = f"{self._created().stream_url}?token={token or self.token}"
+        """Open the session's WebSocket (stream token by default, or a watch token) and read its hello. The token
+        travels as the subprotocol ``spann3r.token.TOKEN``, never in the URL (URLs end up in logs)."""
+        uri = self._created().stream_url
+        presented = token or self.token
+        if not presented:
+            raise ServiceError("no session token: create_session() or attach() first")
         ctx = None
         if uri.startswith("wss://") and not self.verify_tls:
             ctx = ssl.create_default_context()
@@ -172,7 +177,7 @@ class StreamClient:
                 max_queue=None,
                 compression=None,
                 ssl=ctx,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                subprotocols=[Subprotocol(SUBPROTOCOL), Subprotocol(TOKEN_SUBPROTOCOL_PREFIX + presented)],
             )
         except InvalidStatus as exc:  # refused before the WebSocket opened (no such route)
             status = exc.response.status_code

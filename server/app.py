@@ -21,13 +21,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.engine import Engine
 from ..core.weights import LoadedWeights
+from .auth import api_key_valid, presented_token, redact_tokens_in_logs, session_role, token_matches, websocket_token
 from .connection import serve_connection
 from .exports import MEDIA_TYPES, ExportKind, ExportUnavailable, export_bytes
 from .jobs import Job, JobDownloadName, JobNotReady
-from .protocol import (CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, SUBPROTOCOL, ErrorBody, JobCreated,
-                       JobStatus, SessionCreated, SessionSettings, SessionStats, errors_summary, validation_summary)
+from .protocol import (
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    ErrorBody,
+    JobCreated,
+    JobStatus,
+    SessionCreated,
+    SessionSettings,
+    SessionStats,
+    errors_summary,
+    validation_summary,
+)
 from .service import NotReady, Service
-from .auth import api_key_valid, presented_token, session_role, token_matches
 from .sessions import CapacityError, Session
 from .settings import ServeSettings
 from .uploads import UploadRefused
@@ -171,16 +183,18 @@ async def export_session(kind: ExportKind, s: Session = Depends(stream_session))
 
 @api.websocket("/sessions/{session_id}/ws")
 async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)):
-    """The streaming WebSocket (see docs/protocol.md). Token: ?token= or Authorization: Bearer."""
+    """The streaming WebSocket (see docs/protocol.md). Token: the subprotocol spann3r.token.TOKEN (offered next
+    to spann3r.v1), or Authorization: Bearer; ?token= is still accepted from old clients (and never logged)."""
     service: Service = ws.app.state.service
-    subprotocol = SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", []) else None
-    await ws.accept(subprotocol=subprotocol)  # accept first so the client sees the close code and reason
+    offered: list[str] = ws.scope.get("subprotocols", [])
+    # never echo the token subprotocol: the answer names only the protocol
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)  # then the close code is seen
     if not service.ready:
         return await ws.close(1013, "the model is still loading")
     s = service.manager.get(session_id)
     if s is None:
         return await ws.close(CLOSE_NOT_FOUND, "no such session")
-    role = session_role(s, presented_token(token, ws.headers))
+    role = session_role(s, websocket_token(offered, ws.headers, token))
     if role is None:
         return await ws.close(CLOSE_UNAUTHORIZED, "a valid session token is required")
     if role == "watch" and len(s.watchers) >= service.settings.max_watchers:
@@ -338,6 +352,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     """The service app. Pass ``engine`` (and ``weights``) to reuse a model already built (tests, benchmarks)."""
     settings = settings or ServeSettings()
     service = Service(settings, engine, weights)
+    redact_tokens_in_logs()  # old clients still put ?token= in URLs, which uvicorn logs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -379,8 +394,9 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
 
     @app.exception_handler(CapacityError)
     async def _capacity(request: Request, exc: CapacityError):
+        # when the first abandoned session is released (or a default when none is due)
         return JSONResponse({"code": "capacity", "detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": "30"})
+                            headers={"Retry-After": str(exc.retry_after_s)})
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/jobs"),))
     if settings.cors_origins:  # added last, so outermost: refusals (413) carry the CORS headers too

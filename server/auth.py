@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
+
+from .protocol import TOKEN_SUBPROTOCOL_PREFIX
 
 Role = Literal["stream", "watch"]
 
@@ -43,6 +47,20 @@ def presented_token(query_token: str | None, headers: Mapping[str, str]) -> str 
     return query_token or bearer(headers.get("authorization"))
 
 
+def subprotocol_token(offered: Iterable[str]) -> str | None:
+    """The token a WebSocket client offered as the subprotocol ``spann3r.token.TOKEN`` (browsers can set no
+    header on a WebSocket; the subprotocol list is the one header they send that is not a URL)."""
+    for name in offered:
+        if name.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return name[len(TOKEN_SUBPROTOCOL_PREFIX) :] or None
+    return None
+
+
+def websocket_token(offered: Iterable[str], headers: Mapping[str, str], query_token: str | None) -> str | None:
+    """A WebSocket's token: the subprotocol, else a bearer header, else ``?token=`` (old clients only)."""
+    return subprotocol_token(offered) or bearer(headers.get("authorization")) or query_token
+
+
 def session_role(session: TokenHolder, token: str | None) -> Role | None:
     """What ``token`` may do with ``session``: stream (read-write), watch (read-only), or nothing."""
     if token_matches(token, session.token_hash):
@@ -59,3 +77,38 @@ def api_key_valid(headers: Mapping[str, str], api_key: str | None) -> bool:
         return True
     given = headers.get("x-api-key") or bearer(headers.get("authorization")) or ""
     return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+# ------------------------------------------------------------------ tokens never reach a log
+
+_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"'#]+", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every ``token=`` (and ``session_token=``) query parameter replaced."""
+    return _TOKEN_IN_URL.sub(r"\g<1>" + REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """Redacts query-string tokens in a log record's message and arguments (uvicorn's access log prints the
+    URL with its query; the arguments stay a tuple of the same shape, which its formatter unpacks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_tokens(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+LOGGERS_WITH_URLS = ("uvicorn.access", "uvicorn.error")
+
+
+def redact_tokens_in_logs(loggers: Iterable[str] = LOGGERS_WITH_URLS) -> None:
+    """Install ``RedactTokens`` on the loggers that print request URLs (once each; uvicorn's logging config
+    replaces handlers, not filters)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

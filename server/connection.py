@@ -84,8 +84,7 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
     settings, worker = service.settings, service.worker
     conn = Connection(ws, role)
     if role == "stream":
-        old, session.stream_conn = session.stream_conn, conn
-        session.touch()
+        old = session.attach_stream_conn(conn)
         if old is not None:
             await old.close(CLOSE_REPLACED, "replaced by a newer connection to this session")
     else:
@@ -114,8 +113,7 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
         if not conn.closed:
             log.debug("connection to session %s ended: %r", session.id, exc)
     finally:
-        if session.stream_conn is conn:
-            session.stream_conn = None
+        session.detach_stream_conn(conn)  # an orphan from now on: released after orphan_grace_s
         session.watchers.discard(conn)
         await conn.stop()
 

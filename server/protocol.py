@@ -21,7 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 PROTOCOL_VERSION = 1
-SUBPROTOCOL = "spann3r.v1"  # optional WebSocket subprotocol name a client may offer
+SUBPROTOCOL = "spann3r.v1"  # WebSocket subprotocol name a client offers (the server accepts it when offered)
+TOKEN_SUBPROTOCOL_PREFIX = "spann3r.token."  # offered as spann3r.token.TOKEN next to SUBPROTOCOL: the token
 MAX_SEQ = 2**53 - 1  # seq and ping ids stay exact in every client language (JavaScript numbers)
 MAX_DEPTH = 16  # msgpack nesting refused beyond this ('malformed'); real messages nest 5 levels at most
 MAX_CLIENT_CONTAINER = 1024  # items of one array or map in a client message (none needs more than ~10): a
@@ -379,7 +380,8 @@ class SessionCreated(_Msg):
     id: str
     token: str = Field(description="stream token: send frames, control, read stats, export")
     watch_token: str = Field(description="read-only token: receive results and read stats, nothing else")
-    stream_url: str = Field(description="WebSocket URL; add ?token=TOKEN (or ?token=WATCH_TOKEN to watch)")
+    stream_url: str = Field(description="WebSocket URL; offer the subprotocols spann3r.v1 and "
+                            "spann3r.token.TOKEN (or spann3r.token.WATCH_TOKEN to watch)")
     worker_id: str
     protocol: int = PROTOCOL_VERSION
     settings: SessionSettings
@@ -537,7 +539,8 @@ def decode_server_message(data: bytes) -> BaseModel:
 
 def protocol_constants() -> dict[str, Any]:
     """The values clients must agree on besides the types (the browser client generates constants from these)."""
-    return {"PROTOCOL_VERSION": PROTOCOL_VERSION, "SUBPROTOCOL": SUBPROTOCOL, "MAX_SEQ": MAX_SEQ,
+    return {"PROTOCOL_VERSION": PROTOCOL_VERSION, "SUBPROTOCOL": SUBPROTOCOL,
+            "TOKEN_SUBPROTOCOL_PREFIX": TOKEN_SUBPROTOCOL_PREFIX, "MAX_SEQ": MAX_SEQ,
             "MAX_DEPTH": MAX_DEPTH, "MAX_SERVER_MESSAGE_BYTES": MAX_SERVER_MESSAGE_BYTES,
             "CLIENT_MESSAGE_TYPES": list(CLIENT_TYPES), "SERVER_MESSAGE_TYPES": list(SERVER_TYPES),
             "ERROR_CODES": list(ERROR_CODES), "DROP_REASONS": list(DROP_REASONS), "CLOSE_CODES": CLOSE_CODES}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -36,8 +37,15 @@ log = logging.getLogger(__name__)
 
 
 
+CAPACITY_RETRY_AFTER_S = 30  # Retry-After of a capacity refusal when no session is due for release
+
+
 class CapacityError(RuntimeError):
-    """The server holds its maximum number of sessions."""
+    """The server holds its maximum number of sessions; ``retry_after_s``: when a slot is expected to free."""
+
+    def __init__(self, message: str, retry_after_s: int = CAPACITY_RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -137,6 +145,7 @@ class Session:
         self.dropped: dict[str, int] = {}
         # connections and the ordered output chain
         self.stream_conn: Connection | None = None
+        self.orphaned_since: float | None = None  # when its stream connection went away (none since)
         self.watchers: set[Connection] = set()
         self.out_tail: asyncio.Future | None = None
 
@@ -288,6 +297,26 @@ class Session:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
+    def attach_stream_conn(self, conn: Connection) -> Connection | None:
+        """Make ``conn`` the stream connection (no longer an orphan); returns the one it replaces."""
+        old, self.stream_conn = self.stream_conn, conn
+        self.orphaned_since = None
+        self.touch()
+        return old
+
+    def detach_stream_conn(self, conn: Connection) -> None:
+        """``conn`` went away: if it was the stream connection, the session is an orphan from now on."""
+        if self.stream_conn is conn:
+            self.stream_conn = None
+            self.orphaned_since = time.monotonic()
+
+    def orphan_release_at(self, grace_s: float) -> float | None:
+        """When an orphan is released (monotonic): ``grace_s`` after its stream left or its last REST use
+        (an export after the stream closed); None while a stream connection is attached or never was."""
+        if self.orphaned_since is None or self.stream_conn is not None:
+            return None
+        return max(self.orphaned_since, self.last_activity) + grace_s
+
     # ------------------------------------------------------------------ output
     async def broadcast(self, data: bytes, to_watchers: bool = True) -> None:
         if self.stream_conn is not None:
@@ -409,7 +438,7 @@ class SessionManager:
         if len(self.sessions) >= self.settings.max_sessions:
             self.metrics.sessions_refused.inc()
             raise CapacityError(f"the server holds its maximum of {self.settings.max_sessions} sessions; "
-                                "retry later or delete an unused session")
+                                "retry later or delete an unused session", self.retry_after_s())
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
         s.snapshot_files = self._files(s.id)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
@@ -438,11 +467,16 @@ class SessionManager:
             s.snapshot_files.delete()
         log.info("session %s removed (%s)", s.id, reason)
 
+    @property
+    def _evict_tick_s(self) -> float:
+        """How often idle sessions and orphans are looked for."""
+        return min(5.0, self.settings.idle_timeout_s / 4, self.settings.orphan_grace_s / 4)
+
     async def _evict_loop(self) -> None:
-        period = min(5.0, self.settings.idle_timeout_s / 4)
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._evict_tick_s)
             await self.evict_idle()
+            await self.release_orphans()
 
     async def evict_idle(self) -> int:
         now, n = time.monotonic(), 0
@@ -452,6 +486,27 @@ class SessionManager:
                 await self.remove(s, CLOSE_IDLE, "session evicted after the idle timeout")
                 n += 1
         return n
+
+    async def release_orphans(self) -> int:
+        """Release the sessions whose stream connection went away more than ``orphan_grace_s`` ago (a page
+        closed, a client crashed): they must not hold a slot until the idle timeout."""
+        now, n = time.monotonic(), 0
+        for s in list(self.sessions.values()):
+            release_at = s.orphan_release_at(self.settings.orphan_grace_s)
+            if release_at is not None and now >= release_at and s.pipeline_empty():
+                self.metrics.sessions_evicted.inc()
+                await self.remove(s, CLOSE_IDLE, "session released: its stream connection went away")
+                n += 1
+        return n
+
+    def retry_after_s(self) -> int:
+        """Seconds until the first orphan is released (at least 1), or ``CAPACITY_RETRY_AFTER_S`` when none is."""
+        grace = self.settings.orphan_grace_s
+        due = [t for s in self.sessions.values() if (t := s.orphan_release_at(grace)) is not None]
+        if not due:
+            return CAPACITY_RETRY_AFTER_S
+        # the release happens at the loop's first tick after the due time
+        return max(1, math.ceil(min(due) - time.monotonic() + self._evict_tick_s))
 
     # ------------------------------------------------------------------ snapshots
     def _files(self, session_id: str) -> SnapshotFiles | None:

@@ -38,6 +38,8 @@ class ServeSettings(BaseSettings):
     # limits
     max_sessions: int = Field(8, ge=1, description="sessions held at once; more are refused (503)")
     idle_timeout_s: float = Field(300.0, gt=0, description="evict a session after this long without messages")
+    orphan_grace_s: float = Field(45.0, gt=0, description="release a session this long after its stream "
+                                  "connection went away (a reconnect within it keeps the session)")
     max_message_bytes: int = Field(16 * 2**20, ge=1024, description="largest WebSocket message accepted")
     max_json_body_bytes: int = Field(64 * 1024, ge=1024, description="largest REST request body (JSON); larger "
                                      "ones are refused (413) before they are read. Job uploads have job_max_bytes")

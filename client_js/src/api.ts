@@ -15,14 +15,15 @@ export class Api {
     this.base = base.replace(/\/+$/, '');
   }
 
-  /** WebSocket URL of a session on this server. The path comes from the server's `stream_url`; scheme and
-   * host from the page's view of the server, which stays right behind a TLS-terminating proxy. */
-  wsUrl(sessionId: string, token: string, streamUrl?: string): string {
+  /** WebSocket URL of a session on this server (no token: that travels as a subprotocol). The path comes from
+   * the server's `stream_url`; scheme and host from the page's view of the server, which stays right behind a
+   * TLS-terminating proxy. */
+  wsUrl(sessionId: string, streamUrl?: string): string {
     const url = new URL(this.base);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const path = streamUrl ? new URL(streamUrl).pathname : `/v1/sessions/${encodeURIComponent(sessionId)}/ws`;
     url.pathname = url.pathname.replace(/\/$/, '') + path;
-    url.search = `?token=${encodeURIComponent(token)}`;
+    url.search = '';
     return url.toString();
   }
 

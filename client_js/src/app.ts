@@ -168,7 +168,7 @@ export class App {
   async startWatch(id: string, token: string): Promise<void> {
     await this.stop();
     this.sessionId = id;
-    this.openSession(this.api.wsUrl(id, token), 'watch');
+    this.openSession(this.api.wsUrl(id), token, 'watch');
     this.showSessionPanel(id, null, null);
   }
 
@@ -202,16 +202,17 @@ export class App {
     }
     this.clearBanner('server');
     this.sessionId = created.id;
-    this.openSession(this.api.wsUrl(created.id, created.token, created.stream_url), 'stream');
+    this.openSession(this.api.wsUrl(created.id, created.stream_url), created.token, 'stream');
     this.showSessionPanel(created.id, created.token, created.watch_token);
     return true;
   }
 
-  private openSession(url: string, role: 'stream' | 'watch'): void {
+  private openSession(url: string, token: string, role: 'stream' | 'watch'): void {
     this.session?.close();
     this.viewer.reset();
     const session = new LiveSession(this.viewer, {
       url,
+      token,
       role,
       maxInFlight: this.num('opt-inflight', 2),
       decode: { stride: Number(($('opt-detail') as HTMLSelectElement).value) || 2 },

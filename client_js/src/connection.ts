@@ -1,10 +1,10 @@
 /**
  * One session's WebSocket, kept alive: a dropped connection is reopened with backoff on the same URL and
- * token, and the session resumes where `hello` says it stands. Close codes that mean "this session is gone"
+ * token (offered as a subprotocol, never in the URL: URLs end up in logs and in console messages), and the session resumes where `hello` says it stands. Close codes that mean "this session is gone"
  * (evicted, deleted, replaced, bad token) end the connection for good with a reason the page can show.
  */
 import { Backoff } from './backoff.ts';
-import { CloseCode, decodeServerMessage, encodeClientMessage, WireError } from './protocol.ts';
+import { CloseCode, decodeServerMessage, encodeClientMessage, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, WireError } from './protocol.ts';
 import type { ClientMessage, HelloMsg, ServerMessage } from './protocol.ts';
 
 export type ConnectionState =
@@ -25,7 +25,12 @@ export interface SocketLike {
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
 }
-export type SocketFactory = (url: string) => SocketLike;
+export type SocketFactory = (url: string, protocols: string[]) => SocketLike;
+
+/** The subprotocols a client offers: the protocol, and the token (the server answers with the protocol only). */
+export function socketProtocols(token: string): string[] {
+  return [SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + token];
+}
 
 const OPEN = 1;
 
@@ -50,7 +55,10 @@ export function finalCloseReason(code: number, reason: string): string | null {
 }
 
 export interface ConnectionOptions {
+  /** the session's WebSocket URL, without a token */
   url: string;
+  /** the stream or watch token */
+  token: string;
   socketFactory?: SocketFactory;
   backoff?: Backoff;
   /** keep-alive ping period; proxies and phone networks drop silent sockets */
@@ -77,7 +85,7 @@ export class StreamConnection {
 
   constructor(private options: ConnectionOptions) {
     this.backoff = options.backoff ?? new Backoff();
-    this.factory = options.socketFactory ?? ((url) => new WebSocket(url) as unknown as SocketLike);
+    this.factory = options.socketFactory ?? ((url, protocols) => new WebSocket(url, protocols) as unknown as SocketLike);
     this.schedule = options.schedule ?? ((fn, ms) => setTimeout(fn, ms));
     this.cancel = options.cancel ?? ((h) => clearTimeout(h as ReturnType<typeof setTimeout>));
   }
@@ -125,7 +133,7 @@ export class StreamConnection {
     this.setState({ kind: 'connecting', attempt: this.backoff.attempts });
     let socket: SocketLike;
     try {
-      socket = this.factory(this.options.url);
+      socket = this.factory(this.options.url, socketProtocols(this.options.token));
     } catch (err) {
       this.retry(`cannot open ${this.options.url}: ${(err as Error).message}`);
       return;

@@ -435,7 +435,7 @@ export interface SessionCreated {
    */
   watch_token: string;
   /**
-   * WebSocket URL; add ?token=TOKEN (or ?token=WATCH_TOKEN to watch)
+   * WebSocket URL; offer the subprotocols spann3r.v1 and spann3r.token.TOKEN (or spann3r.token.WATCH_TOKEN to watch)
    */
   stream_url: string;
   worker_id: string;
@@ -500,8 +500,10 @@ export interface JobCreated {
 
 /** Protocol version (hello.protocol). */
 export const PROTOCOL_VERSION = 1;
-/** WebSocket subprotocol name a client may offer. */
+/** WebSocket subprotocol name a client offers (the server accepts it). */
 export const SUBPROTOCOL = 'spann3r.v1';
+/** A client authenticates by offering the subprotocol TOKEN_SUBPROTOCOL_PREFIX + token next to SUBPROTOCOL. */
+export const TOKEN_SUBPROTOCOL_PREFIX = 'spann3r.token.';
 /** Largest frame seq (and ping id magnitude) the server accepts: exact in a JS number. */
 export const MAX_SEQ = 9007199254740991;
 /** Deepest nesting of maps and arrays in a message the server accepts. */

@@ -27,6 +27,7 @@ export {
   PROTOCOL_VERSION,
   SERVER_MESSAGE_TYPES,
   SUBPROTOCOL,
+  TOKEN_SUBPROTOCOL_PREFIX,
 } from './protocol.generated.ts';
 
 /** WebSocket close codes (server/protocol.py CLOSE_*). */

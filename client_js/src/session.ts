@@ -29,6 +29,7 @@ export interface Banner {
 
 export interface LiveSessionOptions {
   url: string;
+  token: string;
   role: 'stream' | 'watch';
   /** most frames sent and not yet answered; more would only queue up on the server */
   maxInFlight?: number;
@@ -102,6 +103,7 @@ export class LiveSession implements FrameSink {
     this.maxInFlight = Math.max(1, options.maxInFlight ?? 2);
     this.connection = new StreamConnection({
       url: options.url,
+      token: options.token,
       socketFactory: options.socketFactory,
       backoff: options.backoff,
       pingIntervalMs: options.pingIntervalMs,

@@ -18,7 +18,7 @@ class FakeSocket implements SocketLike {
   onerror: SocketLike['onerror'] = null;
   onmessage: SocketLike['onmessage'] = null;
   sent: Record<string, unknown>[] = [];
-  constructor(readonly url: string) {}
+  constructor(readonly url: string, readonly protocols: string[] = []) {}
   send(data: Uint8Array) {
     this.sent.push(decode(data) as Record<string, unknown>);
   }
@@ -71,12 +71,13 @@ function setup(role: 'stream' | 'watch' = 'stream') {
   const view = new CloudView();
   const banners: Banner[] = [];
   const session = new LiveSession(view, {
-    url: 'ws://server/v1/sessions/abc/ws?token=t',
+    url: 'ws://server/v1/sessions/abc/ws',
+    token: 't0ken',
     role,
     maxInFlight: 2,
     decode: { stride: 1 },
-    socketFactory: (url) => {
-      const s = new FakeSocket(url);
+    socketFactory: (url, protocols) => {
+      const s = new FakeSocket(url, protocols);
       sockets.push(s);
       return s;
     },
@@ -145,7 +146,8 @@ test('a dropped connection is reopened with backoff and resumes above the last a
   assert.equal(timers[0].ms, 200, 'second attempt waits twice as long');
   assert.match(banners.at(-1)!.text, /cannot reach the server/i);
   timers.shift()!.fn();
-  assert.equal(sockets[2].url, sockets[0].url, 'same session, same token');
+  assert.equal(sockets[2].url, sockets[0].url, 'same session');
+  assert.deepEqual(sockets[2].protocols, sockets[0].protocols, 'same token');
   sockets[2].accept(fixtureMessage('hello.msgpack', { role: 'stream', last_seq: 10, frames_processed: 9 }));
   assert.equal(session.connection.state.kind, 'open');
   session.push(jpeg);
@@ -200,4 +202,10 @@ test('a server error for a frame frees its in-flight slot and is shown', () => {
   sockets[0].deliver(fixtureMessage('error.msgpack'));
   assert.equal(session.framesInFlight, 0);
   assert.match(banners.at(-1)!.text, /bad_image/);
+});
+
+test('the token travels as a subprotocol, never in the URL', () => {
+  const { sockets } = setup();
+  assert.equal(sockets[0].url, 'ws://server/v1/sessions/abc/ws');
+  assert.deepEqual(sockets[0].protocols, ['spann3r.v1', 'spann3r.token.t0ken']);
 });

@@ -73,7 +73,8 @@ export function prepareSchema(schema) {
 
 const CONSTANT_DOCS = {
   PROTOCOL_VERSION: 'Protocol version (hello.protocol).',
-  SUBPROTOCOL: 'WebSocket subprotocol name a client may offer.',
+  SUBPROTOCOL: 'WebSocket subprotocol name a client offers (the server accepts it).',
+  TOKEN_SUBPROTOCOL_PREFIX: 'A client authenticates by offering the subprotocol TOKEN_SUBPROTOCOL_PREFIX + token next to SUBPROTOCOL.',
   MAX_SEQ: 'Largest frame seq (and ping id magnitude) the server accepts: exact in a JS number.',
   MAX_DEPTH: 'Deepest nesting of maps and arrays in a message the server accepts.',
   MAX_SERVER_MESSAGE_BYTES: 'Largest message the server sends (full float32 final + preview maps).',
