@@ -30,7 +30,8 @@ from ..core.evaluation import (
 from ..core.reconstruct import reconstruct
 from ..core.unordered import reconstruct_unordered
 from .errors import UserError
-from .reconstruct import add_model_args, load_engine
+from .options import add_model_args
+from .reconstruct import load_engine
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..core.camera import POSE_METHODS
 from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
 from ..core.export import fuse, write_ply
 from ..core.preprocess import prepare
@@ -27,25 +27,11 @@ from ..core.unordered import (
 )
 from ..core.weights import load_engine as load_engine_from
 from .errors import UserError
+from .options import add_camera_args, add_model_args
 
 log = logging.getLogger(__name__)
 
 USER_ERRORS = CORE_USER_ERRORS  # printed as one line by main
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="'synthetic' (untrained demo), a path to spann3r.pth / .safetensors, or hf:OWNER/REPO/FILE",
-    )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument(
-        "--model",
-        default="official",
-        choices=["official", "tiny"],
-        help="model size preset (tiny: same code, small widths; for tests and demos)",
-    )
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -79,6 +65,7 @@ def register(sub, name: str, help_text: str) -> None:
         help="point filter of the PLY and MCAP outputs on (conf-1)/conf, as the official demo (default 1e-3)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    add_camera_args(p, POSE_METHODS)
     p.add_argument(
         "--unordered",
         action="store_true",
@@ -125,7 +112,14 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     with tqdm(total=total, unit="frame", desc="reconstruct", disable=None) as bar:
-        rec = reconstruct(engine, all_frames(), preview=False, progress=bar.update)
+        rec = reconstruct(
+            engine,
+            all_frames(),
+            preview=False,
+            progress=bar.update,
+            intrinsics=args.intrinsics,
+            pose_method=args.pose_method,
+        )
     dt = time.perf_counter() - t0
     rec.save_npz(out)
     log.info(
@@ -181,6 +175,8 @@ def collect_unordered_frames(args) -> list:
 
 def run_unordered(args) -> int:
     out = Path(args.out)
+    if args.intrinsics is not None or args.pose_method != "robust":
+        raise UserError("--intrinsics and --pose-method apply to an ordered sequence, not to --unordered")
     if not out.parent.exists():
         raise UserError(f"output folder does not exist: {out.parent}")
     frames = collect_unordered_frames(args)

@@ -4,16 +4,19 @@ the results to OUT.npz (the layout of ``spann3r reconstruct``)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
 import time
+import typing
 from pathlib import Path
 
 from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
 from ..core.sources import SourceError
-from ..server.protocol import DroppedMsg, ErrorMsg, FramePolicy, HelloMsg, SessionSettings
+from ..server.protocol import DroppedMsg, ErrorMsg, FramePolicy, HelloMsg, PoseMethod, SessionSettings
 from .errors import UserError
+from .options import add_camera_args
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--api-key", default=None, help="API key, when the server requires one (or SPANN3R_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="accept a self-signed TLS certificate")
     p.add_argument("--preview", action="store_true", help="ask for previews too (not saved)")
+    add_camera_args(p, typing.get_args(PoseMethod))
     robots = p.add_argument_group("robotics outputs (the 'robotics' extra; topics and frames: docs/robotics.md)")
     robots.add_argument("--mcap", default=None, metavar="OUT.mcap", help="record the finals as ROS 2 messages in MCAP")
     robots.add_argument(
@@ -127,6 +131,8 @@ async def _run(args) -> int:
         encoding="full",
         dtype=args.dtype,
         preview=args.preview,
+        intrinsics=None if args.intrinsics is None else list(dataclasses.astuple(args.intrinsics)),
+        pose_method=args.pose_method,
     )
     client = StreamClient(args.url, args.api_key or os.environ.get("SPANN3R_API_KEY"), not args.insecure)
     recording, drops, errors = Recording(), 0, 0

@@ -28,12 +28,13 @@ import cv2
 import numpy as np
 import torch
 
+from .intrinsics import centred_intrinsics
+
 
 @dataclass
-class Pose:
+class CameraPose:
     c2w: np.ndarray  # [4, 4] float64 camera-to-world (OpenCV axes: x right, y down, z forward); NaN if invalid
     valid: bool
-    inliers: int
 
 
 def pixel_grid(h: int, w: int) -> np.ndarray:
@@ -60,30 +61,26 @@ def estimate_focal(pts3d: np.ndarray | torch.Tensor, iterations: int = 10) -> fl
     return float(focal.clip(min=0.0))
 
 
-def intrinsics(focal: float, h: int, w: int) -> np.ndarray:
-    return np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=np.float64)
-
-
-def solve_pose(pts3d: np.ndarray, focal: float) -> Pose:
+def solve_pose(pts3d: np.ndarray, focal: float) -> CameraPose:
     """Camera-to-world pose of the camera that sees ``pts3d`` [H, W, 3] (global frame) through its pixel grid."""
     H, W, _ = pts3d.shape
     nan = np.full((4, 4), np.nan)
     if not np.isfinite(focal) or focal <= 0:
-        return Pose(nan, False, 0)
+        return CameraPose(nan, False)
     obj = np.ascontiguousarray(pts3d.reshape(-1, 3), dtype=np.float32)
     if not np.isfinite(obj).all():
-        return Pose(nan, False, 0)
-    K = intrinsics(focal, H, W).astype(np.float32)
+        return CameraPose(nan, False)
+    K = centred_intrinsics(focal, H, W).astype(np.float32)
     try:
-        ok, rvec, tvec, inliers = cv2.solvePnPRansac(obj, pixel_grid(H, W), K, np.zeros(4, dtype=np.float32))
+        ok, rvec, tvec, _ = cv2.solvePnPRansac(obj, pixel_grid(H, W), K, np.zeros(4, dtype=np.float32))
     except cv2.error:
-        return Pose(nan, False, 0)
+        return CameraPose(nan, False)
     if not ok or rvec is None or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
-        return Pose(nan, False, 0)
+        return CameraPose(nan, False)
     R, _ = cv2.Rodrigues(rvec)
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, tvec.reshape(3)
-    return Pose(np.linalg.inv(w2c), True, 0 if inliers is None else len(inliers))
+    return CameraPose(np.linalg.inv(w2c), True)
 
 
 # ----------------------------------------------------------------------------- batched robust poses

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .camera import intrinsics as _demo_intrinsics
 from .preprocess import RESOLUTION
+
+
+def centred_intrinsics(focal: float, h: int, w: int) -> np.ndarray:
+    """K [3, 3] float64 of square pixels with the principal point at the image centre (w/2, h/2), as the
+    official demo builds it for its PnP."""
+    return np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=np.float64)
 
 
 class IntrinsicsError(ValueError):
@@ -95,4 +100,4 @@ def focal_intrinsics(focal: float, size: int = RESOLUTION) -> np.ndarray:
     """K [3, 3] float64 from an estimated focal at the model resolution: square pixels, principal point at
     (size/2, size/2) as the official demo (and ``camera.estimate_focal``) assume. A failed estimate (0, NaN) gives
     a K that ``solve_poses`` flags invalid."""
-    return _demo_intrinsics(focal, size, size)
+    return centred_intrinsics(focal, size, size)

@@ -14,7 +14,6 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import cv2
@@ -45,6 +44,7 @@ class ImageError(ValueError):
 class PreparedFrame:
     img: torch.Tensor  # [3, 224, 224] float32 in [-1, 1]
     colors: np.ndarray  # [224, 224, 3] uint8 RGB, the pixels the model sees
+    source_size: tuple[int, int] = (RESOLUTION, RESOLUTION)  # (width, height) of the image before crop and resize
 
 
 def crop_resize(rgb: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
@@ -78,7 +78,7 @@ def to_model_input(colors: np.ndarray) -> torch.Tensor:
 
 def prepare(rgb: np.ndarray) -> PreparedFrame:
     colors = crop_resize(rgb)
-    return PreparedFrame(to_model_input(colors), colors)
+    return PreparedFrame(to_model_input(colors), colors, (rgb.shape[1], rgb.shape[0]))
 
 
 def check_image_size(w: int, h: int, max_pixels: int, max_aspect: float = MAX_ASPECT) -> None:

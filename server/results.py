@@ -14,29 +14,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.camera import Pose, estimate_focal, solve_pose
+from ..core.camera import CameraPose, estimate_focal, solve_poses
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.export import fuse
+from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .encoding import choose_scale, encode_frame
-from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
+from .protocol import FinishedMsg, FrameData, MemoryInfo, PoseMethod, ResultMsg, SessionSettings, pack
 
 FAILED_CALIBRATION_SCALE = 1e-3  # compact scale when frame 0's calibration fails
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-stream constants fixed by frame 0's final: focal, and the auto scale of compact positions."""
+    """Per-stream constants fixed by frame 0's final: the camera at the model's 224² resolution (the session's
+    known intrinsics, or the focal estimated from frame 0's final with the principal point at the centre) and
+    the auto scale of compact positions. Plain numbers, so the snapshot record stores it as JSON."""
 
-    focal: float
+    camera: tuple[float, float, float, float]  # fx, fy, cx, cy in model pixels
     auto_scale: float
 
+    @property
+    def focal(self) -> float:
+        """The focal reported to clients and used by exports (fx)."""
+        return float(self.camera[0])
 
-@dataclass(frozen=True)
-class Cameras:
-    """The focal the poses were solved with, and one pose per map."""
-
-    focal: float
-    poses: list[Pose]
+    @property
+    def K(self) -> np.ndarray:
+        return Intrinsics(*self.camera).matrix()
 
 
 @dataclass(frozen=True)
@@ -61,38 +65,67 @@ class FrameIdentity:
     received: float  # time.perf_counter() at arrival
 
 
-def solve_cameras(maps: Sequence[np.ndarray], focal: float | None = None) -> Cameras:
-    """Poses of pointmaps in the stream's frame; the focal is estimated from the first map when not given.
-    The one place the camera solver is called (a batched solver swaps in here)."""
-    if focal is None:
-        focal = estimate_focal(maps[0])
-    return Cameras(focal, [solve_pose(m, focal) for m in maps])
+def camera_of(K: np.ndarray) -> tuple[float, float, float, float]:
+    return float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
 
 
-def calibration_of(final: FrameOutput, focal: float, conf_thresh: float) -> Calibration:
-    """The stream's calibration from frame 0's final and the focal estimated from it."""
-    return Calibration(focal, choose_scale(final.pts3d, final.conf, conf_thresh))
+def calibrate(final: FrameOutput, settings: SessionSettings, source_size: tuple[int, int]) -> Calibration:
+    """The stream's calibration from frame 0's final. Known intrinsics (in pixels of the ``source_size`` images
+    the client sends) are mapped through preprocessing's crop and resize; otherwise the focal is estimated."""
+    if settings.intrinsics is not None:
+        K = model_intrinsics(Intrinsics(*settings.intrinsics), *source_size)
+    else:
+        K = focal_intrinsics(estimate_focal(final.pts3d))
+    return Calibration(camera_of(K), choose_scale(final.pts3d, final.conf, settings.conf_thresh))
 
 
 def failed_calibration() -> Calibration:
-    return Calibration(float("nan"), FAILED_CALIBRATION_SCALE)
+    """A calibration whose camera ``solve_poses`` flags invalid (every pose of the stream is reported invalid)."""
+    return Calibration(camera_of(focal_intrinsics(float("nan"))), FAILED_CALIBRATION_SCALE)
+
+
+def solve_cameras(maps: Sequence[FrameOutput], cal: Calibration, method: PoseMethod) -> list[CameraPose]:
+    """Poses of a step's maps in the stream's frame, in one call of the batched solver (``core.camera``)."""
+    if not maps:
+        return []
+    c2w, valid = solve_poses(np.stack([m.pts3d for m in maps]), np.stack([m.conf for m in maps]), cal.K, method=method)
+    return [CameraPose(c2w[i], bool(valid[i])) for i in range(len(maps))]
 
 
 def memory_info(trace: MemoryTrace | None) -> MemoryInfo | None:
     if trace is None:
         return None
-    return MemoryInfo(step=trace.step, frame_index=trace.frame_index, similarity=trace.similarity,
-                      skipped=trace.skipped, pruned=trace.pruned, mem_tokens=trace.mem_tokens, wm=trace.wm,
-                      lm=trace.lm, attn_zeroed_frac=trace.attn_zeroed_frac)
+    return MemoryInfo(
+        step=trace.step,
+        frame_index=trace.frame_index,
+        similarity=trace.similarity,
+        skipped=trace.skipped,
+        pruned=trace.pruned,
+        mem_tokens=trace.mem_tokens,
+        wm=trace.wm,
+        lm=trace.lm,
+        attn_zeroed_frac=trace.attn_zeroed_frac,
+    )
 
 
-def frame_data(out: FrameOutput, seq: int, pose: Pose, cal: Calibration, settings: SessionSettings) -> FrameData:
+def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, settings: SessionSettings) -> FrameData:
     scale = settings.compact_scale or cal.auto_scale
-    return encode_frame(out.index, seq, out.kind, out.pts3d, out.conf, out.colors, pose.c2w, pose.valid,
-                        cal.focal if math.isfinite(cal.focal) else None, settings, scale)
+    return encode_frame(
+        out.index,
+        seq,
+        out.kind,
+        out.pts3d,
+        out.conf,
+        out.colors,
+        pose.c2w,
+        pose.valid,
+        cal.focal if math.isfinite(cal.focal) else None,
+        settings,
+        scale,
+    )
 
 
-def export_item(out: FrameOutput, pose: Pose, conf_thresh: float) -> ExportItem:
+def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
     xyz, rgb = fuse(out.pts3d[None], out.conf[None], out.colors[None], conf_thresh)
     return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
 
@@ -102,12 +135,18 @@ def step_outputs(res: StepResult) -> list[FrameOutput]:
     return [o for o in (res.final, res.preview) if o is not None]
 
 
-def result_bytes(frame: FrameIdentity, res: StepResult, cameras: Cameras, cal: Calibration | None,
-                 settings: SessionSettings, timings: dict[str, float]) -> tuple[bytes, ExportItem | None]:
-    """A step's result message (and the final's export item). ``cameras``: poses of ``step_outputs(res)``.
-    Adds ``encode_s`` and ``server_s`` to ``timings``."""
+def result_bytes(
+    frame: FrameIdentity,
+    res: StepResult,
+    poses: list[CameraPose],
+    cal: Calibration | None,
+    settings: SessionSettings,
+    timings: dict[str, float],
+) -> tuple[bytes, ExportItem | None]:
+    """A step's result message (and the final's export item). ``poses``: those of ``step_outputs(res)``.
+    Adds ``encode_s`` and ``server_s`` to ``timings`` (both in the message), then ``pack_s`` (not in it)."""
     t0 = time.perf_counter()
-    pose_of = {id(o): p for o, p in zip(step_outputs(res), cameras.poses)}
+    pose_of = {id(o): p for o, p in zip(step_outputs(res), poses)}
     final = preview = export = None
     if res.final is not None:
         pose = pose_of[id(res.final)]
@@ -115,15 +154,27 @@ def result_bytes(frame: FrameIdentity, res: StepResult, cameras: Cameras, cal: C
         export = export_item(res.final, pose, settings.conf_thresh)
     if res.preview is not None:
         preview = frame_data(res.preview, frame.seq, pose_of[id(res.preview)], cal, settings)
-    msg = ResultMsg.model_construct(type="result", seq=frame.seq, frame_index=res.frame_index, ts=frame.ts,
-                                    final=final, preview=preview, memory=memory_info(res.memory), timings=timings)
+    msg = ResultMsg.model_construct(
+        type="result",
+        seq=frame.seq,
+        frame_index=res.frame_index,
+        ts=frame.ts,
+        final=final,
+        preview=preview,
+        memory=memory_info(res.memory),
+        timings=timings,
+    )
     timings["encode_s"] = time.perf_counter() - t0
     timings["server_s"] = time.perf_counter() - frame.received
-    return pack(msg), export
+    t_pack = time.perf_counter()
+    data = pack(msg)
+    timings["pack_s"] = time.perf_counter() - t_pack  # for the worker's metrics: added after the message is packed
+    return data, export
 
 
-def finished_bytes(frames: int, out: FrameOutput, seq: int, pose: Pose, cal: Calibration,
-                   settings: SessionSettings) -> tuple[bytes, ExportItem]:
+def finished_bytes(
+    frames: int, out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, settings: SessionSettings
+) -> tuple[bytes, ExportItem]:
     """The finished message (the last frame's final) and its export item."""
     msg = FinishedMsg.model_construct(type="finished", frames=frames, final=frame_data(out, seq, pose, cal, settings))
     return pack(msg), export_item(out, pose, settings.conf_thresh)

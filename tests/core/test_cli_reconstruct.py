@@ -189,3 +189,59 @@ def test_missing_output_folder(frames_dir, tmp_path):
         run_cli("reconstruct", frames_dir, "--weights", "synthetic", "--out", tmp_path / "no" / "such" / "x.npz"),
         "does not exist",
     )
+
+
+@pytest.mark.parametrize("value", ["500,500,320", "a,b,c,d", "0,500,320,240", "500,500,nan,240"])
+def test_bad_intrinsics(frames_dir, tmp_path, value):
+    proc = run_cli(
+        "reconstruct",
+        frames_dir,
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--out",
+        tmp_path / "o.npz",
+        f"--intrinsics={value}",
+    )
+    assert proc.returncode == 2 and "--intrinsics" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_known_intrinsics_set_the_focal(frames_dir, tmp_path):
+    """The camera's intrinsics (pixels of the 640x480 inputs) reach the npz mapped to the 224² model image."""
+    from spann3r.core.intrinsics import Intrinsics, model_intrinsics
+
+    proc = run_cli(
+        "reconstruct",
+        frames_dir,
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--out",
+        tmp_path / "o.npz",
+        "--intrinsics",
+        "520,500,330.5,241",
+    )
+    assert proc.returncode == 0, proc.stderr
+    K = model_intrinsics(Intrinsics(520, 500, 330.5, 241), 640, 480)
+    assert float(np.load(tmp_path / "o.npz")["focal"]) == pytest.approx(K[0, 0], rel=1e-6)
+    assert K[0, 0] == pytest.approx(520 * 298 / 640)  # scaled as the resize scales x (640 → 298 px), not estimated
+
+
+def test_intrinsics_do_not_apply_to_unordered_collections(frames_dir, tmp_path):
+    proc = run_cli(
+        "reconstruct",
+        frames_dir,
+        "--unordered",
+        "--weights",
+        "synthetic",
+        "--model",
+        "tiny",
+        "--out",
+        tmp_path / "o.npz",
+        "--intrinsics",
+        "520,500,330,241",
+    )
+    assert_one_line_error(proc, "--unordered")

@@ -73,6 +73,8 @@ def cli_A(golden_dir, tmp_path_factory):
             "synthetic",
             "--out",
             str(out),
+            "--pose-method",
+            "pnp_ransac",  # the demo's camera, to compare with the reference's
         ],
         capture_output=True,
         text=True,

@@ -160,10 +160,11 @@ def test_torch_in_torch_out():
 
 
 def test_pnp_ransac_method_is_the_official_estimator():
-    from spann3r.core.camera import intrinsics, solve_pose
+    from spann3r.core.camera import solve_pose
+    from spann3r.core.intrinsics import centred_intrinsics
 
     pts, conf, _, _ = scene_batch(2, seed=6, outliers=0.1)
-    c2w, valid = solve_poses(pts, conf, intrinsics(200.0, 224, 224), method="pnp_ransac")
+    c2w, valid = solve_poses(pts, conf, centred_intrinsics(200.0, 224, 224), method="pnp_ransac")
     for i in range(2):
         pose = solve_pose(pts[i], 200.0)
         assert valid[i] == pose.valid
@@ -186,17 +187,19 @@ def test_ransac_fallback_rescues_a_coherent_bad_region():
 def test_reference_camera_set_like_the_official_estimator(golden_A):
     """The reference's exact-geometry frames (rendered at 298x224, focal estimated): as close to the truth as the
     demo's PnP-RANSAC; the synthetic-weight outputs (focal 0, meaningless geometry) are invalid either way."""
-    from spann3r.core.camera import intrinsics, solve_pose
+    from spann3r.core.camera import solve_pose
+    from spann3r.core.intrinsics import centred_intrinsics
 
     pts, focal = golden_A["camgt_pts3d"].astype(np.float32), float(golden_A["camgt_focal"])
-    c2w, valid = solve_poses(pts, np.full(pts.shape[:3], 2.0, np.float32), intrinsics(focal, 224, 224))
+    c2w, valid = solve_poses(pts, np.full(pts.shape[:3], 2.0, np.float32), centred_intrinsics(focal, 224, 224))
     assert valid.all()
     rot, trans = pose_errors(c2w, golden_A["camgt_true_c2w"])
     demo_rot, demo_trans = pose_errors(np.stack([solve_pose(p, focal).c2w for p in pts]), golden_A["camgt_true_c2w"])
     assert rot.max() <= 1.1 * demo_rot.max() + 1e-3 and trans.max() <= 1.1 * demo_trans.max() + 1e-4
     synthetic = golden_A["final_pts3d"][:3].astype(np.float32)
     for f in (0.0, 200.0):
-        _, valid = solve_poses(synthetic, np.full(synthetic.shape[:3], 1.5, np.float32), intrinsics(f, 224, 224))
+        conf = np.full(synthetic.shape[:3], 1.5, np.float32)
+        _, valid = solve_poses(synthetic, conf, centred_intrinsics(f, 224, 224))
         assert not valid.any()
 
 

@@ -26,7 +26,13 @@ def test_golden_A_through_the_service(official_engine, golden_A, frames_a):
                     frames_a,
                     client=client,
                     encoding="rgb8",
-                    settings={"encoding": "full", "dtype": "float32", "frame_policy": "queue", "preview": True},
+                    settings={
+                        "encoding": "full",
+                        "dtype": "float32",
+                        "frame_policy": "queue",
+                        "preview": True,
+                        "pose_method": "pnp_ransac",  # the demo's camera, to compare with the reference's
+                    },
                 )
             ]
             await client.close()

@@ -23,24 +23,28 @@ def _frame(**kw) -> dict:
 def test_client_messages_round_trip():
     msg = P.decode_client_message(msgpack.packb(_frame(ts=1.5)))
     assert isinstance(msg, P.FrameMsg) and msg.seq == 3 and msg.data == b"\xff\xd8" and msg.ts == 1.5
-    ctl = P.decode_client_message(P.pack(P.ControlMsg(action="settings",
-                                                      settings=P.SessionSettingsPatch(dtype="float16"))))
+    ctl = P.decode_client_message(
+        P.pack(P.ControlMsg(action="settings", settings=P.SessionSettingsPatch(dtype="float16")))
+    )
     assert ctl.settings.apply(P.SessionSettings()).dtype == "float16"
     assert ctl.settings.apply(P.SessionSettings(encoding="full")).encoding == "full"  # untouched fields stay
     assert isinstance(P.decode_client_message(msgpack.packb({"type": "ping", "id": 9})), P.PingMsg)
 
 
-@pytest.mark.parametrize("data, code, seq", [
-    (b"\xc1\x00", "malformed", None),  # 0xc1 is never valid msgpack
-    (msgpack.packb([1, 2]), "malformed", None),
-    (msgpack.packb({"seq": 1}), "unknown_type", 1),
-    (msgpack.packb({"type": "video", "seq": 4}), "unknown_type", 4),
-    (msgpack.packb(_frame(format="gif")), "bad_schema", 3),
-    (msgpack.packb(_frame(seq="three")), "bad_schema", None),
-    (msgpack.packb(_frame(seq=-1)), "bad_schema", -1),
-    (msgpack.packb(_frame(colour="red")), "bad_schema", 3),  # unknown keys are refused, not ignored
-    (msgpack.packb({"type": "control", "action": "explode"}), "bad_schema", None),
-])
+@pytest.mark.parametrize(
+    "data, code, seq",
+    [
+        (b"\xc1\x00", "malformed", None),  # 0xc1 is never valid msgpack
+        (msgpack.packb([1, 2]), "malformed", None),
+        (msgpack.packb({"seq": 1}), "unknown_type", 1),
+        (msgpack.packb({"type": "video", "seq": 4}), "unknown_type", 4),
+        (msgpack.packb(_frame(format="gif")), "bad_schema", 3),
+        (msgpack.packb(_frame(seq="three")), "bad_schema", None),
+        (msgpack.packb(_frame(seq=-1)), "bad_schema", -1),
+        (msgpack.packb(_frame(colour="red")), "bad_schema", 3),  # unknown keys are refused, not ignored
+        (msgpack.packb({"type": "control", "action": "explode"}), "bad_schema", None),
+    ],
+)
 def test_refusal_codes(data, code, seq):
     with pytest.raises(P.ProtocolError) as err:
         P.decode_client_message(data)
@@ -69,9 +73,26 @@ def test_array_round_trip(dtype):
 
 def test_json_schema_names_every_message():
     schema = P.protocol_json_schema()
-    for name in ("FrameMsg", "ControlMsg", "PingMsg", "HelloMsg", "ResultMsg", "DroppedMsg", "FinishedMsg",
-                 "AckMsg", "PongMsg", "ErrorMsg", "SessionSettings", "SessionCreated", "SessionStats", "FullMap",
-                 "CompactMap", "Array", "Pose", "MemoryInfo"):
+    for name in (
+        "FrameMsg",
+        "ControlMsg",
+        "PingMsg",
+        "HelloMsg",
+        "ResultMsg",
+        "DroppedMsg",
+        "FinishedMsg",
+        "AckMsg",
+        "PongMsg",
+        "ErrorMsg",
+        "SessionSettings",
+        "SessionCreated",
+        "SessionStats",
+        "FullMap",
+        "CompactMap",
+        "Array",
+        "Pose",
+        "MemoryInfo",
+    ):
         assert name in schema["$defs"], name
     assert schema["protocol"] == P.PROTOCOL_VERSION
     # every $ref resolves inside the document
@@ -89,8 +110,7 @@ def test_json_schema_names_every_message():
 
     walk(schema)
     assert refs <= set(schema["$defs"])
-    out = subprocess.run([sys.executable, "-m", "spann3r.server.protocol"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-m", "spann3r.server.protocol"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == json.loads(json.dumps(schema))
 
 
@@ -149,8 +169,14 @@ def test_message_type_lists_come_from_the_message_classes():
 def test_settings_patch_has_every_setting_optional_with_the_same_bounds():
     assert set(P.SessionSettingsPatch.model_fields) == set(P.SessionSettings.model_fields)
     assert all(f.default is None for f in P.SessionSettingsPatch.model_fields.values())
-    for name, value in [("queue_size", 65), ("every_n", 0), ("conf_thresh", 1.0), ("stride", 17),
-                        ("compact_scale", 0.0), ("frame_policy", "newest")]:
+    for name, value in [
+        ("queue_size", 65),
+        ("every_n", 0),
+        ("conf_thresh", 1.0),
+        ("stride", 17),
+        ("compact_scale", 0.0),
+        ("frame_policy", "newest"),
+    ]:
         with pytest.raises(ValidationError):
             P.SessionSettings.model_validate({name: value})
         with pytest.raises(ValidationError):
@@ -170,10 +196,25 @@ def test_schema_carries_the_constants_the_clients_generate():
 # --------------------------------------------------------------------------------------------- strict types
 
 
-@pytest.mark.parametrize("settings", [
-    {"preview": "yes"}, {"preview": 1}, {"queue_size": "12"}, {"queue_size": True}, {"stride": 2.0},
-    {"compact_scale": float("inf")}, {"conf_thresh": float("nan")}, {"compact_scale": float("nan")},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"preview": "yes"},
+        {"preview": 1},
+        {"queue_size": "12"},
+        {"queue_size": True},
+        {"stride": 2.0},
+        {"compact_scale": float("inf")},
+        {"conf_thresh": float("nan")},
+        {"compact_scale": float("nan")},
+        {"intrinsics": [500.0, 500.0, 320.0]},
+        {"intrinsics": [0.0, 500.0, 320.0, 240.0]},
+        {"intrinsics": [500.0, -1.0, 320.0, 240.0]},
+        {"intrinsics": [500.0, 500.0, float("nan"), 240.0]},
+        {"intrinsics": "500,500,320,240"},
+        {"pose_method": "ransac"},
+    ],
+)
 def test_settings_are_strict_and_finite(settings):
     with pytest.raises(ValidationError):
         P.SessionSettings.model_validate(settings)
@@ -182,8 +223,17 @@ def test_settings_are_strict_and_finite(settings):
     assert err.value.code == "bad_schema"
 
 
-@pytest.mark.parametrize("fields", [{"seq": 2**53}, {"seq": 2**64 - 1}, {"seq": True}, {"ts": float("nan")},
-                                    {"ts": float("-inf")}, {"width": "64", "format": "rgb8"}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"seq": 2**53},
+        {"seq": 2**64 - 1},
+        {"seq": True},
+        {"ts": float("nan")},
+        {"ts": float("-inf")},
+        {"width": "64", "format": "rgb8"},
+    ],
+)
 def test_frames_are_strict(fields):
     with pytest.raises(P.ProtocolError) as err:
         P.decode_client_message(msgpack.packb(_frame(**fields)))
@@ -209,8 +259,13 @@ def _nested(depth: int):
 @pytest.mark.parametrize("where", ["type", "extra", "settings"])
 def test_deep_nesting_is_malformed_not_a_crash(where):
     deep = _nested(1000)
-    msg = {"type": deep} if where == "type" else _frame(junk=deep) if where == "extra" else \
-        {"type": "control", "action": "settings", "settings": {"preview": deep}}
+    msg = (
+        {"type": deep}
+        if where == "type"
+        else _frame(junk=deep)
+        if where == "extra"
+        else {"type": "control", "action": "settings", "settings": {"preview": deep}}
+    )
     with pytest.raises(P.ProtocolError) as err:
         P.decode_client_message(msgpack.packb(msg))
     assert err.value.code == "malformed" and "nest" in err.value.message
@@ -222,10 +277,16 @@ def test_modest_nesting_is_judged_by_the_schema():
     assert err.value.code == "bad_schema"
 
 
-@pytest.mark.parametrize("msg", [
-    {"type": "x" * 15_000_000}, {"type": ["y" * 1_000_000] * 3}, _frame(**{"k" * 5_000_000: 1}),
-    _frame(format="z" * 5_000_000), {"type": "control", "action": "a" * 5_000_000},
-])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"type": "x" * 15_000_000},
+        {"type": ["y" * 1_000_000] * 3},
+        _frame(**{"k" * 5_000_000: 1}),
+        _frame(format="z" * 5_000_000),
+        {"type": "control", "action": "a" * 5_000_000},
+    ],
+)
 def test_error_messages_never_echo_more_than_a_short_prefix(msg):
     with pytest.raises(P.ProtocolError) as err:
         P.decode_client_message(msgpack.packb(msg))
@@ -245,12 +306,29 @@ def test_largest_server_message_fits_the_derived_bound():
     def frame_data(kind: str) -> P.FrameData:
         return P.FrameData(index=P.MAX_SEQ, seq=P.MAX_SEQ, kind=kind, map=full, pose=pose, focal=123.456)
 
-    memory = P.MemoryInfo(step=10**9, frame_index=10**9, similarity=0.5, skipped=False, pruned=True,
-                          mem_tokens=10**9, wm=10**9, lm=10**9, attn_zeroed_frac=0.25)
-    timings = {k: 1.0 for k in ("queue_s", "decode_s", "step_s", "batch", "pose_s", "encode_s", "server_s",
-                                "job_units")}
-    msg = P.ResultMsg(seq=P.MAX_SEQ, frame_index=10**9, ts=1e9, final=frame_data("final"),
-                      preview=frame_data("preview"), memory=memory, timings=timings)
+    memory = P.MemoryInfo(
+        step=10**9,
+        frame_index=10**9,
+        similarity=0.5,
+        skipped=False,
+        pruned=True,
+        mem_tokens=10**9,
+        wm=10**9,
+        lm=10**9,
+        attn_zeroed_frac=0.25,
+    )
+    timings = {
+        k: 1.0 for k in ("queue_s", "decode_s", "step_s", "batch", "pose_s", "encode_s", "server_s", "job_units")
+    }
+    msg = P.ResultMsg(
+        seq=P.MAX_SEQ,
+        frame_index=10**9,
+        ts=1e9,
+        final=frame_data("final"),
+        preview=frame_data("preview"),
+        memory=memory,
+        timings=timings,
+    )
     size = len(P.pack(msg))
     assert size > 2 * 2**20 - 300_000  # two full float32 maps: about 1.9 MB
     assert size <= P.MAX_SERVER_MESSAGE_BYTES
@@ -263,11 +341,34 @@ def test_python_client_accepts_the_largest_server_message():
 
 
 def test_client_containers_are_bounded_before_they_are_built():
-    for obj in (_frame(junk=[None] * (P.MAX_CLIENT_CONTAINER + 1)), [None] * (8 * 2**20),
-                _frame(junk={str(i): 0 for i in range(P.MAX_CLIENT_CONTAINER + 1)})):
+    for obj in (
+        _frame(junk=[None] * (P.MAX_CLIENT_CONTAINER + 1)),
+        [None] * (8 * 2**20),
+        _frame(junk={str(i): 0 for i in range(P.MAX_CLIENT_CONTAINER + 1)}),
+    ):
         with pytest.raises(P.ProtocolError) as err:
             P.decode_client_message(msgpack.packb(obj))
         assert err.value.code == "malformed"
     with pytest.raises(P.ProtocolError) as err:
         P.decode_client_message(msgpack.packb(_frame(junk=[None] * P.MAX_CLIENT_CONTAINER)))
     assert err.value.code == "bad_schema"  # within the bound: judged by the schema
+
+
+def test_pose_methods_are_the_solvers():
+    """The protocol names the pose methods without importing the solver (torch); they must stay the same."""
+    import typing
+
+    from spann3r.core.camera import POSE_METHODS
+
+    assert typing.get_args(P.PoseMethod) == POSE_METHODS
+
+
+def test_known_intrinsics_are_accepted_by_settings_and_patches():
+    ok = [500.0, 480.0, 330.5, 250.0]
+    assert P.SessionSettings.model_validate({"intrinsics": ok}).intrinsics == ok
+    msg = P.decode_client_message(
+        msgpack.packb(
+            {"type": "control", "action": "settings", "settings": {"intrinsics": ok, "pose_method": "pnp_ransac"}}
+        )
+    )
+    assert msg.settings.apply(P.SessionSettings()).intrinsics == ok
