@@ -6,7 +6,8 @@
 //   node e2e/live-view.mjs --base http://127.0.0.1:PORT --scenario camera --y4m cam.y4m --out DIR
 //
 // Scenarios: camera, replay (--images DIR), watch, restart (prints "PHASE restart-server" and waits for a
-// line on stdin once the server is back), evicted, errors (server down, camera refused), bench.
+// line on stdin once the server is back), reload, lost (as restart, against a server without a state dir),
+// evicted, errors (server down, camera refused), bench.
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -35,7 +36,7 @@ const outDir = resolve(args.out);
 mkdirSync(outDir, { recursive: true });
 const minResults = Number(args['min-results']);
 const deadline = Date.now() + Number(args['timeout-s']) * 1000;
-const report = { scenario, ok: false, samples: {}, overlays: {}, console: [], pageErrors: [], screenshots: [], notes: {} };
+const report = { scenario, ok: false, samples: {}, overlays: {}, console: [], allConsole: [], pageErrors: [], screenshots: [], notes: {} };
 
 const BASE_FLAGS = [
   '--headless',
@@ -79,6 +80,7 @@ async function launch({ camera = true, allowCamera = true } = {}) {
 function watchConsole(page, name) {
   page.on('console', (msg) => {
     if (msg.type() === 'error' || msg.type() === 'warning') report.console.push({ page: name, type: msg.type(), text: msg.text() });
+    report.allConsole.push({ page: name, type: msg.type(), text: msg.text() });
   });
   page.on('pageerror', (err) => report.pageErrors.push({ page: name, text: String(err) }));
 }
@@ -132,6 +134,39 @@ async function waitLine() {
   return null;
 }
 
+/** Clicks an export button; returns the response status, the first `n` bytes of the file, and the button's
+ * labels while the download ran. */
+async function downloadExport(page, selector, n) {
+  const labels = new Set();
+  const responseP = page.waitForResponse((r) => r.url().includes('/export/'));
+  const downloadP = page.waitForEvent('download');
+  await page.click(selector);
+  const polling = (async () => {
+    for (let i = 0; i < 100; i++) {
+      labels.add(await page.textContent(selector));
+      if (await page.evaluate(() => Object.keys(window.spann3rLive.snapshot().downloads).length === 0)) break;
+      await page.waitForTimeout(20);
+    }
+  })();
+  const [response, download] = await Promise.all([responseP, downloadP]);
+  await polling;
+  const { readFileSync } = await import('node:fs');
+  const head = readFileSync(await download.path()).subarray(0, n).toString();
+  return { status: response.status(), head, url: response.url(), labels: [...labels], filename: download.suggestedFilename() };
+}
+
+/** The page's stored stream token and the watch token of its share link (to look for them in logs). */
+async function pageTokens(page) {
+  return page.evaluate(() => {
+    const stored = JSON.parse(sessionStorage.getItem('spann3r.session') || 'null');
+    return stored ? [stored.token, stored.watchToken].filter(Boolean) : [];
+  });
+}
+
+function consoleMentions(tokens) {
+  return report.allConsole.filter((c) => tokens.some((t) => c.text.includes(t))).map((c) => c.text);
+}
+
 // ----------------------------------------------------------------------------------------------- scenarios
 
 async function cameraScenario() {
@@ -145,12 +180,17 @@ async function cameraScenario() {
   await sample(page, 'camera');
   await shot(page, 'rgb');
 
-  // the confidence slider hides points; colour modes and follow view render without errors
-  const before = (await snapshot(page)).pointsShown;
-  await page.locator('#conf-threshold').fill('0.6');
-  await page.locator('#conf-threshold').dispatchEvent('input');
-  const held = await snapshot(page);
-  report.notes.threshold = { before, after: held.pointsShown, held: held.pointsHeld, label: await page.textContent('#conf-value') };
+  // the confidence slider hides points; colour modes and follow view render without errors. One synchronous
+  // task reads, moves the slider and reads again: no result can arrive in between (they did, between awaits)
+  report.notes.threshold = await page.evaluate(() => {
+    const app = window.spann3rLive;
+    const slider = document.getElementById('conf-threshold');
+    const before = app.snapshot();
+    slider.value = '0.6';
+    slider.dispatchEvent(new Event('input'));
+    const after = app.snapshot();
+    return { before: before.pointsShown, heldBefore: before.pointsHeld, after: after.pointsShown, held: after.pointsHeld, label: document.getElementById('conf-value').textContent };
+  });
   await page.locator('#conf-threshold').fill('0');
   await page.locator('#conf-threshold').dispatchEvent('input');
   await page.selectOption('#color-mode', 'confidence');
@@ -164,12 +204,9 @@ async function cameraScenario() {
   await page.click('#view-fit');
   await page.selectOption('#color-mode', 'rgb');
 
-  // export links point at the server and download
-  const ply = await page.getAttribute('#export-ply', 'href');
-  const resp = await page.request.get(ply);
-  report.notes.exportPly = { status: resp.status(), bytes: (await resp.body()).length, head: (await resp.body()).subarray(0, 3).toString() };
-  const glb = await page.request.get(await page.getAttribute('#export-glb', 'href'));
-  report.notes.exportGlb = { status: glb.status(), magic: (await glb.body()).subarray(0, 4).toString() };
+  // the export buttons download from the server (token in a header), showing progress on the button
+  report.notes.exportPly = await downloadExport(page, '#export-ply', 3);
+  report.notes.exportGlb = await downloadExport(page, '#export-glb', 4);
 
   // reset clears the view and the stream continues from frame 0
   const beforeReset = await snapshot(page);
@@ -227,6 +264,12 @@ async function watchScenario() {
   await shot(watcher, 'watcher');
   report.notes.watcherExport = await watcher.getAttribute('#export-ply', 'aria-disabled');
   report.notes.watcherStartHidden = await watcher.evaluate(() => document.getElementById('start-panel').hidden);
+  report.notes.watcherUrl = watcher.url();
+  // the streamer stops: the watcher is told, and still has nothing to press
+  await streamer.click('#stop');
+  await until(streamer, 'streamer', (s) => s.life === 'finished', 'the streamer to finish', 60_000);
+  await until(watcher, 'watcher-after-stop', (s) => s.life === 'finished' && s.banners.some((b) => b.key === 'watch-notice'), 'the watcher to be told', 60_000);
+  await shot(watcher, 'watcher-finished');
   await context.close();
 }
 
@@ -246,6 +289,50 @@ async function restartScenario() {
   await page.waitForTimeout(600);
   await sample(page, 'restart');
   await shot(page, 'resumed');
+  await context.close();
+}
+
+/** A reload resumes the tab's session (camera included); Stop finishes it and the tab forgets it. */
+async function reloadScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'reload', '?fps=4&inflight=2&detail=2');
+  await page.click('#start-camera');
+  const before = await until(page, 'reload', (s) => s.resultsReceived >= 4 && s.pointsShown > 0, 'results before the reload');
+  report.notes.before = before;
+  await shot(page, 'before');
+  await page.reload();
+  await page.waitForFunction(() => window.spann3rLive !== undefined);
+  const after = await until(page, 'reload-after', (s) => s.state === 'open' && s.pointsShown >= before.pointsShown && s.resultsReceived >= 2, 'the resumed session to catch up', 90_000);
+  report.notes.after = after;
+  await shot(page, 'resumed');
+  await page.click('#stop');
+  report.notes.stopped = await until(page, 'reload-stopped', (s) => s.life === 'finished', 'the stop to finish the session', 60_000);
+  await shot(page, 'stopped');
+  // forgotten: another reload starts fresh
+  await page.reload();
+  await page.waitForFunction(() => window.spann3rLive !== undefined);
+  await page.waitForTimeout(1500);
+  report.notes.afterStopReload = await snapshot(page);
+  await context.close();
+}
+
+/** The server restarts without a state dir: the session is lost for good (4404); the camera stops, the
+ * session's controls are disabled, and no token shows in the console during the failed reconnects. */
+async function lostScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'lost', '?fps=4&inflight=2&detail=2');
+  await page.click('#start-camera');
+  report.notes.before = await until(page, 'lost', (s) => s.resultsReceived >= 2 && s.cameraLive, 'results');
+  const tokens = await pageTokens(page);
+  report.notes.tokens = tokens.length;
+  console.log('PHASE restart-server');
+  await waitLine();
+  report.notes.lost = await until(page, 'lost', (s) => s.life === 'lost', 'the session to be lost', 90_000);
+  await page.waitForTimeout(500);
+  await sample(page, 'lost');
+  await shot(page, 'lost');
+  report.notes.webSocketConsole = report.allConsole.filter((c) => c.text.includes('WebSocket')).length;
+  report.notes.tokenInConsole = consoleMentions(tokens);
   await context.close();
 }
 
@@ -292,7 +379,7 @@ async function benchScenario() {
   await context.close();
 }
 
-const scenarios = { camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
+const scenarios = { reload: reloadScenario, lost: lostScenario, camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
 
 try {
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);

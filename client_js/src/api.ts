@@ -4,10 +4,12 @@ import type { ErrorBody, SessionCreated, SessionSettingsPatch, SessionStats } fr
 export class ServerUnreachable extends Error {}
 
 export class ApiError extends Error {
-  constructor(readonly status: number, readonly code: string, detail: string) {
+  constructor(readonly status: number, readonly code: string, detail: string, readonly retryAfterS: number | null = null) {
     super(detail);
   }
 }
+
+export type ExportKind = 'cloud.ply' | 'cloud.glb' | 'trajectory.json' | 'transforms.json';
 
 export class Api {
   /** `base` is the server's http(s) origin (plus path prefix), e.g. `https://host:8443`. */
@@ -27,8 +29,30 @@ export class Api {
     return url.toString();
   }
 
-  exportUrl(sessionId: string, token: string, kind: 'cloud.ply' | 'cloud.glb' | 'trajectory.json' | 'transforms.json'): string {
-    return `${this.base}/v1/sessions/${encodeURIComponent(sessionId)}/export/${kind}?token=${encodeURIComponent(token)}`;
+  /** An export, with the token in a header (a URL with it would land in logs); `onProgress` sees every chunk. */
+  async download(sessionId: string, token: string, kind: ExportKind, onProgress: (loaded: number, total: number | null) => void): Promise<Blob> {
+    const url = `${this.base}/v1/sessions/${encodeURIComponent(sessionId)}/export/${kind}`;
+    let response: Response;
+    try {
+      response = await fetch(url, { headers: { authorization: `Bearer ${token}` }, cache: 'no-store' });
+    } catch (err) {
+      throw new ServerUnreachable(`cannot reach the server at ${this.base} (${(err as Error).message})`);
+    }
+    if (!response.ok) throw await apiError(response);
+    const total = Number(response.headers.get('content-length')) || null;
+    const type = response.headers.get('content-type') ?? 'application/octet-stream';
+    if (!response.body) return new Blob([await response.arrayBuffer()], { type });
+    const chunks: Uint8Array[] = [];
+    let loaded = 0;
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      loaded += value.byteLength;
+      onProgress(loaded, total);
+    }
+    return new Blob(chunks as BlobPart[], { type });
   }
 
   async ready(): Promise<boolean> {
@@ -62,25 +86,31 @@ export class Api {
       throw new ServerUnreachable(`cannot reach the server at ${this.base} (${(err as Error).message})`);
     }
     if (response.status === 204) return undefined as T;
-    const text = await response.text();
     if (!response.ok) {
-      let code = `http_${response.status}`;
-      let detail = text || response.statusText;
-      try {
-        const err = JSON.parse(text) as Partial<ErrorBody> & { detail?: unknown };
-        if (typeof err.code === 'string') code = err.code;
-        if (typeof err.detail === 'string') detail = err.detail;
-      } catch {
-        /* not JSON: keep the raw text */
-      }
       // a proxy in front of a stopped server answers 502/504: that is "unreachable" to the user
       if (response.status === 502 || response.status === 504) throw new ServerUnreachable(`the server behind ${this.base} is not answering (${response.status})`);
-      throw new ApiError(response.status, code, detail);
+      throw await apiError(response);
     }
-    return JSON.parse(text) as T;
+    return JSON.parse(await response.text()) as T;
   }
 }
 
 function dropNulls<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null && v !== undefined)) as Partial<T>;
+}
+
+/** A refusal as an ApiError: the ErrorBody's code and detail, and Retry-After (503 capacity says when to retry). */
+async function apiError(response: Response): Promise<ApiError> {
+  const text = await response.text();
+  let code = `http_${response.status}`;
+  let detail = text || response.statusText;
+  try {
+    const err = JSON.parse(text) as Partial<ErrorBody> & { detail?: unknown };
+    if (typeof err.code === 'string') code = err.code;
+    if (typeof err.detail === 'string') detail = err.detail;
+  } catch {
+    /* not JSON: keep the raw text */
+  }
+  const retryAfter = Number(response.headers.get('retry-after'));
+  return new ApiError(response.status, code, detail, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null);
 }

@@ -2,12 +2,13 @@
  * The page: wires the controls, the sources, the session and the viewer together.
  */
 import { Api, ApiError, ServerUnreachable } from './api.ts';
-import type { ConnectionState } from './connection.ts';
+import { controlsFor, isAlive, pillFor, watcherNotice, type SessionLife } from './lifecycle.ts';
 import { LiveSession, type Banner } from './session.ts';
 import { CameraError, CameraSource } from './sources/camera.ts';
 import { ReplaySource } from './sources/replay.ts';
 import type { FrameSource } from './sources/source.ts';
 import { formatBytes, formatCount } from './stats.ts';
+import { forgetSession, loadSession, saveSession, type StoredSession } from './storedSession.ts';
 import type { ColorMode } from './viewer/pointMaterial.ts';
 import { Viewer } from './viewer/viewer.ts';
 
@@ -17,7 +18,8 @@ const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   return el as T;
 };
 
-/** Read-only link parsing: a page URL with ?watch=ID&token=T, or "ID:TOKEN". */
+/** Read-only link parsing: a page URL with #watch=ID&token=T (the fragment never reaches a server or its logs),
+ * an older link with ?watch=ID&token=T, or "ID:TOKEN". */
 export function parseWatchLink(text: string, base: string): { id: string; token: string; server: string | null } | null {
   const t = text.trim();
   if (!t) return null;
@@ -25,8 +27,9 @@ export function parseWatchLink(text: string, base: string): { id: string; token:
   if (colon && !t.includes('/')) return { id: colon[1], token: colon[2], server: null };
   try {
     const url = new URL(t, base);
-    const id = url.searchParams.get('watch');
-    const token = url.searchParams.get('token');
+    const fragment = new URLSearchParams(url.hash.replace(/^#/, ''));
+    const id = fragment.get('watch') ?? url.searchParams.get('watch');
+    const token = fragment.get('token') ?? url.searchParams.get('token');
     if (id && token) return { id, token, server: url.searchParams.get('server') };
   } catch {
     /* not a URL */
@@ -45,6 +48,15 @@ export class App {
   session: LiveSession | null = null;
   source: FrameSource | null = null;
   sessionId: string | null = null;
+  /** the stream token of the session (null while watching) */
+  private token: string | null = null;
+  /** whether the watched session's streamer is connected (watchers poll the session's stats) */
+  private streamerConnected: boolean | null = null;
+  private watchPoll: ReturnType<typeof setInterval> | null = null;
+  /** Stop was pressed (or a replay ended): the finish is on its way */
+  private finishRequested = false;
+  /** export downloads under way: kind → bytes so far / total */
+  private downloads = new Map<string, { loaded: number; total: number | null }>();
   /** the latest replay, kept after it ends so its frame count stays readable */
   private lastReplay: ReplaySource | null = null;
   private banners = new Map<string, HTMLElement>();
@@ -62,9 +74,16 @@ export class App {
     if (isNarrow()) document.body.classList.add('panel-open');
     setInterval(() => this.renderOverlay(), 250);
     void this.checkServer();
-    const watch = this.params.get('watch');
-    const token = this.params.get('token');
-    if (watch && token) void this.startWatch(watch, token);
+    this.renderLife();
+    const link = parseWatchLink(location.href, location.href);
+    if (link) {
+      // an old ?token= link: keep the token out of the address bar (history, screenshots, shared screens)
+      if (this.params.has('token')) history.replaceState(null, '', this.shareLink(link.id, link.token));
+      void this.startWatch(link.id, link.token);
+      return;
+    }
+    const stored = loadSession(sessionStorage, this.api.base);
+    if (stored) void this.resume(stored);
   }
 
   // ------------------------------------------------------------------ settings
@@ -126,37 +145,51 @@ export class App {
   // ------------------------------------------------------------------ starting and stopping
 
   async startCamera(): Promise<void> {
-    await this.stop();
-    const video = $('camera-preview') as HTMLVideoElement;
-    const opts = this.captureOptions();
-    const camera = new CameraSource(video, opts);
-    // the camera first: no session is created for a user who refuses it
+    await this.endSession();
+    const camera = await this.openCamera();
+    if (!camera) return;
+    if (!(await this.createSession('camera'))) {
+      camera.stop();
+      return;
+    }
+    await this.feed(camera);
+  }
+
+  /** The camera, opened before any session exists: no session is created for a user who refuses it. */
+  private async openCamera(): Promise<CameraSource | null> {
+    const camera = new CameraSource($('camera-preview') as HTMLVideoElement, this.captureOptions());
     try {
       await camera.open();
     } catch (err) {
       const message = err instanceof CameraError ? err.message : `The camera could not be started: ${(err as Error).message}`;
       this.showBanner({ key: 'camera', level: 'error', text: message });
       camera.stop();
-      return;
+      return null;
     }
     this.clearBanner('camera');
-    if (!(await this.createSession())) {
+    return camera;
+  }
+
+  /** Feed the current session from the camera, unless the session ended meanwhile. */
+  private async feed(camera: CameraSource): Promise<void> {
+    const session = this.session;
+    if (!session || !controlsFor(session.life, session.role).source) {
       camera.stop();
       return;
     }
-    await camera.start(this.session!);
-    video.hidden = false;
+    await camera.start(session);
+    ($('camera-preview') as HTMLVideoElement).hidden = false;
     this.source = camera;
     camera.onEnded = () => this.showBanner({ key: 'camera', level: 'warning', text: 'The camera stopped (unplugged or taken by another app).' });
   }
 
   async startReplay(files: File[]): Promise<void> {
     if (!files.length) return;
-    await this.stop();
+    await this.endSession();
     const video = $('camera-preview') as HTMLVideoElement;
     const replay = new ReplaySource(files, video, this.captureOptions());
     this.lastReplay = replay;
-    if (!(await this.createSession())) return;
+    if (!(await this.createSession('replay'))) return;
     const session = this.session!;
     this.source = replay;
     const progress = $('replay-progress') as HTMLProgressElement;
@@ -166,26 +199,62 @@ export class App {
   }
 
   async startWatch(id: string, token: string): Promise<void> {
-    await this.stop();
+    await this.endSession();
     this.sessionId = id;
     this.openSession(this.api.wsUrl(id), token, 'watch');
     this.showSessionPanel(id, null, null);
+    this.pollStreamer(id, token);
   }
 
+  /** A reload: reconnect to the tab's session, and reopen the camera that fed it. */
+  private async resume(stored: StoredSession): Promise<void> {
+    this.sessionId = stored.id;
+    this.openSession(this.api.wsUrl(stored.id, stored.streamUrl), stored.token, 'stream');
+    this.showSessionPanel(stored.id, stored.token, stored.watchToken || null);
+    if (stored.source !== 'camera') {
+      this.showBanner({ key: 'camera', level: 'info', text: 'Resumed the session after a reload. Choose the files again to continue the replay.' });
+      return;
+    }
+    const camera = await this.openCamera();
+    if (camera) await this.feed(camera);
+  }
+
+  /** The Stop button: no more frames; the session finishes (its last final arrives, exports stay) and the tab
+   * forgets it, so a reload does not resume it. */
   async stop(): Promise<void> {
+    this.stopSource();
+    forgetSession(sessionStorage);
+    if (this.session?.role === 'stream' && !this.session.finished) this.session.finish();
+    this.finishRequested = true;
+    this.renderLife();
+  }
+
+  /** Before another session starts: the current one is finished and released, never silently left held. */
+  private async endSession(): Promise<void> {
+    this.stopSource();
+    this.stopWatchPoll();
+    forgetSession(sessionStorage);
+    const session = this.session;
+    if (!session) return;
+    this.session = null;
+    const [id, token] = [this.sessionId, this.token];
+    if (session.role === 'stream' && isAlive(session.life)) {
+      session.finish();
+      session.close();
+      if (id && token) await this.api.deleteSession(id, token).catch(() => undefined); // frees its slot now
+    } else {
+      session.close();
+    }
+  }
+
+  private stopSource(): void {
     this.source?.stop();
     this.source = null;
-    const video = $('camera-preview') as HTMLVideoElement;
-    video.hidden = true;
+    ($('camera-preview') as HTMLVideoElement).hidden = true;
     ($('replay-progress') as HTMLElement).hidden = true;
-    if (this.session?.role === 'stream' && !this.session.finished) this.session.finish();
-    if (this.session?.role === 'watch') this.session.close();
-    // keep the last session's view and export links; a new start replaces them
-    ($('start-panel') as HTMLElement).hidden = false;
-    ($('stop') as HTMLButtonElement).disabled = true;
   }
 
-  private async createSession(): Promise<boolean> {
+  private async createSession(source: StoredSession['source']): Promise<boolean> {
     const stride = Number(($('opt-detail') as HTMLSelectElement).value) || 2;
     let created;
     try {
@@ -195,13 +264,14 @@ export class App {
         err instanceof ServerUnreachable
           ? `Cannot reach the server at ${this.serverLabel}. Is \`spann3r serve\` running?`
           : err instanceof ApiError && err.code === 'capacity'
-            ? 'The server is full (too many sessions). Try again in a minute.'
+            ? `The server is full (too many sessions). Try again in ${err.retryAfterS ?? 30} s.`
             : `The server refused a new session: ${(err as Error).message}`;
       this.showBanner({ key: 'server', level: 'error', text });
       return false;
     }
     this.clearBanner('server');
     this.sessionId = created.id;
+    saveSession(sessionStorage, { id: created.id, token: created.token, watchToken: created.watch_token, streamUrl: created.stream_url, server: this.api.base, source });
     this.openSession(this.api.wsUrl(created.id, created.stream_url), created.token, 'stream');
     this.showSessionPanel(created.id, created.token, created.watch_token);
     return true;
@@ -210,6 +280,9 @@ export class App {
   private openSession(url: string, token: string, role: 'stream' | 'watch'): void {
     this.session?.close();
     this.viewer.reset();
+    this.token = role === 'stream' ? token : null;
+    this.finishRequested = false;
+    this.streamerConnected = null;
     const session = new LiveSession(this.viewer, {
       url,
       token,
@@ -218,46 +291,96 @@ export class App {
       decode: { stride: Number(($('opt-detail') as HTMLSelectElement).value) || 2 },
     });
     session.onBanner = (b) => ('clear' in b ? this.clearBanner(b.key) : this.showBanner(b));
-    session.onState = (s) => this.renderState(s);
+    session.onState = () => this.renderLife();
+    session.onLife = (life) => this.lifeChanged(life);
     this.session = session;
     session.start();
-    ($('start-panel') as HTMLElement).hidden = role === 'watch';
-    ($('stop') as HTMLButtonElement).disabled = false;
+    this.renderLife();
     if (isNarrow()) document.body.classList.remove('panel-open');
+  }
+
+  /** The session's life moved on: a session that ended stops the camera and is forgotten by the tab. */
+  private lifeChanged(life: SessionLife): void {
+    const session = this.session;
+    if (!session) return;
+    if (!controlsFor(life, session.role).source) this.stopSource();
+    if (!isAlive(life) && session.role === 'stream') forgetSession(sessionStorage);
+    if (!isAlive(life)) this.stopWatchPoll();
+    this.renderLife();
+  }
+
+  /** Watchers learn whether the streamer is connected from the session's stats (the stream says nothing). */
+  private pollStreamer(id: string, token: string): void {
+    this.stopWatchPoll();
+    const poll = async () => {
+      try {
+        this.streamerConnected = (await this.api.stats(id, token)).stream_connected;
+      } catch {
+        return; // the connection's close code says what happened to the session
+      }
+      this.renderLife();
+    };
+    this.watchPoll = setInterval(() => void poll(), 3000);
+    void poll();
+  }
+
+  private stopWatchPoll(): void {
+    if (this.watchPoll !== null) clearInterval(this.watchPoll);
+    this.watchPoll = null;
   }
 
   /** A replay that reached its end: once every frame is answered, finish so the last final arrives. */
   private async finishWhenDrained(session: LiveSession): Promise<void> {
     for (let i = 0; i < 600 && session.framesInFlight > 0 && this.session === session; i++) await new Promise((r) => setTimeout(r, 100));
     if (this.session === session && !session.finished) session.finish();
-    ($('stop') as HTMLButtonElement).disabled = true;
+    if (this.session === session) this.finishRequested = true;
     this.source = null;
+    this.renderLife();
   }
 
   private showSessionPanel(id: string, token: string | null, watchToken: string | null): void {
     $('session-panel').hidden = false;
     $('session-id').textContent = id.slice(0, 8);
-    for (const [elId, kind] of [['export-ply', 'cloud.ply'], ['export-glb', 'cloud.glb']] as const) {
-      const a = $(elId) as HTMLAnchorElement;
-      if (token) {
-        a.href = this.api.exportUrl(id, token, kind);
-        a.removeAttribute('aria-disabled');
-        a.title = `Download the fused cloud (${kind}) from the server`;
-      } else {
-        a.removeAttribute('href');
-        a.setAttribute('aria-disabled', 'true');
-        a.title = 'Exports need the stream token; a watch link is read-only';
-      }
+    for (const elId of ['export-ply', 'export-glb']) {
+      $(elId).title = token ? 'Download the fused cloud from the server' : 'Exports need the stream token; a watch link is read-only';
     }
     const share = $('share-row');
     share.hidden = !watchToken;
-    if (watchToken) {
-      const url = new URL(location.href);
-      url.search = '';
-      url.searchParams.set('watch', id);
-      url.searchParams.set('token', watchToken);
-      if (this.params.get('server')) url.searchParams.set('server', this.params.get('server')!);
-      ($('share-link') as HTMLInputElement).value = url.toString();
+    if (watchToken) ($('share-link') as HTMLInputElement).value = this.shareLink(id, watchToken);
+  }
+
+  /** This page's watch link: the token in the fragment, which browsers never send to a server. */
+  private shareLink(id: string, watchToken: string): string {
+    const url = new URL(location.href);
+    url.search = '';
+    if (this.params.get('server')) url.searchParams.set('server', this.params.get('server')!);
+    url.hash = new URLSearchParams({ watch: id, token: watchToken }).toString();
+    return url.toString();
+  }
+
+  /** Download an export with the token in a header (never in a URL), showing its progress on the button. */
+  private async download(kind: 'cloud.ply' | 'cloud.glb', button: HTMLButtonElement): Promise<void> {
+    const [id, token] = [this.sessionId, this.token];
+    if (!id || !token || this.downloads.has(kind)) return;
+    const label = button.dataset.label ?? button.textContent ?? kind;
+    button.dataset.label = label;
+    this.downloads.set(kind, { loaded: 0, total: null });
+    const show = (loaded: number, total: number | null) => {
+      this.downloads.set(kind, { loaded, total });
+      button.textContent = total ? `${label} ${Math.floor((100 * loaded) / total)}%` : `${label} ${formatBytes(loaded)}`;
+    };
+    button.setAttribute('aria-busy', 'true');
+    try {
+      const blob = await this.api.download(id, token, kind, show);
+      saveBlob(blob, `${id.slice(0, 8)}-${kind}`);
+      this.clearBanner('export');
+    } catch (err) {
+      this.showBanner({ key: 'export', level: 'error', text: `The ${kind} export failed: ${(err as Error).message}` });
+    } finally {
+      this.downloads.delete(kind);
+      button.textContent = label;
+      button.removeAttribute('aria-busy');
+      this.renderLife();
     }
   }
 
@@ -274,13 +397,15 @@ export class App {
       ev.preventDefault();
       const parsed = parseWatchLink(($('watch-link') as HTMLInputElement).value, location.href);
       if (!parsed) {
-        this.showBanner({ key: 'watch', level: 'error', text: 'Paste a watch link (…?watch=ID&token=TOKEN) or ID:TOKEN.' });
+        this.showBanner({ key: 'watch', level: 'error', text: 'Paste a watch link (…#watch=ID&token=TOKEN) or ID:TOKEN.' });
         return;
       }
       this.clearBanner('watch');
       void this.startWatch(parsed.id, parsed.token);
     });
     $('stop').addEventListener('click', () => void this.stop());
+    $('export-ply').addEventListener('click', (ev) => void this.download('cloud.ply', ev.currentTarget as HTMLButtonElement));
+    $('export-glb').addEventListener('click', (ev) => void this.download('cloud.glb', ev.currentTarget as HTMLButtonElement));
     $('reset').addEventListener('click', () => this.session?.reset());
     $('copy-share').addEventListener('click', () => {
       const input = $('share-link') as HTMLInputElement;
@@ -343,15 +468,33 @@ export class App {
     this.banners.delete(key);
   }
 
-  private renderState(s: ConnectionState): void {
-    const pill = $('status');
-    pill.dataset.state = s.kind;
-    pill.textContent =
-      s.kind === 'open'
-        ? `${s.hello.role === 'watch' ? 'watching' : 'streaming'} · ${s.hello.model.preset}${s.hello.model.synthetic ? ' (synthetic)' : ''}`
-        : s.kind === 'reconnecting'
-          ? `reconnecting (${s.attempt})`
-          : s.kind;
+  /** Controls, status pill and the watcher's notice, all derived from the session's life (lifecycle.ts). */
+  private renderLife(): void {
+    const session = this.session;
+    const pill = pillFor(session?.life ?? null, session?.role ?? null, session?.connection.state ?? null);
+    const el = $('status');
+    el.dataset.state = pill.state;
+    el.textContent = pill.text;
+    ($('start-panel') as HTMLElement).hidden = session?.role === 'watch' && isAlive(session.life);
+    if (!session) return;
+    const controls = controlsFor(session.life, session.role);
+    const stop = $('stop') as HTMLButtonElement;
+    const reset = $('reset') as HTMLButtonElement;
+    stop.hidden = reset.hidden = !controls.showStreamControls;
+    stop.disabled = !controls.stop || this.finishRequested;
+    reset.disabled = !controls.reset;
+    for (const [elId, kind] of [['export-ply', 'cloud.ply'], ['export-glb', 'cloud.glb']] as const) {
+      const button = $(elId) as HTMLButtonElement;
+      const off = !controls.exports || this.downloads.has(kind);
+      button.disabled = off;
+      if (controls.exports) button.removeAttribute('aria-disabled');
+      else button.setAttribute('aria-disabled', 'true');
+    }
+    if (session.role === 'watch') {
+      const notice = watcherNotice(session.life, this.streamerConnected);
+      if (notice) this.showBanner({ key: 'watch-notice', level: isAlive(session.life) ? 'info' : 'warning', text: notice });
+      else this.clearBanner('watch-notice');
+    }
   }
 
   private renderOverlay(): void {
@@ -379,6 +522,13 @@ export class App {
     const s = this.session;
     return {
       state: s?.connection.state.kind ?? 'idle',
+      life: s?.life ?? null,
+      pill: { state: $('status').dataset.state ?? '', text: $('status').textContent ?? '' },
+      controls: Object.fromEntries(['stop', 'reset', 'export-ply', 'export-glb'].map((id) => [id, { hidden: $(id).hidden, disabled: ($(id) as HTMLButtonElement).disabled }])),
+      sourceRunning: this.source !== null,
+      cameraLive: (($('camera-preview') as HTMLVideoElement).srcObject as MediaStream | null)?.getVideoTracks().some((t) => t.readyState === 'live') ?? false,
+      storedSession: sessionStorage.getItem('spann3r.session') !== null,
+      downloads: Object.fromEntries(this.downloads),
       role: s?.role ?? null,
       sessionId: this.sessionId,
       framesSent: s?.framesSent ?? 0,
@@ -402,4 +552,16 @@ export class App {
       banners: [...this.banners.entries()].map(([key, el]) => ({ key, level: el.dataset.level, text: el.querySelector('.text')?.textContent ?? '' })),
     };
   }
+}
+
+/** Hand a downloaded blob to the browser as a file. */
+function saveBlob(blob: Blob, filename: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }

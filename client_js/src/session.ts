@@ -3,6 +3,7 @@
  * and the numbers of the overlay. No DOM here, so the unit tests drive it with a fake socket.
  */
 import { Backoff } from './backoff.ts';
+import { lifeAfterClose, type SessionLife } from './lifecycle.ts';
 import { StreamConnection, type ConnectionState, type SocketFactory } from './connection.ts';
 import { decodeMap, type DecodeOptions } from './protocol.ts';
 import type { FrameData, HelloMsg, ServerMessage, SessionSettings } from './protocol.ts';
@@ -87,6 +88,9 @@ export class LiveSession implements FrameSink {
   hello: HelloMsg | null = null;
   settings: SessionSettings | null = null;
   finished = false;
+  /** created → streaming → finished / evicted / lost (lifecycle.ts derives the page from it) */
+  life: SessionLife = 'created';
+  onLife: (life: SessionLife) => void = () => {};
   onBanner: (banner: Banner | { key: string; clear: true }) => void = () => {};
   onState: (state: ConnectionState) => void = () => {};
   /** after every message that changed something the overlay shows */
@@ -186,6 +190,12 @@ export class LiveSession implements FrameSink {
 
   // ------------------------------------------------------------------ incoming
 
+  private setLife(life: SessionLife): void {
+    if (life === this.life) return;
+    this.life = life;
+    this.onLife(life);
+  }
+
   private handleState(state: ConnectionState): void {
     if (state.kind === 'reconnecting' || state.kind === 'closed') {
       // frames in flight on a dead socket are never answered
@@ -200,6 +210,7 @@ export class LiveSession implements FrameSink {
       });
     } else if (state.kind === 'closed') {
       this.onBanner({ key: 'connection', level: 'error', text: state.reason });
+      this.setLife(lifeAfterClose(state.code));
     } else if (state.kind === 'open') {
       this.onBanner({ key: 'connection', clear: true });
     }
@@ -222,6 +233,7 @@ export class LiveSession implements FrameSink {
           });
         }
         if (msg.finished) this.onBanner({ key: 'finished', level: 'info', text: 'This stream is finished. Reset to start a new one.' });
+        this.setLife(msg.finished ? 'finished' : 'streaming');
         break;
       case 'result': {
         const sentAt = this.inFlight.get(msg.seq);
@@ -243,11 +255,13 @@ export class LiveSession implements FrameSink {
         this.inFlight.delete(msg.seq);
         this.stats.droppedServer[msg.reason] = (this.stats.droppedServer[msg.reason] ?? 0) + 1;
         if (msg.reason === 'evicted') this.onBanner({ key: 'connection', level: 'error', text: 'The session was evicted by the server.' });
+        if (msg.reason === 'evicted') this.setLife('evicted');
         break;
       case 'finished':
         this.finished = true;
         if (msg.final) this.applyFrame(msg.final);
         this.onBanner({ key: 'finished', level: 'info', text: `Stream finished after ${msg.frames} frames. Export it, or reset to start a new one.` });
+        this.setLife('finished');
         break;
       case 'ack':
         this.settings = msg.settings;
@@ -256,6 +270,7 @@ export class LiveSession implements FrameSink {
           this.inFlight.clear();
           this.clearView();
           this.onBanner({ key: 'finished', clear: true });
+          this.setLife('streaming');
         }
         break;
       case 'error':

@@ -79,11 +79,13 @@ def test_camera_stream_grows_the_cloud(server, camera_y4m):
     assert point_pixels(next(p for p in r["screenshots"] if p.endswith("camera-rgb.png"))) > 3000
     assert point_pixels(next(p for p in r["screenshots"] if p.endswith("camera-confidence.png"))) > 3000
     # confidence slider hides points; follow view engaged; exports download from the server
-    t = r["notes"]["threshold"]
-    assert t["after"] < t["before"] == t["held"], t
+    t = r["notes"]["threshold"]  # read in one task of the page: no result arrives between the readings
+    assert t["after"] < t["before"] == t["held"] == t["heldBefore"], t
     assert r["notes"]["followPressed"] == "true"
-    assert r["notes"]["exportPly"]["status"] == 200 and r["notes"]["exportPly"]["head"] == "ply"
-    assert r["notes"]["exportGlb"] == {"status": 200, "magic": "glTF"}
+    ply, glb = r["notes"]["exportPly"], r["notes"]["exportGlb"]
+    assert ply["status"] == 200 and ply["head"] == "ply" and ply["filename"].endswith("cloud.ply"), ply
+    assert glb["status"] == 200 and glb["head"] == "glTF", glb
+    assert "token" not in ply["url"] and "token" not in glb["url"]  # the token went in a header
     # reset: the view was cleared and the new stream numbers frames from 0 again
     before, after = r["notes"]["beforeReset"], r["notes"]["afterReset"]
     assert after["sessionId"] == before["sessionId"]
@@ -137,6 +139,14 @@ def test_watch_only_follows_another_stream(server, camera_y4m):
     assert last["sessionId"] == r["samples"]["streamer"][-1]["sessionId"]
     assert r["notes"]["watcherExport"] == "true"
     assert r["notes"]["watcherStartHidden"] is True
+    # a watcher has nothing to stop or reset; the watch link keeps its token out of the query (and the logs)
+    assert last["controls"]["stop"]["hidden"] and last["controls"]["reset"]["hidden"], last["controls"]
+    assert "?token=" not in r["notes"]["watcherUrl"] and "#watch=" in r["notes"]["watcherUrl"]
+    # the streamer pressed Stop: the watcher is told the session finished
+    told = r["samples"]["watcher-after-stop"][-1]
+    assert told["life"] == "finished" and told["pill"]["state"] == "finished"
+    notice = next(b for b in told["banners"] if b["key"] == "watch-notice")
+    assert "finished" in notice["text"]
     assert point_pixels(next(p for p in r["screenshots"] if p.endswith("watch-watcher.png"))) > 3000
     assert_no_console_errors(r)
 
@@ -192,4 +202,55 @@ def test_reconnect_resumes_the_session_after_a_server_restart(client_build, came
     assert after["resultsReceived"] >= before["resultsReceived"] + 3
     assert after["lastFrameIndex"] > before["lastFrameIndex"]
     assert after["pointsShown"] > before["pointsShown"]
+    assert not r["pageErrors"], r["pageErrors"]
+
+
+def test_a_reload_resumes_the_session_and_stop_forgets_it(server, camera_y4m):
+    r = run_driver("reload", server.base, "--y4m", str(camera_y4m))
+    before, after = r["notes"]["before"], r["notes"]["after"]
+    # the same session, picked up where it was: the camera streams on, the cloud is back to its size
+    assert after["sessionId"] == before["sessionId"] and after["role"] == "stream"
+    assert after["pointsShown"] >= before["pointsShown"] > 0
+    assert after["lastFrameIndex"] > before["lastFrameIndex"]
+    assert after["cameraLive"] and after["storedSession"]
+    # Stop: finished (the pill says so), Stop disabled, exports still available; and the tab forgot it
+    stopped = r["notes"]["stopped"]
+    assert stopped["life"] == "finished" and stopped["pill"]["state"] == "finished", stopped["pill"]
+    assert stopped["pill"]["text"].startswith("finished")
+    assert stopped["controls"]["stop"]["disabled"] and not stopped["controls"]["export-ply"]["disabled"]
+    assert not stopped["cameraLive"] and not stopped["storedSession"]
+    fresh = r["notes"]["afterStopReload"]
+    assert fresh["sessionId"] is None and fresh["pill"]["state"] == "idle"
+    assert_no_console_errors(r)
+
+
+def test_a_lost_session_stops_the_camera_and_shows_no_token(client_build, camera_y4m, tmp_path):
+    server = start_server(tmp_path)  # no state dir: a restart loses every session
+    restarted = []
+
+    def on_line(line: str, proc) -> None:
+        if line == "PHASE restart-server":
+            server.restart()
+            restarted.append(True)
+            proc.stdin.write("continue\n")
+            proc.stdin.flush()
+
+    try:
+        r = run_driver("lost", server.base, "--y4m", str(camera_y4m), on_line=on_line)
+    finally:
+        server.stop()
+    assert restarted
+    lost = r["samples"]["lost"][-1]
+    assert lost["life"] == "lost" and lost["state"] == "closed"
+    assert lost["pill"] == {"state": "closed", "text": "session lost"}
+    # the camera stopped; nothing acts on the session any more
+    assert not lost["cameraLive"] and not lost["sourceRunning"]
+    for control in ("stop", "reset", "export-ply", "export-glb"):
+        assert lost["controls"][control]["disabled"], (control, lost["controls"])
+    assert not lost["storedSession"]
+    banner = next(b for b in lost["banners"] if b["key"] == "connection")
+    assert "no longer exists" in banner["text"]
+    # the reconnects failed while the server was down (the console says so), without naming the token
+    assert r["notes"]["tokens"] == 2 and r["notes"]["webSocketConsole"] >= 1, r["allConsole"]
+    assert r["notes"]["tokenInConsole"] == []
     assert not r["pageErrors"], r["pageErrors"]
