@@ -18,6 +18,8 @@ from .protocol import (CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, AckMsg, Control
                        Limits, PingMsg, PongMsg, ProtocolError, decode_client_message, pack)
 
 if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
     from .service import Service
     from .sessions import Session
 
@@ -27,8 +29,9 @@ SEND_QUEUE = 64  # messages buffered per connection; a watcher that falls furthe
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, role: str):
+    def __init__(self, ws: WebSocket, role: str, send_seconds: Histogram | None = None):
         self.ws, self.role = ws, role
+        self.send_seconds = send_seconds  # the "send" stage of the metrics
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
         self.closed = False
         self.violations = 0
@@ -39,7 +42,10 @@ class Connection:
     async def _write(self) -> None:
         while (data := await self.queue.get()) is not None:
             try:
+                t0 = time.perf_counter()
                 await self.ws.send_bytes(data)
+                if self.send_seconds is not None:
+                    self.send_seconds.observe(time.perf_counter() - t0)
                 self.bytes_sent += len(data)
             except Exception:  # the peer went away; the receive loop notices too
                 self.closed = True
@@ -82,7 +88,7 @@ class Connection:
 async def serve_connection(ws: WebSocket, session: "Session", role: str, service: "Service") -> None:
     """Attach an accepted WebSocket to a session and serve it until it closes."""
     settings, worker = service.settings, service.worker
-    conn = Connection(ws, role)
+    conn = Connection(ws, role, service.metrics.send_seconds)
     if role == "stream":
         old = session.attach_stream_conn(conn)
         if old is not None:
@@ -127,7 +133,9 @@ async def _violation(conn: Connection, service: "Service", err: ProtocolError) -
 async def _dispatch(conn: Connection, session: "Session", data: bytes, service: "Service") -> None:
     worker = service.worker
     try:
+        t0 = time.perf_counter()
         msg = decode_client_message(data, service.settings.max_message_bytes)
+        service.metrics.protocol_seconds.observe(time.perf_counter() - t0)
     except ProtocolError as err:
         return await _violation(conn, service, err)
     except Exception:  # a decoder bug costs the sender an error reply, never a silent drop of the connection

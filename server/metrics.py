@@ -9,6 +9,22 @@ from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+# the stages below take from tens of microseconds (msgpack of a small message) to seconds (a queue under load)
+_STAGE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+# Where the time of one frame goes, stage by stage, in the order a frame meets them: stage → the histogram series
+# that holds it. Stages that already had a histogram of their own keep it (dashboards and tests read those names);
+# the others are the ``stage`` label of ``spann3r_stage_seconds``.
+STAGE_SERIES: dict[str, str] = {
+    "protocol": 'spann3r_stage_seconds{stage="protocol"}',  # message bytes → validated protocol message
+    "decode": "spann3r_decode_seconds",  # image decode + preprocessing (with the decode pool's wait)
+    "queue": 'spann3r_stage_seconds{stage="queue"}',  # frame received → taken into a batch, less its decode
+    "step": "spann3r_step_seconds",  # one batched model step (per batch, not per frame)
+    "pose": "spann3r_pose_seconds",  # focal + poses of a result (with the post pool's wait)
+    "encode": "spann3r_encode_seconds",  # the maps → the result message's fields
+    "pack": 'spann3r_stage_seconds{stage="pack"}',  # the result message → msgpack bytes
+    "send": 'spann3r_stage_seconds{stage="send"}',  # one message written to its WebSocket
+}
 
 
 class _DeviceMemory:
@@ -58,8 +74,20 @@ class Metrics:
         )
         self.pose_seconds = Histogram("spann3r_pose_seconds", "pose recovery per result", buckets=_LATENCY, registry=r)
         self.encode_seconds = Histogram(
-            "spann3r_encode_seconds", "result encoding + msgpack", buckets=_FAST, registry=r
+            "spann3r_encode_seconds", "result encoding (the maps → message fields)", buckets=_FAST, registry=r
         )
+        self.stage_seconds = Histogram(
+            "spann3r_stage_seconds",
+            "per-frame stages without a histogram of their own (see STAGE_SERIES)",
+            ["stage"],
+            buckets=_STAGE,
+            registry=r,
+        )
+        # the children, made now so every stage is exported (with a zero count) before its first frame
+        self.protocol_seconds = self.stage_seconds.labels("protocol")
+        self.queue_seconds = self.stage_seconds.labels("queue")
+        self.pack_seconds = self.stage_seconds.labels("pack")
+        self.send_seconds = self.stage_seconds.labels("send")
         self.active_sessions = Gauge("spann3r_active_sessions", "sessions held", registry=r)
         self.queue_depth = Gauge("spann3r_queue_depth", "frames waiting for the model, all sessions", registry=r)
         self.sessions_evicted = Counter(

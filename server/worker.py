@@ -291,6 +291,7 @@ class Worker:
             timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
                        "step_s": step_s, "batch": float(len(batch)),
                        "job_units": float(units_before - rf.background_units)}
+            self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
             s.chain(self._result_producer(s, t, res, timings))
             self._advance(s)
@@ -366,6 +367,7 @@ class Worker:
                 data, export = await self.on_post(results.result_bytes, frame, res, cameras, cal, t.settings,
                                                   timings)
                 self.metrics.encode_seconds.observe(timings["encode_s"])
+                self.metrics.pack_seconds.observe(timings["pack_s"])
                 if export is not None:
                     s.add_export(t.generation, export)
                 self.metrics.server_latency.observe(time.perf_counter() - rf.raw.received)
