@@ -59,6 +59,7 @@ class SpatialMemory:
         self.n = 0  # tokens in memory
         self.wm = 0  # frames in working memory
         self.lm = 0  # tokens in long-term memory
+        self.layout = 0  # bumped whenever rows move (prune, forget, load): earlier rows are no longer where they were
         self._alloc(self._initial_capacity())
 
     # ------------------------------------------------------------------ storage
@@ -155,6 +156,7 @@ class SpatialMemory:
         for buf in (self.key_unit, self.key_norm, self.value_norm, self.count, self.attn):
             buf[:m] = buf[idx]  # advanced indexing copies before the write
         self.n = m
+        self.layout += 1
 
     # ------------------------------------------------------------------ snapshot
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -166,6 +168,11 @@ class SpatialMemory:
             "count": self.count[:n],
             "attn": self.attn[:n],
         }
+
+    def rows(self, start: int) -> dict[str, torch.Tensor]:
+        """The rows written since row ``start`` of the three large buffers (rows only move when ``layout`` changes;
+        ``count`` and ``attn`` change at every step and are in ``state_tensors``)."""
+        return {name: getattr(self, name)[start : self.n] for name in ("key_unit", "key_norm", "value_norm")}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], n: int, wm: int, lm: int, config: dict) -> None:
         """Restore the state written by ``state_tensors`` (see ``core.snapshot``)."""
@@ -179,6 +186,7 @@ class SpatialMemory:
                 raise ValueError(f"snapshot tensor {name} has {t.shape[0]} rows, expected {n}")
             getattr(self, name)[:n] = t.to(self.device, self.dtype)
         self.n, self.wm, self.lm = n, wm, lm
+        self.layout += 1
 
 
 __all__ = ["SpatialMemory", "WriteDecision"]

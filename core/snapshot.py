@@ -8,6 +8,7 @@ results as if it had never stopped.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,11 @@ if TYPE_CHECKING:
 STREAM_FORMAT = "spann3r-stream/1"
 
 
-def dump_stream(state: StreamState) -> bytes:
+ROW_BUFFERS = ("key_unit", "key_norm", "value_norm")  # the memory's large buffers: rows only appended between layouts
+
+
+def _state(state: StreamState) -> tuple[dict[str, torch.Tensor], dict]:
+    """The stream's tensors (on their device, not copied) and metadata."""
     mem = state.memory
     tensors = {f"memory.{k}": v for k, v in mem.state_tensors().items()}
     meta = {
@@ -47,21 +52,103 @@ def dump_stream(state: StreamState) -> bytes:
         tensors["last_preview.pts3d"] = torch.from_numpy(p.pts3d)
         tensors["last_preview.conf"] = torch.from_numpy(p.conf)
         tensors["last_preview.colors"] = torch.from_numpy(np.ascontiguousarray(p.colors))
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}  # no shared storage
-    return st_save(tensors, metadata={"stream": json.dumps(meta)})
+    return tensors, meta
 
 
-def load_stream(engine: Engine, data: bytes) -> StreamState:
-    from .engine import FrameOutput
+def _host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}  # no shared storage
 
+
+def dump_stream(state: StreamState) -> bytes:
+    tensors, meta = _state(state)
+    return st_save(_host_copies(tensors), metadata={"stream": json.dumps(meta)})
+
+
+@dataclass
+class StreamCapture:
+    """A stream's state copied to the host (on the model thread, before its next step), for serialising elsewhere:
+    everything in full except the memory's large rows, which it holds from row ``start`` on (the rows before are
+    in earlier captures of the same ``layout``)."""
+
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+    rows: dict[str, torch.Tensor]
+    start: int
+    layout: int
+    n: int
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Pass to the next ``capture_stream`` to capture only what it adds."""
+        return self.layout, self.n
+
+    def head_bytes(self) -> bytes:
+        return st_save(self.tensors, metadata={"stream": json.dumps(self.meta)})
+
+    def rows_bytes(self) -> bytes:
+        return st_save(self.rows, metadata={"start": str(self.start)})
+
+
+def capture_stream(state: StreamState, since: tuple[int, int] | None = None) -> StreamCapture:
+    """The stream's state; with ``since`` (an earlier capture's ``position``) only the memory rows added since, as
+    long as no row moved (a prune or a load changes the layout: then all rows)."""
+    mem = state.memory
+    start = since[1] if since is not None and since[0] == mem.layout and since[1] <= mem.n else 0
+    tensors, meta = _state(state)
+    for name in ROW_BUFFERS:
+        del tensors[f"memory.{name}"]
+    return StreamCapture(meta, _host_copies(tensors), _host_copies(mem.rows(start)), start, mem.layout, mem.n)
+
+
+def load_stream_parts(engine: Engine, head: bytes, rows: list[bytes]) -> StreamState:
+    """The stream of a head (``StreamCapture.head_bytes``) and its row segments (``rows_bytes``), in order: the
+    first starts at row 0, each next where the one before ended."""
+    tensors, meta = _parse(head)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ROW_BUFFERS}
+    end = 0
+    for data in rows:
+        seg, seg_meta = st_load(bytes(data)), _metadata(data)
+        if int(seg_meta["start"]) != end:
+            raise ValueError(
+                f"memory row segments do not follow each other: one starts at {seg_meta['start']}, "
+                f"the rows so far end at {end}"
+            )
+        for name in ROW_BUFFERS:
+            parts[name].append(seg[name])
+        end += seg[ROW_BUFFERS[0]].shape[0]
+    if end != meta["memory"]["n"]:
+        raise ValueError(f"memory row segments hold {end} rows, the stream has {meta['memory']['n']}")
+    if rows:
+        tensors.update({f"memory.{name}": torch.cat(ts) for name, ts in parts.items()})
+    else:
+        width = meta["memory"]["dim"]
+        tensors.update({f"memory.{name}": torch.zeros(0, width) for name in ROW_BUFFERS})
+    return _restore(engine, tensors, meta)
+
+
+def _metadata(data: bytes) -> dict:
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len])["__metadata__"]
+
+
+def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = st_load(bytes(data))
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["stream"])
+        meta = json.loads(_metadata(data)["stream"])
     except Exception as exc:
         raise ValueError(f"not a Spann3R stream snapshot: {exc.__class__.__name__}: {exc}") from None
     if meta.get("format") != STREAM_FORMAT:
         raise ValueError(f"unsupported stream snapshot format {meta.get('format')!r}")
+    return tensors, meta
+
+
+def load_stream(engine: Engine, data: bytes) -> StreamState:
+    return _restore(engine, *_parse(data))
+
+
+def _restore(engine: Engine, tensors: dict[str, torch.Tensor], meta: dict) -> StreamState:
+    from .engine import FrameOutput
+
     state = engine.new_stream(preview=meta["preview"])
     mem: SpatialMemory = state.memory
     m = meta["memory"]

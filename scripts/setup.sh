@@ -28,3 +28,10 @@ if [ "$WITH_TEST" = 1 ] && ! command -v chromium >/dev/null; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
+if [ "$WITH_TEST" = 1 ] && ! command -v redis-server >/dev/null; then  # durable-session tests (--state-url redis://)
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+fi

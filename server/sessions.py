@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from .auth import token_hash
 from .exports import ExportBuffer
 from .protocol import CLOSE_DELETED, CLOSE_IDLE, CLOSE_SHUTDOWN, DroppedMsg, SessionSettings, SessionStats, pack
-from .snapshots import SessionRecord, SnapshotFiles, snapshot_ids
+from .snapshots import SessionPersistence, SessionRecord, StoredSession, read_session
+from .store import SessionStore, open_store
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -138,7 +139,7 @@ class Session:
         self.posting = 0  # results in post-processing
         self.busy = False  # a reset / finish / snapshot runs on the model thread: keep frames out
         self._nth = 0
-        self.snapshot_files: SnapshotFiles | None = None  # where its snapshot goes (with a state dir)
+        self.persistence: SessionPersistence | None = None  # its persisted state (with a store)
         # counters
         self.frames_received = 0
         self.frames_rejected = 0
@@ -377,13 +378,16 @@ class Session:
         c = self.calibration
         return c.result().focal if c is not None and c.done() and not c.exception() else None
 
-    def record(self) -> SessionRecord:
-        """What a snapshot keeps of the session (snapshots.py holds the format)."""
+    def record(self, frames: int, last_seq: int | None) -> SessionRecord:
+        """What the store keeps of the session with a stream state of ``frames`` frames, the last one ``last_seq``
+        (snapshots.py holds the format). Frames accepted after it are not in that state: a restored session
+        takes seqs above ``last_seq`` again."""
         cal = self.calibration.result() if self.calibration is not None and self.calibration.done() else None
         return SessionRecord(
             id=self.id, token_hash=self.token_hash, watch_hash=self.watch_hash, settings=self.settings.model_dump(),
-            finished=self.finished, frames_processed=self.frames_processed, last_seq=self.last_seq,
-            seq_by_index=dict(self.seq_by_index), calibration=cal, frames_received=self.frames_received,
+            finished=self.finished, frames_processed=frames, last_seq=last_seq,
+            seq_by_index={} if last_seq is None else {frames - 1: last_seq}, calibration=cal,
+            frames_received=self.frames_received,
             frames_rejected=self.frames_rejected, dropped=dict(self.dropped),
             export_decimation=self.export.decimation)
 
@@ -414,20 +418,20 @@ class SessionManager:
         self.settings, self.worker, self.metrics = settings, worker, metrics
         self.sessions: dict[str, Session] = {}
         self._evictor: asyncio.Task | None = None
+        self.store: SessionStore | None = open_store(settings.state_dir, settings.state_url)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self.settings.state_dir is not None:
-            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.store is not None:
             await self.restore_all()
         self._evictor = asyncio.create_task(self._evict_loop(), name="session-evictor")
 
     async def stop(self) -> None:
-        """Graceful shutdown: snapshot every session (with a state dir), then close its connections."""
+        """Graceful shutdown: snapshot every session (with a store), then close its connections."""
         if self._evictor:
             self._evictor.cancel()
         for s in list(self.sessions.values()):
-            if self.settings.state_dir is not None:
+            if s.persistence is not None:
                 try:
                     await self.snapshot(s)
                 except Exception:
@@ -440,7 +444,7 @@ class SessionManager:
             raise CapacityError(f"the server holds its maximum of {self.settings.max_sessions} sessions; "
                                 "retry later or delete an unused session", self.retry_after_s())
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
-        s.snapshot_files = self._files(s.id)
+        s.persistence = self._persistence(s.id)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
         try:
             await self.worker.open_stream(s)
@@ -463,8 +467,8 @@ class SessionManager:
         await s.close_connections(code, reason)
         s.stream = None  # the spatial memory goes with the last reference
         self.metrics.active_sessions.set(len(self.sessions))
-        if not keep_files and s.snapshot_files is not None:
-            s.snapshot_files.delete()
+        if not keep_files and s.persistence is not None:
+            await s.persistence.invalidate(s.generation + 1)
         log.info("session %s removed (%s)", s.id, reason)
 
     @property
@@ -508,35 +512,39 @@ class SessionManager:
         # the release happens at the loop's first tick after the due time
         return max(1, math.ceil(min(due) - time.monotonic() + self._evict_tick_s))
 
-    # ------------------------------------------------------------------ snapshots
-    def _files(self, session_id: str) -> SnapshotFiles | None:
-        d = self.settings.state_dir
-        return None if d is None else SnapshotFiles(d, session_id)
+    # ------------------------------------------------------------------ persistence (snapshots.py, store.py)
+    def _persistence(self, session_id: str, stored: StoredSession | None = None) -> SessionPersistence | None:
+        if self.store is None:
+            return None
+        if stored is None:
+            return SessionPersistence(self.store, session_id, self.settings.persist_every)
+        return SessionPersistence(self.store, session_id, self.settings.persist_every,
+                                  stored.record.frames_processed, stored.record.rows)
 
     async def snapshot(self, s: Session) -> int:
-        """Write the session (stream state, record, export buffer) to the state dir; returns stream bytes."""
-        if s.snapshot_files is None:
-            raise RuntimeError("no state dir configured (--state-dir)")
-        data = await self.worker.snapshot_stream(s)
-        record, export = s.record(), s.export.arrays()
-        await asyncio.to_thread(s.snapshot_files.write, record, data, export)
-        log.info("session %s snapshotted (%d frames, %d bytes)", s.id, s.frames_processed, len(data))
-        return len(data)
+        """Persist the session now (stream state, record, export buffer); returns the bytes written."""
+        if s.persistence is None:
+            raise RuntimeError("no state store configured (--state-dir or --state-url)")
+        capture, seconds, point = await self.worker.capture_stream(s)
+        n = await s.persistence.submit(s, capture, seconds, point, None)
+        log.info("session %s snapshotted (%d frames, %d bytes)", s.id, point.frames, n)
+        return n
 
     async def restore_all(self) -> None:
-        for session_id in snapshot_ids(self.settings.state_dir):
+        assert self.store is not None
+        for session_id in await asyncio.to_thread(self.store.sessions):
             try:
                 await self.restore(session_id)
             except Exception as exc:
                 log.error("cannot restore session %s: %s", session_id, exc)
 
     async def restore(self, session_id: str) -> Session:
-        files = self._files(session_id)
-        record, stream, export = await asyncio.to_thread(files.read)
-        s = Session.from_record(record, export, self.settings.max_export_points, self.settings.max_fps,
+        assert self.store is not None
+        stored = await asyncio.to_thread(read_session, self.store, session_id)
+        s = Session.from_record(stored.record, stored.export, self.settings.max_export_points, self.settings.max_fps,
                                 asyncio.get_running_loop().create_future())
-        s.snapshot_files = files
-        await self.worker.restore_stream(s, stream)
+        s.persistence = self._persistence(s.id, stored)
+        await self.worker.restore_stream(s, stored.head, stored.rows)
         self.sessions[s.id] = s
         self.metrics.active_sessions.set(len(self.sessions))
         log.info("session %s restored (%d frames)", s.id, s.frames_processed)

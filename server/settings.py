@@ -70,6 +70,10 @@ class ServeSettings(BaseSettings):
     # state
     state_dir: Path | None = Field(None, description="folder for session snapshots (saved at shutdown and on "
                                    "request, restored at start)")
+    state_url: str | None = Field(None, description="keep session state in Redis instead (redis://HOST:PORT/DB); "
+                                  "wins over state_dir")
+    persist_every: int = Field(4, ge=1, description="with a state store: persist each streaming session every this "
+                               "many frames (off the model thread), so a crash loses at most that many")
     static_dir: Path | None = Field(None, description="browser client build to serve at / (default: "
                                     "the page built into the package, server/page)")
     default_encoding: Literal["full", "compact"] = Field("compact", description="encoding of new sessions "

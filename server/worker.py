@@ -28,6 +28,7 @@ from typing import Protocol
 
 from ..core.engine import Engine, StepResult, StreamError
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
+from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
 from ..core.weights import LoadedWeights
 from . import results
 from .metrics import Metrics
@@ -36,6 +37,7 @@ from .results import Calibration, FrameIdentity
 from .scheduler import Candidate, Decision, RunBatch, RunUnit, SchedulePolicy, Wait, schedule
 from .sessions import RawFrame, ReadyFrame, Session, StepTicket
 from .settings import ServeSettings
+from .snapshots import CaptureRequest, StreamPoint
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +126,22 @@ class Worker:
     async def open_stream(self, s: Session) -> None:
         s.attach_stream(await self.on_model(self.engine.new_stream, s.settings.preview), self._loop.create_future())
 
-    async def restore_stream(self, s: Session, data: bytes) -> None:
-        s.attach_stream(await self.on_model(self.engine.restore, data), s.calibration or self._loop.create_future())
+    async def restore_stream(self, s: Session, head: bytes, rows: list[bytes]) -> None:
+        stream = await self.on_model(load_stream_parts, self.engine, head, rows)
+        s.attach_stream(stream, s.calibration or self._loop.create_future())
 
-    async def snapshot_stream(self, s: Session) -> bytes:
-        """Stream bytes consistent with the session's counters and export buffer (frames are held back
-        until the snapshot and the results already computed are in)."""
+    async def capture_stream(self, s: Session) -> tuple[StreamCapture, float, StreamPoint]:
+        """The stream's state now, consistent with the session's counters and export buffer (frames are held
+        back until the copy and the results already computed are in); the seconds the copy took."""
+        assert s.persistence is not None
         try:
             with s.held():
-                data = await self.on_model(self.engine.snapshot, s.stream)
+                capture, seconds = await self.on_model(_timed_capture, s.stream, CaptureRequest(s.persistence.position))
                 if s.out_tail is not None:
                     await asyncio.wait([s.out_tail])
-                return data
+                frames = int(capture.meta["frames"])
+                return capture, seconds, StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation,
+                                                     bool(capture.meta["finished"]))
         finally:
             self._wake.set()
 
@@ -143,8 +149,8 @@ class Worker:
         try:
             with s.held():
                 await s.notify_dropped([(q, "reset") for q in s.clear_waiting()], self.metrics)
-                if s.snapshot_files is not None:  # a restart must not bring back the stream abandoned here
-                    await asyncio.to_thread(s.snapshot_files.delete)
+                if s.persistence is not None:  # a restart must not bring back the stream abandoned here
+                    await s.persistence.invalidate(s.generation + 1)
                 stream = await self.on_model(self.engine.new_stream, s.settings.preview)
                 s.reset_stream(stream, self._loop.create_future())
         finally:
@@ -270,9 +276,10 @@ class Worker:
         taken = time.perf_counter()
         units_before = self.background_units
         jobs = [(t.stream, t.frame.prepared, t.settings.preview) for _, t in batch]
+        wanted = [None if s.persistence is None else s.persistence.due(t.index + 1, s.finished) for s, t in batch]
         self.step_started = time.monotonic()
         try:
-            outs = await self.on_model(self._step, jobs)
+            outs, captures = await self.on_model(self._step, jobs, wanted)
         except Exception as exc:
             log.exception("model step failed for %d frames", len(batch))
             for s, t in batch:
@@ -286,20 +293,25 @@ class Worker:
         self.metrics.step_latency.observe(step_s)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.frames_processed.inc(len(batch))
-        for (s, t), res in zip(batch, outs):
+        for (s, t), res, captured in zip(batch, outs, captures):
             rf = t.frame
             timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
                        "step_s": step_s, "batch": float(len(batch)),
                        "job_units": float(units_before - rf.background_units)}
             self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
-            s.chain(self._result_producer(s, t, res, timings))
+            sent = s.chain(self._result_producer(s, t, res, timings))
+            if captured is not None and s.persistence is not None:  # committed off the model thread
+                capture, seconds = captured
+                s.persistence.submit(s, capture, seconds, StreamPoint(t.index + 1, rf.raw.seq, t.generation), sent)
             self._advance(s)
 
-    def _step(self, jobs):
+    def _step(self, jobs, wanted: list[CaptureRequest | None]):
+        """The batch's step, then a copy of the streams due for persisting (before any later step moves them)."""
         for stream, _, preview in jobs:
             stream.preview = preview  # a settings change takes effect at the next step
-        return self.engine.step([(stream, frame) for stream, frame, _ in jobs])
+        outs = self.engine.step([(stream, frame) for stream, frame, _ in jobs])
+        return outs, [None if w is None else _timed_capture(stream, w) for (stream, _, _), w in zip(jobs, wanted)]
 
     # ------------------------------------------------------------------ background work
     def add_background(self, work: BackgroundWork) -> None:
@@ -397,6 +409,8 @@ class Worker:
         if s.frames_processed < 2:  # waiting frames were rejected after all
             s.cancel_finish()
             return await self.reject(s, None, "not_finishable", "a stream needs at least two frames to finish")
+        if s.persistence is not None:  # the stored state is the unfinished stream: never bring it back
+            await s.persistence.invalidate(s.generation)
         try:
             out = await self.on_model(self.engine.finish, s.stream)
         except StreamError as exc:
@@ -416,3 +430,8 @@ class Worker:
 
     def queue_depth(self, sessions) -> int:
         return sum(s.waiting for s in sessions)
+
+
+def _timed_capture(stream, wanted: CaptureRequest) -> tuple[StreamCapture, float]:
+    t0 = time.perf_counter()
+    return capture_stream(stream, wanted.since), time.perf_counter() - t0

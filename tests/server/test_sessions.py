@@ -142,9 +142,8 @@ def test_snapshot_and_restore_across_restart(tiny_engine, small_frames, tmp_path
         created, ack = run(first_half())
         assert isinstance(ack, AckMsg) and ack.action == "snapshot" and ack.snapshot_bytes > 0
     # shutdown snapshotted the session: its files are there, tokens only as hashes
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{created.id}{s}" for s in (".json", ".stream", ".export.npz"))
-    assert created.token not in (tmp_path / f"{created.id}.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{created.id}.d", f"{created.id}.json"]
+    assert all(created.token.encode() not in p.read_bytes() for p in (tmp_path / f"{created.id}.d").iterdir())
 
     with live_server(tiny_engine, state_dir=tmp_path) as srv:
         async def second_half():

@@ -1,0 +1,269 @@
+"""Durable sessions: a streaming session is persisted every ``persist_every`` frames (incrementally: the memory rows
+written since the last commit, all of them after a prune), in a folder or in Redis; after a SIGKILL and a restart on
+the same store it resumes from its latest persisted state and continues bit-identically to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from service_helpers import run
+from test_worker_snapshots import free_port
+
+from spann3r.client import Recording, StreamClient, stream
+from spann3r.core.config import MemoryConfig
+from spann3r.core.engine import Engine
+from spann3r.core.preprocess import prepare
+from spann3r.core.reconstruct import reconstruct
+from spann3r.core.snapshot import capture_stream, dump_stream, load_stream, load_stream_parts
+from spann3r.server.snapshots import read_session
+from spann3r.server.store import FolderStore, RedisStore, SessionStore
+
+PERSIST_EVERY = 3
+
+
+# ---------------------------------------------------------------------------------------------- stores
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port, in a temporary folder, without persistence of its own."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server, or scripts/setup.sh --test)")
+    port, folder = free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    store = RedisStore(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            store.client.ping()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(params=["folder", "redis"])
+def store_flags(request, tmp_path) -> tuple[list[str], SessionStore]:
+    """serve flags of one store, and the same store opened here (to look inside)."""
+    if request.param == "folder":
+        return ["--state-dir", str(tmp_path / "state")], FolderStore(tmp_path / "state")
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore(url)
+    store.client.flushdb()
+    return ["--state-url", url], store
+
+
+def test_a_commit_is_all_or_nothing_in_a_folder(tmp_path):
+    store, sid = FolderStore(tmp_path), "a" * 32
+    store.commit(sid, {"record": b"1", "rows.0": b"r0"})
+    store.commit(sid, {"record": b"2", "rows.1": b"r1"}, drop=["rows.0"])
+    assert store.get(sid) == {"record": b"2", "rows.1": b"r1"}
+    # a crash after the new blobs were written, before the manifest: the previous commit is what is read
+    (tmp_path / f"{sid}.d" / "record.3").write_bytes(b"3")
+    (tmp_path / f"{sid}.json.tmp").write_bytes(b"{half a manifest")
+    assert store.get(sid) == {"record": b"2", "rows.1": b"r1"}
+    store.commit(sid, {"record": b"3"})  # the next commit clears the leftovers
+    assert sorted(p.name for p in (tmp_path / f"{sid}.d").iterdir()) == ["record.3", "rows.1.2"]
+    assert store.sessions() == [sid]
+    store.delete(sid)
+    assert store.sessions() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_commit_is_all_or_nothing_in_redis(redis_url):
+    store, sid = RedisStore(redis_url), "b" * 32
+    store.client.flushdb()
+    store.commit(sid, {"record": b"1", "rows.0": b"r0"})
+    store.commit(sid, {"record": b"2", "rows.1": b"r1"}, drop=["rows.0"])
+    assert store.get(sid) == {"record": b"2", "rows.1": b"r1"} and store.sessions() == [sid]
+    with pytest.raises(ValueError):  # a bad blob name fails before anything is sent
+        store.commit(sid, {"record": b"3", "../x": b""})
+    assert store.get(sid)["record"] == b"2"
+    store.delete(sid)
+    assert store.sessions() == [] and store.get(sid) == {}
+
+
+# ---------------------------------------------------------------------------------------------- core
+def test_incremental_captures_restore_the_whole_stream(tiny_model, small_frames):
+    """Rows since the last capture, all rows after a prune: the pieces restore a stream that continues exactly
+    as the uninterrupted one (a small long-term memory prunes within these frames)."""
+    engine = Engine(tiny_model, MemoryConfig(long_mem_size=400, work_mem_size=2))
+    frames = [prepare(rgb) for _, rgb in small_frames[:8]]
+    state = engine.new_stream(preview=False)
+    head, segments, since, starts = b"", [], None, []
+    for f in frames[:6]:
+        engine.step([(state, f)])
+        cap = capture_stream(state, since)
+        since = cap.position
+        starts.append(cap.start)
+        segments = [cap.rows_bytes()] if cap.start == 0 else [*segments, cap.rows_bytes()]
+        head = cap.head_bytes()
+    assert 0 in starts[1:] and any(s > 0 for s in starts)  # pruned once, incremental otherwise
+    pieces = load_stream_parts(engine, head, segments)
+    whole = load_stream(engine, dump_stream(state))
+    for f in frames[6:]:
+        a, b, c = (engine.step([(s, f)])[0] for s in (state, pieces, whole))
+        np.testing.assert_array_equal(b.final.pts3d, a.final.pts3d)
+        np.testing.assert_array_equal(c.final.pts3d, a.final.pts3d)
+        assert b.memory == a.memory
+
+
+# ---------------------------------------------------------------------------------------------- SIGKILL
+def serve(flags: list[str], port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spann3r.cli",
+            "serve",
+            "--model",
+            "tiny",
+            "--weights",
+            "synthetic",
+            "--port",
+            str(port),
+            "--persist-every",
+            str(PERSIST_EVERY),
+            "--log-level",
+            "warning",
+            *flags,
+        ],
+        env={**os.environ, "SPANN3R_MAX_FPS": "1000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def stored_frames(store: SessionStore, session_id: str) -> int:
+    try:
+        return read_session(store, session_id).record.frames_processed
+    except (KeyError, FileNotFoundError):
+        return 0
+
+
+def test_a_session_resumes_bit_identically_after_sigkill(tiny_engine, small_frames, store_flags):
+    flags, store = store_flags
+    frames, sent = small_frames, 7  # 8 frames
+    first = Recording()
+    proc, url = serve(flags)
+    try:
+
+        async def stream_then_wait_for_the_store():
+            c = StreamClient(url)
+            created = await c.create_session({"encoding": "full", "frame_policy": "queue"})
+            async for m in stream(url, frames[:sent], client=c, encoding="png", finish=False):
+                first.add(m)
+            deadline = time.monotonic() + 30  # the commit of frame 6's state runs off the model thread
+            while stored_frames(store, created.id) < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            await c.close()
+            return created
+
+        created = run(stream_then_wait_for_the_store())
+    finally:
+        kill(proc)  # no shutdown snapshot: what is there was persisted while streaming
+
+    assert stored_frames(store, created.id) == 6  # every 3 frames: 7 frames sent, the state of 6 is there
+    second = Recording()
+    proc, url = serve(flags)
+    try:
+
+        async def resume():
+            c = StreamClient(url)
+            c.attach(created.id, created.token)
+            hello = None
+            async for m in stream(url, frames[6:], client=c, encoding="png"):
+                hello = hello or m
+                second.add(m)
+            await c.close()
+            return hello
+
+        hello = run(resume())
+    finally:
+        kill(proc)
+    assert hello.frames_processed == 6 and hello.last_seq == 5
+    assert set(first.finals) == set(range(6)) and set(second.finals) == set(range(5, len(frames)))
+    # the final of frame 5 came in both runs (the one-frame lag): recomputed from the restored state, equal
+    np.testing.assert_array_equal(second.finals[5][1]["pts3d"], first.finals[5][1]["pts3d"])
+    merged = Recording()
+    merged.finals = {**first.finals, **second.finals}
+    merged.memory = {**first.memory, **second.memory}
+    merged.focal = first.focal
+    ours, ref = merged.reconstruction(), reconstruct(tiny_engine, frames)
+    np.testing.assert_array_equal(ours.pts3d, ref.pts3d)
+    np.testing.assert_array_equal(ours.conf, ref.conf)
+    np.testing.assert_array_equal(ours.skipped, ref.skipped)
+    np.testing.assert_array_equal(ours.mem_tokens, ref.mem_tokens)
+    assert store.sessions() == []  # the second run finished the stream: its unfinished state is gone
+
+
+def test_a_reset_or_finish_leaves_nothing_to_restore(small_frames, store_flags):
+    flags, store = store_flags
+    proc, url = serve(flags)
+    try:
+
+        async def reset_after_persisting():
+            c = StreamClient(url)
+            created = await c.create_session({"encoding": "compact", "frame_policy": "queue"})
+            async for _ in stream(url, small_frames[:4], client=c, encoding="png", finish=False):
+                pass
+            deadline = time.monotonic() + 30
+            while stored_frames(store, created.id) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            persisted = stored_frames(store, created.id)
+            await c.reset()
+            deadline = time.monotonic() + 30
+            while store.sessions() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            await c.close()
+            return created, persisted
+
+        created, persisted = run(reset_after_persisting())
+        assert persisted == 3
+        assert store.sessions() == []  # the reset removed the old stream's state
+    finally:
+        kill(proc)
+    proc, url = serve(flags)
+    try:
+        r = httpx.get(f"{url}/v1/sessions/{created.id}", headers={"Authorization": f"Bearer {created.token}"})
+        assert r.status_code == 404, r.text
+    finally:
+        kill(proc)
