@@ -270,6 +270,10 @@ async function watchScenario() {
   await until(streamer, 'streamer', (s) => s.life === 'finished', 'the streamer to finish', 60_000);
   await until(watcher, 'watcher-after-stop', (s) => s.life === 'finished' && s.banners.some((b) => b.key === 'watch-notice'), 'the watcher to be told', 60_000);
   await shot(watcher, 'watcher-finished');
+  // the streamer leaves (closes the tab): the watcher is told
+  await streamer.close();
+  await until(watcher, 'watcher-after-leave', (s) => s.banners.some((b) => b.key === 'watch-notice' && b.text.includes('left')), 'the watcher to learn the streamer left', 30_000);
+  await shot(watcher, 'watcher-streamer-left');
   await context.close();
 }
 
@@ -336,6 +340,18 @@ async function lostScenario() {
   await context.close();
 }
 
+/** No rate fixed: the camera sends whenever a result has come back (credits), so nothing is skipped. */
+async function pacedScenario() {
+  const context = await launch();
+  const page = await openPage(context, 'paced', '?inflight=2&detail=2');
+  await page.click('#start-camera');
+  await until(page, 'paced', (s) => s.resultsReceived >= minResults, `${minResults} results`);
+  await page.waitForTimeout(600);
+  await sample(page, 'paced');
+  await shot(page, 'paced');
+  await context.close();
+}
+
 async function evictedScenario() {
   const context = await launch();
   const page = await openPage(context, 'evicted', '?fps=4&inflight=2&detail=2');
@@ -379,7 +395,7 @@ async function benchScenario() {
   await context.close();
 }
 
-const scenarios = { reload: reloadScenario, lost: lostScenario, camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
+const scenarios = { paced: pacedScenario, reload: reloadScenario, lost: lostScenario, camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
 
 try {
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);

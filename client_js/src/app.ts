@@ -105,8 +105,11 @@ export class App {
   private captureOptions() {
     const [w, h] = ($('opt-capture') as HTMLSelectElement).value.split('x').map(Number);
     const maxFps = this.session?.hello?.limits.max_fps ?? 30;
+    // an empty rate: the camera sends as fast as results come back (credits), never faster than the server allows
+    const paced = ($('opt-fps') as HTMLInputElement).value.trim() === '';
     return {
-      fps: Math.min(this.num('opt-fps', 4), maxFps),
+      fps: Math.min(paced ? 4 : this.num('opt-fps', 4), maxFps),
+      paced,
       captureWidth: w || 1280,
       captureHeight: h || 720,
       facingMode: ($('opt-facing') as HTMLSelectElement).value as 'environment' | 'user',
@@ -177,6 +180,7 @@ export class App {
       camera.stop();
       return;
     }
+    if (camera.paced) camera.setPollRate(session.hello?.limits.max_fps ?? 30);
     await camera.start(session);
     ($('camera-preview') as HTMLVideoElement).hidden = false;
     this.source = camera;
@@ -534,6 +538,7 @@ export class App {
       framesSent: s?.framesSent ?? 0,
       resultsReceived: s?.resultsReceived ?? 0,
       framesDropped: s?.stats.framesDropped ?? 0,
+      droppedClient: s?.stats.droppedClient ?? 0,
       droppedServer: s?.stats.droppedServer ?? {},
       inFlight: s?.framesInFlight ?? 0,
       lastFrameIndex: s?.stats.lastFrameIndex ?? -1,

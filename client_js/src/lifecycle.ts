@@ -65,7 +65,10 @@ export function pillFor(life: SessionLife | null, role: Role | null, connection:
 
 /** What a watcher is told when the session's life changes under it (the streamer is someone else). */
 export function watcherNotice(life: SessionLife, streamerConnected: boolean | null): string | null {
-  if (life === 'finished') return 'The streamer finished this session: no new frames will come.';
+  if (life === 'finished') {
+    const left = streamerConnected === false ? ' and left' : '';
+    return `The streamer finished this session${left}: no new frames will come.`;
+  }
   if (life === 'evicted') return 'The session ended: the streamer left (or it was idle) and the server released it.';
   if (life === 'lost') return 'The session is gone from the server.';
   if (streamerConnected === false) return 'The streamer is not connected: the view resumes when they come back.';

@@ -29,7 +29,8 @@ test('watchers differ only in what they may do', () => {
     assert.equal(c.showStreamControls || c.stop || c.reset || c.exports || c.source, false, life);
     assert.equal(pillFor(life, 'watch', open).state, pillFor(life, 'stream', open).state, life);
   }
-  assert.match(watcherNotice('finished', true)!, /finished/);
+  assert.match(watcherNotice('finished', true)!, /finished this session:/);
+  assert.match(watcherNotice('finished', false)!, /finished this session and left/);
   assert.match(watcherNotice('streaming', false)!, /not connected/);
   assert.equal(watcherNotice('streaming', true), null);
 });

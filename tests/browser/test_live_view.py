@@ -147,6 +147,9 @@ def test_watch_only_follows_another_stream(server, camera_y4m):
     assert told["life"] == "finished" and told["pill"]["state"] == "finished"
     notice = next(b for b in told["banners"] if b["key"] == "watch-notice")
     assert "finished" in notice["text"]
+    # then the streamer closed its tab: the watcher is told that too
+    left = r["samples"]["watcher-after-leave"][-1]
+    assert any(b["key"] == "watch-notice" and "left" in b["text"] for b in left["banners"]), left["banners"]
     assert point_pixels(next(p for p in r["screenshots"] if p.endswith("watch-watcher.png"))) > 3000
     assert_no_console_errors(r)
 
@@ -254,3 +257,18 @@ def test_a_lost_session_stops_the_camera_and_shows_no_token(client_build, camera
     assert r["notes"]["tokens"] == 2 and r["notes"]["webSocketConsole"] >= 1, r["allConsole"]
     assert r["notes"]["tokenInConsole"] == []
     assert not r["pageErrors"], r["pageErrors"]
+
+
+def test_without_a_fixed_rate_the_page_sends_as_fast_as_results_come_back(server, camera_y4m):
+    r = run_driver("paced", server.base, "--y4m", str(camera_y4m), "--min-results", "6")
+    samples = r["samples"]["paced"]
+    last = samples[-1]
+    assert last["resultsReceived"] >= 6
+    # credits: a frame goes out when a result frees room, so none is skipped and at most 2 are ever in flight
+    assert last["droppedClient"] == 0, last
+    assert all(s["framesSent"] - s["resultsReceived"] - sum(s["droppedServer"].values()) <= 2 for s in samples)
+    # the overlay says what skipped frames are (here: none held back by the page; at the server: replaced by
+    # newer ones under the "latest" policy when one arrived while another still waited)
+    assert overlay_values(r, "here / at server", "paced")[-1].startswith("0 / ")
+    assert overlay_values(r, "skipped: server busy", "paced")
+    assert_no_console_errors(r)

@@ -1,6 +1,6 @@
 /**
  * The device camera: rear camera on phones (facingMode "environment"), requested resolution and rate, frames
- * grabbed on a timer at the chosen rate. When the in-flight limit is reached the frame is skipped before it
+ * grabbed on a timer at the chosen rate, or (no rate chosen) whenever a result came back and freed room. When the in-flight limit is reached the frame is skipped before it
  * is encoded: a live camera should show the newest view, not a backlog.
  */
 import { FrameEncoder, type EncodeOptions } from './frameEncoder.ts';
@@ -9,6 +9,9 @@ import { nowSeconds } from '../stats.ts';
 
 export interface CameraOptions extends EncodeOptions {
   fps: number;
+  /** no rate fixed by the user: send a frame whenever the in-flight limit allows one (each result back frees
+   * a credit), polling at `fps` (the server's limit); a frame not taken is not a skip */
+  paced?: boolean;
   /** requested capture size (the browser picks the nearest the camera offers) */
   captureWidth: number;
   captureHeight: number;
@@ -48,6 +51,7 @@ export class CameraSource implements FrameSource {
   private timer: ReturnType<typeof setInterval> | null = null;
   private encoder: FrameEncoder;
   private busy = false;
+  private pollFps = 30;
 
   constructor(private video: HTMLVideoElement, private options: CameraOptions) {
     this.encoder = new FrameEncoder(options);
@@ -82,9 +86,19 @@ export class CameraSource implements FrameSource {
     await this.video.play();
   }
 
+  get paced(): boolean {
+    return this.options.paced === true;
+  }
+
+  /** Paced: how often to look for room for a frame (the server's max_fps; more would be refused). */
+  setPollRate(fps: number): void {
+    this.pollFps = Math.max(1, Math.min(fps, 30));
+  }
+
   async start(sink: FrameSink): Promise<void> {
     await this.open();
-    this.timer = setInterval(() => void this.tick(sink), 1000 / this.options.fps);
+    const rate = this.options.paced ? this.pollFps : this.options.fps;
+    this.timer = setInterval(() => void this.tick(sink), 1000 / rate);
   }
 
   stop(): void {
@@ -103,7 +117,7 @@ export class CameraSource implements FrameSource {
     const v = this.video;
     if (this.busy || v.readyState < 2 || !v.videoWidth) return;
     if (!sink.ready()) {
-      sink.skipped();
+      if (!this.options.paced) sink.skipped(); // paced: no frame was due, the server is simply busy
       return;
     }
     this.busy = true;
