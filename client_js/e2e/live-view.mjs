@@ -309,6 +309,13 @@ async function reloadScenario() {
   const after = await until(page, 'reload-after', (s) => s.state === 'open' && s.pointsShown >= before.pointsShown && s.resultsReceived >= 2, 'the resumed session to catch up', 90_000);
   report.notes.after = after;
   await shot(page, 'resumed');
+  // Stream again while streaming: the old session is finished and deleted (not left held), a new one starts
+  const [old] = await pageTokens(page);
+  await page.click('#start-camera');
+  report.notes.restarted = await until(page, 'reload-restarted', (s) => s.state === 'open' && s.sessionId !== before.sessionId && s.resultsReceived >= 1, 'the new session', 60_000);
+  // asked from outside the page: a 404 in the page would be a console error
+  const probe = await page.request.get(`${base}/v1/sessions/${before.sessionId}`, { headers: { authorization: `Bearer ${old}` } });
+  report.notes.oldSessionStatus = probe.status();
   await page.click('#stop');
   report.notes.stopped = await until(page, 'reload-stopped', (s) => s.life === 'finished', 'the stop to finish the session', 60_000);
   await shot(page, 'stopped');

@@ -41,8 +41,8 @@ export function finalCloseReason(code: number, reason: string): string | null {
       return 'The server refused the token for this session (wrong or expired link).';
     case CloseCode.NOT_FOUND:
       return 'This session no longer exists on the server (it was evicted, deleted, or the server restarted without a state dir).';
-    case CloseCode.IDLE:
-      return 'The session was evicted after being idle too long.';
+    case CloseCode.IDLE: // idle timeout, or released after its stream connection went away: the reason says which
+      return reason ? `The server ended the session: ${reason}.` : 'The session was evicted after being idle too long.';
     case CloseCode.REPLACED:
       return 'Another stream connection took over this session (opened in another tab or device).';
     case CloseCode.DELETED:

@@ -61,3 +61,29 @@ test('watch links carry the token in the fragment; old query links still work', 
   assert.deepEqual(parseWatchLink('http://h/?watch=abc&token=w', 'http://h/'), { id: 'abc', token: 'w', server: null });
   assert.equal(parseWatchLink('http://h/', 'http://h/'), null);
 });
+
+test('an export downloads with the token in a header and reports its progress', async () => {
+  const { Api } = await import('../src/api.ts');
+  const chunks = [new Uint8Array(300), new Uint8Array(700)];
+  const seen: { url: string; auth: string | null }[] = [];
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = (async (url: string, init?: RequestInit) => {
+    seen.push({ url: String(url), auth: new Headers(init?.headers).get('authorization') });
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const c of chunks) controller.enqueue(c);
+        controller.close();
+      },
+    });
+    return new Response(body, { headers: { 'content-length': '1000', 'content-type': 'application/octet-stream' } });
+  }) as typeof fetch;
+  try {
+    const progress: [number, number | null][] = [];
+    const blob = await new Api('http://h').download('abc', 's3cret', 'cloud.ply', (loaded, total) => progress.push([loaded, total]));
+    assert.equal(blob.size, 1000);
+    assert.deepEqual(progress, [[300, 1000], [1000, 1000]]);
+    assert.deepEqual(seen, [{ url: 'http://h/v1/sessions/abc/export/cloud.ply', auth: 'Bearer s3cret' }]);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});

@@ -216,6 +216,10 @@ def test_a_reload_resumes_the_session_and_stop_forgets_it(server, camera_y4m):
     assert after["pointsShown"] >= before["pointsShown"] > 0
     assert after["lastFrameIndex"] > before["lastFrameIndex"]
     assert after["cameraLive"] and after["storedSession"]
+    # Stream again while streaming: a new session, and the old one is gone from the server (not left held)
+    restarted = r["notes"]["restarted"]
+    assert restarted["sessionId"] != before["sessionId"] and restarted["life"] == "streaming"
+    assert r["notes"]["oldSessionStatus"] == 404
     # Stop: finished (the pill says so), Stop disabled, exports still available; and the tab forgot it
     stopped = r["notes"]["stopped"]
     assert stopped["life"] == "finished" and stopped["pill"]["state"] == "finished", stopped["pill"]
