@@ -12,7 +12,8 @@ import time
 import typing
 from pathlib import Path
 
-from ..client import Recording, ServiceError, StreamClient, is_live, iter_source, stream
+from ..client import Recording, ServiceError, StreamClient, is_live, iter_source
+from ..client.client import ResumeGap, reconnecting_stream
 from ..core.sources import SourceError
 from ..server.protocol import DroppedMsg, ErrorMsg, FramePolicy, HelloMsg, PoseMethod, SessionSettings
 from .errors import UserError
@@ -61,6 +62,13 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--api-key", default=None, help="API key, when the server requires one (or SPANN3R_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="accept a self-signed TLS certificate")
     p.add_argument("--preview", action="store_true", help="ask for previews too (not saved)")
+    p.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        help="while the server is away, keep reconnecting (with backoff) for this many seconds; files are sent "
+        "again from where the session resumed (default 60)",
+    )
     add_camera_args(p, typing.get_args(PoseMethod))
     robots = p.add_argument_group("robotics outputs (the 'robotics' extra; topics and frames: docs/robotics.md)")
     robots.add_argument("--mcap", default=None, metavar="OUT.mcap", help="record the finals as ROS 2 messages in MCAP")
@@ -123,6 +131,10 @@ async def _run(args) -> int:
     frames = iter_source(args.input, args.kf_every)
     first = next(frames)  # a bad input fails before any session is created
     frames = itertools.islice(itertools.chain([first], frames), args.max_frames)
+
+    def resend_from(position: int):  # a file source, read again from the frame a restarted server resumed at
+        return itertools.islice(iter_source(args.input, args.kf_every), position, args.max_frames)
+
     policy: FramePolicy = args.policy or ("latest" if live else "queue")
     window = args.window if policy == "queue" else max(args.window, 8)
     settings = SessionSettings(
@@ -135,13 +147,15 @@ async def _run(args) -> int:
         pose_method=args.pose_method,
     )
     client = StreamClient(args.url, args.api_key or os.environ.get("SPANN3R_API_KEY"), not args.insecure)
-    recording, drops, errors = Recording(), 0, 0
+    recording, drops, errors, lost = Recording(), 0, 0, 0
     sinks = open_sinks(args)
     t0 = time.perf_counter()
     try:
-        async for msg in stream(
+        async for msg in reconnecting_stream(
             args.url,
             frames,
+            resend_from=None if live else resend_from,
+            reconnect_timeout=args.reconnect_timeout,
             settings=settings,
             encoding=args.encoding,
             quality=args.quality,
@@ -149,7 +163,17 @@ async def _run(args) -> int:
             rate=args.rate,
             client=client,
         ):
+            if isinstance(msg, ResumeGap):
+                lost += len(msg.seqs)
+                log.warning(
+                    "the server restarted: frames %d..%d were lost (a live source cannot send them again)",
+                    msg.first,
+                    msg.last,
+                )
+                continue
             if isinstance(msg, HelloMsg):
+                if msg.resume is not None:
+                    log.warning("the server restarted; the session resumed after frame %d", msg.resume.frames_processed)
                 if msg.model.synthetic:
                     log.warning("%s", msg.model.notice)
                 log.info(
@@ -169,7 +193,7 @@ async def _run(args) -> int:
             for sink in sinks:
                 sink.add(msg)
     except ServiceError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{exc}; {out} not written") from None
     except OSError as exc:
         raise UserError(f"cannot reach {args.url}: {exc}") from None
     finally:
@@ -177,16 +201,20 @@ async def _run(args) -> int:
         await client.close()
     if not recording.finals:
         raise UserError("the server returned no final pointmaps (a stream needs at least two frames)")
+    if not recording.finished:  # never a partial run as if it were the whole one
+        raise UserError(f"the stream did not finish ({len(recording.finals)} frames reconstructed); {out} not written")
     rec = recording.reconstruction(client.names)
     rec.save_npz(out)
     dt = time.perf_counter() - t0
     log.info(
-        "%d frames in %.1f s (%.2f frames/s), %d dropped, %d errors; %d/%d poses valid; wrote %s",
+        "%d frames in %.1f s (%.2f frames/s), %d dropped, %d errors, %d lost in server restarts; %d/%d poses valid; "
+        "wrote %s",
         len(rec.names),
         dt,
         len(rec.names) / dt,
         drops,
         errors,
+        lost,
         rec.pose_valid.sum(),
         len(rec.names),
         out,

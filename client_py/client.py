@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -22,6 +23,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from ..server.protocol import (
+    CLOSE_DELETED,
+    CLOSE_IDLE,
+    CLOSE_NOT_FOUND,
+    CLOSE_REPLACED,
+    CLOSE_UNAUTHORIZED,
     MAX_SERVER_MESSAGE_BYTES,
     SUBPROTOCOL,
     TOKEN_SUBPROTOCOL_PREFIX,
@@ -357,6 +363,127 @@ async def stream(
         finally:
             sender.cancel()
             receiver.cancel()
+    finally:
+        if own:
+            await client.close()
+
+
+# ---------------------------------------------------------------------------------------------- reconnecting
+# no such session (any more), not ours, or taken over by another connection: waiting does not help
+FATAL_CLOSES = {str(c) for c in (CLOSE_UNAUTHORIZED, CLOSE_NOT_FOUND, CLOSE_IDLE, CLOSE_REPLACED, CLOSE_DELETED)}
+
+
+@dataclass(frozen=True)
+class ResumeGap:
+    """Frames a restarted server lost that the source cannot send again (a live source): seqs ``first``..``last``.
+    Yielded by ``reconnecting_stream`` in place of their results."""
+
+    first: int
+    last: int
+
+    @property
+    def seqs(self) -> range:
+        return range(self.first, self.last + 1)
+
+
+class _ResumableSource:
+    """The frames of one connection: from the resume point the hello names. A re-sendable source (``resend_from``)
+    starts again there; a live one goes on, and the frames it cannot send again are a gap."""
+
+    def __init__(self, frames: Iterable, resend_from: Callable[[int], Iterable] | None):
+        self.live = iter(frames)
+        self.resend_from = resend_from
+        self.sent = 0  # frames of the source sent so far (a frame's seq is its position in the source)
+        self.current: Iterator = self.live
+        self.exhausted = False
+
+    def resume_at(self, position: int) -> ResumeGap | None:
+        gap = None
+        if position < self.sent:
+            if self.resend_from is not None:
+                self.current = iter(self.resend_from(position))
+            else:
+                gap = ResumeGap(position, self.sent - 1)
+                position = self.sent
+        self.sent = position
+        return gap
+
+    def __iter__(self) -> Iterator:
+        for frame in self.current:
+            self.sent += 1
+            yield frame
+        self.exhausted = True
+
+
+async def reconnecting_stream(
+    url: str,
+    frames: Iterable,
+    *,
+    resend_from: Callable[[int], Iterable] | None = None,
+    reconnect_timeout: float = 60.0,
+    backoff: tuple[float, float] = (0.2, 2.0),
+    settings: SessionSettings | dict | None = None,
+    encoding: str = "jpeg",
+    quality: int = 90,
+    window: int = 4,
+    rate: float | None = None,
+    api_key: str | None = None,
+    verify_tls: bool = True,
+    client: StreamClient | None = None,
+) -> AsyncIterator[Any]:
+    """``stream`` that survives the server going away: it reconnects with exponential backoff (``backoff``: first
+    and longest wait, in seconds) for up to ``reconnect_timeout`` seconds each time, and carries on from where the
+    session resumed (the hello's ``last_seq``; a server restarted on its store resumes from its latest persisted
+    state). Frame seqs are positions in the source. A file source passes ``resend_from(position)`` (the frames from
+    ``position`` on) and is sent again from the resume point, so the results are those of an uninterrupted run; for
+    a live source the lost frames are yielded as a ``ResumeGap``. Ends with the ``finished`` message; raises
+    ``ServiceError`` when the server does not come back in time or no longer knows the session."""
+    own = client is None
+    client = client or StreamClient(url, api_key, verify_tls)
+    source = _ResumableSource(frames, resend_from)
+    names: dict[int, str] = {}  # every connection's ``client.names``: seq → frame name
+    try:
+        if client.session is None:
+            await client.create_session(settings)
+        away_since: float | None = None
+        wait = backoff[0]
+        while True:
+            try:
+                client._seq = -1  # the hello's last_seq sets it: the next seq is the resume point
+                async for msg in stream(
+                    url, source, encoding=encoding, quality=quality, window=window, rate=rate, client=client
+                ):
+                    if isinstance(msg, HelloMsg):
+                        away_since, wait = None, backoff[0]
+                        yield msg
+                        gap = source.resume_at(0 if msg.last_seq is None else msg.last_seq + 1)
+                        if gap is not None:
+                            yield gap
+                        continue
+                    if isinstance(msg, FinishedMsg) or (isinstance(msg, ErrorMsg) and msg.code == "not_finishable"):
+                        client.names = names | client.names
+                        yield msg
+                        return
+                    yield msg
+                problem = "the connection closed"
+            except ServiceError as exc:
+                if exc.code in FATAL_CLOSES:
+                    raise
+                problem = str(exc)
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            names.update(client.names)
+            await client.disconnect()
+            now = time.monotonic()
+            away_since = away_since or now
+            if now - away_since > reconnect_timeout:
+                raise ServiceError(
+                    f"the server did not come back within {reconnect_timeout:g} s ({problem}); "
+                    f"{source.sent} frames were sent, the stream is incomplete",
+                    code="unreachable",
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, backoff[1])
     finally:
         if own:
             await client.close()

@@ -101,7 +101,7 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
                       max_fps=settings.max_fps, max_protocol_errors=settings.max_protocol_errors,
                       idle_timeout_s=settings.idle_timeout_s, max_batch=settings.max_batch),
         settings=session.settings, frames_processed=session.frames_processed, last_seq=session.last_seq,
-        finished=session.finished)))
+        finished=session.finished, resume=session.resume_info())))
     try:
         while not conn.closed:
             message = await ws.receive()

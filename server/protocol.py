@@ -218,6 +218,15 @@ class MemoryInfo(_Msg):
     attn_zeroed_frac: float | None = None
 
 
+class ResumeInfo(_Msg):
+    """Where a session restored from the server's store (after a restart) resumed: the stream holds frames up to
+    ``last_seq``; frames the client sent after it were lost with the server and must be sent again (or are a gap,
+    for a live source)."""
+
+    frames_processed: int = Field(description="frames in the restored stream")
+    last_seq: int | None = Field(description="seq of its last frame; send larger ones (the lost frames again)")
+
+
 class HelloMsg(_Msg):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
@@ -230,6 +239,8 @@ class HelloMsg(_Msg):
     frames_processed: int = Field(description="frames the stream has processed so far (reconnect resumes here)")
     last_seq: int | None = Field(description="highest seq accepted so far; send larger ones")
     finished: bool
+    resume: ResumeInfo | None = Field(None, description="set when the session was restored from the server's "
+                                      "store and has taken no frame since: frames after resume.last_seq were lost")
 
 
 class ResultMsg(_Msg):

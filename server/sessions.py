@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING
 
 from .auth import token_hash
 from .exports import ExportBuffer
-from .protocol import CLOSE_DELETED, CLOSE_IDLE, CLOSE_SHUTDOWN, DroppedMsg, SessionSettings, SessionStats, pack
+from .protocol import (
+    CLOSE_DELETED,
+    CLOSE_IDLE,
+    CLOSE_SHUTDOWN,
+    DroppedMsg,
+    ResumeInfo,
+    SessionSettings,
+    SessionStats,
+    pack,
+)
 from .snapshots import SessionPersistence, SessionRecord, StoredSession, read_session
 from .store import SessionStore, open_store
 
@@ -140,6 +149,7 @@ class Session:
         self.busy = False  # a reset / finish / snapshot runs on the model thread: keep frames out
         self._nth = 0
         self.persistence: SessionPersistence | None = None  # its persisted state (with a store)
+        self.restored = False  # restored from the store, no frame taken since (the hello says where it resumed)
         # counters
         self.frames_received = 0
         self.frames_rejected = 0
@@ -233,6 +243,7 @@ class Session:
         if frame is None or self.closed:
             return None
         self.ready_since = None
+        self.restored = False
         index = self.frames_processed
         self.frames_processed += 1
         prev_seq = self.seq_by_index.get(index - 1)
@@ -408,7 +419,12 @@ class Session:
             calibration.set_result(record.calibration)
         s.export.load_arrays(export)
         s.export.decimation = record.export_decimation
+        s.restored = True
         return s
+
+    def resume_info(self) -> ResumeInfo | None:
+        """For the hello: where a restored stream resumed, until it takes its next frame."""
+        return ResumeInfo(frames_processed=self.frames_processed, last_seq=self.last_seq) if self.restored else None
 
 
 class SessionManager:
@@ -448,6 +464,8 @@ class SessionManager:
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
         try:
             await self.worker.open_stream(s)
+            if s.persistence is not None:  # a crash before its first periodic commit must not lose the session
+                await self.snapshot(s)
         except BaseException:
             self.sessions.pop(s.id, None)
             raise

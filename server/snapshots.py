@@ -99,7 +99,7 @@ def export_until(export: dict[str, np.ndarray], frames: int) -> dict[str, np.nda
     point_rows = np.concatenate(
         [np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(keep)] or [np.zeros(0, np.int64)]
     )
-    n_poses = min(len(export["valid"]), frames)
+    n_poses = max(0, min(len(export["valid"]), frames))
     return {
         "xyz": export["xyz"][point_rows],
         "rgb": export["rgb"][point_rows],

@@ -12,6 +12,7 @@ export type RestBody =
   | SessionSettingsPatch
   | Limits
   | ModelInfo
+  | ResumeInfo
   | SessionSettings
   | Array
   | CompactMap
@@ -127,6 +128,10 @@ export interface HelloMsg {
    */
   last_seq: number | null;
   finished: boolean;
+  /**
+   * set when the session was restored from the server's store and has taken no frame since: frames after resume.last_seq were lost
+   */
+  resume?: ResumeInfo | null;
 }
 export interface ModelInfo {
   /**
@@ -214,6 +219,21 @@ export interface SessionSettings {
    * compute the preview of each new frame (costs one more head)
    */
   preview?: boolean;
+}
+/**
+ * Where a session restored from the server's store (after a restart) resumed: the stream holds frames up to
+ * ``last_seq``; frames the client sent after it were lost with the server and must be sent again (or are a gap,
+ * for a live source).
+ */
+export interface ResumeInfo {
+  /**
+   * frames in the restored stream
+   */
+  frames_processed: number;
+  /**
+   * seq of its last frame; send larger ones (the lost frames again)
+   */
+  last_seq: number | null;
 }
 /**
  * Result of one frame: its preview and the final of the frame before (one-frame lag); frame 0 has none.
