@@ -79,7 +79,6 @@ def register(sub, name: str, help_text: str) -> None:
         help="ICP correspondence distance in metres (default: the official 0.1)",
     )
     p.add_argument("--csv", default=None, help="CSV output (default: eval_<dataset>.csv)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=run)
 
 

@@ -21,6 +21,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["official", "tiny"],
         help="model size preset (tiny: same code, small widths; for tests and demos)",
     )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="fp32: exact (bit-identical to the official code on the CPU); bf16/fp16: faster on GPUs, DPT heads "
+        "in float32 (docs/precision.md); auto: fp32 on the CPU, bf16 on a GPU",
+    )
 
 
 def intrinsics_arg(text: str) -> Intrinsics:

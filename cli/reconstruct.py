@@ -64,7 +64,6 @@ def register(sub, name: str, help_text: str) -> None:
         default=1e-3,
         help="point filter of the PLY and MCAP outputs on (conf-1)/conf, as the official demo (default 1e-3)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     add_camera_args(p, POSE_METHODS)
     p.add_argument(
         "--unordered",
@@ -91,7 +90,7 @@ def write_other_outputs(args, rec: Reconstruction) -> None:
 
 def load_engine(args):
     """The engine for the model flags (``add_model_args``)."""
-    return load_engine_from(args.weights, args.device, args.model, getattr(args, "threads", None))
+    return load_engine_from(args.weights, args.device, args.model, args.threads, args.precision)
 
 
 def run(args) -> int:

@@ -214,12 +214,13 @@ def resolve_weights(weights: str | None) -> str:
     raise WeightsError(f"no weights given and no {DEFAULT_CHECKPOINT}. {OFFICIAL_CHECKPOINT_HELP}")
 
 
-def load_engine(weights: str | None, device: str = "cpu", model: str = "official", threads: int | None = None):
+def load_engine(weights: str | None, device: str = "cpu", model: str = "official", threads: int | None = None,
+                precision: str = "auto"):
     """The streaming engine with its weights loaded: the one loader of ``spann3r reconstruct/eval`` and the service.
 
     Returns ``(Engine, LoadedWeights)``. ``model`` is a ``ModelConfig`` preset name; ``threads`` sets torch's CPU
-    threads (None: torch's choice)."""
-    from .engine import Engine  # the engine imports the model; weights stays importable on its own
+    threads (None: torch's choice); ``precision``: fp32 | bf16 | fp16, or auto (``engine.default_precision``)."""
+    from .engine import Engine, default_precision  # the engine imports the model; weights stays importable alone
 
     if threads:
         torch.set_num_threads(threads)
@@ -228,4 +229,4 @@ def load_engine(weights: str | None, device: str = "cpu", model: str = "official
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device}: CUDA is not available on this machine")
     net, info = build_model(source, ModelConfig.preset(model), dev)
-    return Engine(net), info
+    return Engine(net, precision=default_precision(dev) if precision == "auto" else precision), info

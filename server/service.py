@@ -29,7 +29,7 @@ class NotReady(RuntimeError):
 
 def load_engine_for(settings: ServeSettings) -> tuple[Engine, LoadedWeights]:
     """The model of the settings, through core's loader (the CLI's ``reconstruct`` uses the same one)."""
-    return load_engine(settings.weights, settings.device, settings.model, settings.threads)
+    return load_engine(settings.weights, settings.device, settings.model, settings.threads, settings.precision)
 
 
 class Service:
