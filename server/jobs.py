@@ -1,6 +1,6 @@
 """Collection jobs: uploaded images reconstructed in the unordered mode, on the worker that runs the streams.
 
-A job's model work is ``core.unordered_steps.UnorderedSteps``: small units that the worker's scheduler runs
+A job's model work is ``core.unordered.UnorderedSteps``: small units that the worker's scheduler runs
 between streaming batches (worker.py), so a stream's frame waits for one unit at most, never for a job.
 
 Life of a job: an upload is received into the job's own temporary folder, checked and decoded (uploads.py;
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..core.export import fuse
 from ..core.unordered import UnorderedError
-from ..core.unordered_steps import UnorderedSteps
+from ..core.unordered import UnorderedSteps
 from .auth import token_hash
 from .exports import ExportBuffer, ExportKind, export_bytes
 from .protocol import JobError, JobMsg, JobStatus, pack

@@ -224,7 +224,7 @@ def test_a_failing_job_reports_why_and_keeps_streams_alive(tiny_engine, files_D,
     """A collection the unordered mode cannot order (the core's UnorderedError) fails with its message; a fault
     in a unit fails that job only."""
     from spann3r.core.unordered import UnorderedError
-    from spann3r.core.unordered_steps import UnorderedSteps
+    from spann3r.core.unordered import UnorderedSteps
 
     real = UnorderedSteps.run_unit
 
