@@ -72,6 +72,10 @@ OutputEncoding = Literal["full", "compact"]
 FloatDtype = Literal["float32", "float16"]
 ImageFormat = Literal["jpeg", "png", "webp", "rgb8"]
 ControlAction = Literal["finish", "reset", "settings", "snapshot"]
+# a session's life, the same on the server and in its clients: created (no stream connection yet) → streaming →
+# finished (takes no frames until a reset); evicted (close 4408) and lost (4404, 4410, 4409, 4401) are what a
+# client concludes when the session ends, never reported by a live session
+SessionLife = Literal["created", "streaming", "finished", "evicted", "lost"]
 
 
 class SessionSettings(_Inbound):
@@ -408,6 +412,7 @@ class SessionStats(_Msg):
     frames_rejected: int = Field(description="frames answered with an error")
     waiting: int = Field(description="frames waiting for the worker")
     finished: bool
+    life: SessionLife = Field(description="created → streaming → finished (evicted and lost: after the end)")
     stream_connected: bool
     watchers: int
     idle_s: float

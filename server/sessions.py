@@ -29,6 +29,7 @@ from .protocol import (
     CLOSE_SHUTDOWN,
     DroppedMsg,
     ResumeInfo,
+    SessionLife,
     SessionSettings,
     SessionStats,
     pack,
@@ -164,6 +165,14 @@ class Session:
     def finished(self) -> bool:
         """Finish requested: frames are refused until a reset."""
         return self.phase is not StreamPhase.STREAMING
+
+    @property
+    def life(self) -> SessionLife:
+        """created (no stream connection yet, nothing restored), streaming, or finished."""
+        if self.finished:
+            return "finished"
+        never_streamed = self.stream_conn is None and self.orphaned_since is None and self.frames_processed == 0
+        return "created" if never_streamed else "streaming"
 
     # ------------------------------------------------------------------ stream life (event loop, no I/O)
     def attach_stream(self, stream, calibration: asyncio.Future) -> None:
@@ -379,7 +388,7 @@ class Session:
         return SessionStats(
             id=self.id, worker_id=worker_id, settings=self.settings, frames_received=self.frames_received,
             frames_processed=self.frames_processed, frames_dropped=dict(self.dropped),
-            frames_rejected=self.frames_rejected, waiting=self.waiting, finished=self.finished,
+            frames_rejected=self.frames_rejected, waiting=self.waiting, finished=self.finished, life=self.life,
             stream_connected=self.stream_conn is not None, watchers=len(self.watchers),
             idle_s=time.monotonic() - self.last_activity, focal=self.focal, export_points=self.export.points,
             export_decimation=self.export.decimation)

@@ -6,9 +6,10 @@
  * refused: any other final close). Streamers and watchers differ only in what they may do.
  */
 import type { ConnectionState } from './connection.ts';
-import { CloseCode } from './protocol.ts';
+import { CloseCode, type SessionStats } from './protocol.ts';
 
-export type SessionLife = 'created' | 'streaming' | 'finished' | 'evicted' | 'lost';
+/** The server's enum (SessionStats.life, server/protocol.py SessionLife): one definition for both sides. */
+export type SessionLife = SessionStats['life'];
 export type Role = 'stream' | 'watch';
 
 /** The session's life after the connection closed for good with `code`. */

@@ -480,6 +480,10 @@ export interface SessionStats {
    */
   waiting: number;
   finished: boolean;
+  /**
+   * created → streaming → finished (evicted and lost: after the end)
+   */
+  life: 'created' | 'streaming' | 'finished' | 'evicted' | 'lost';
   stream_connected: boolean;
   watchers: number;
   idle_s: number;

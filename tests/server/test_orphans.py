@@ -1,5 +1,6 @@
-"""Abandoned sessions: a session whose stream connection went away is released after ``orphan_grace_s`` (not the
-idle timeout); a reconnect within the grace keeps it; a capacity refusal says when the first orphan is released."""
+"""A session's life: created → streaming → finished in its stats (the page derives itself from the same enum), and
+abandoned sessions: one whose stream connection went away is released after ``orphan_grace_s`` (not the idle
+timeout); a reconnect within the grace keeps it; a capacity refusal says when the first orphan is released."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import httpx
 from service_helpers import live_server, run
 
 from spann3r.client import StreamClient
+from spann3r.server.protocol import ErrorMsg, FinishedMsg
 from spann3r.server.sessions import CAPACITY_RETRY_AFTER_S
 
 
@@ -73,3 +75,27 @@ def test_capacity_refusal_says_when_the_orphan_is_released(tiny_engine):
         assert r.status_code == 503
         retry_after = int(r.headers["Retry-After"])
         assert 18 <= retry_after <= 20 + 5, retry_after  # the grace left (plus one release tick at most)
+
+
+def test_the_session_life_in_its_stats(tiny_engine, small_frames):
+    async def lives(base: str) -> list[str]:
+        async with StreamClient(base) as client:
+            await client.create_session({"frame_policy": "queue"})  # both frames are taken: a finish can run
+            seen = [(await client.stats()).life]
+            await client.connect()
+            seen.append((await client.stats()).life)
+            for _, rgb in small_frames[:2]:
+                await client.send_frame(rgb)
+            await client.finish()
+            async for msg in client.messages():
+                if isinstance(msg, FinishedMsg | ErrorMsg):
+                    assert isinstance(msg, FinishedMsg), msg
+                    break
+            seen.append((await client.stats()).life)
+            await client.reset()
+            await asyncio.sleep(0.3)  # the reset's ack
+            seen.append((await client.stats()).life)
+            return seen
+
+    with live_server(tiny_engine) as srv:
+        assert run(lives(srv.url)) == ["created", "streaming", "finished", "streaming"]
