@@ -168,8 +168,8 @@ class StreamClient:
         travels as the subprotocol ``spann3r.token.TOKEN``, never in the URL (URLs end up in logs)."""
         uri = self._created().stream_url
         presented = token or self.token
-        if not presented:
-            raise ServiceError("no session token: create_session() or attach() first")
+        # no token: offer none, and the server answers 4401 like for a wrong one
+        credentials = [Subprotocol(TOKEN_SUBPROTOCOL_PREFIX + presented)] if presented else []
         ctx = None
         if uri.startswith("wss://") and not self.verify_tls:
             ctx = ssl.create_default_context()
@@ -183,7 +183,7 @@ class StreamClient:
                 max_queue=None,
                 compression=None,
                 ssl=ctx,
-                subprotocols=[Subprotocol(SUBPROTOCOL), Subprotocol(TOKEN_SUBPROTOCOL_PREFIX + presented)],
+                subprotocols=[Subprotocol(SUBPROTOCOL), *credentials],
             )
         except InvalidStatus as exc:  # refused before the WebSocket opened (no such route)
             status = exc.response.status_code
