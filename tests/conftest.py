@@ -31,6 +31,22 @@ def golden_B(golden_dir):
 
 
 @pytest.fixture(scope="session")
+def frames_A(golden_dir) -> list[tuple[str, np.ndarray]]:
+    """Golden set A's frames (640x480 PNG) as (name, RGB uint8), in file order."""
+    from spann3r.core.sources import iter_frames
+
+    return list(iter_frames(golden_dir / "frames_A"))
+
+
+@pytest.fixture(scope="session")
+def frames_D(golden_dir) -> list:
+    """Golden set D's frames as (name, PreparedFrame): model inputs exactly as the reference's."""
+    from spann3r.core.preprocess import load_frame
+
+    return [(f.name, load_frame(f)) for f in sorted((golden_dir / "frames_D").glob("*.png"))]
+
+
+@pytest.fixture(scope="session")
 def official_model():
     """Full-size Spann3R with the reference's synthetic weights, on CPU, as the CLI builds it."""
     from spann3r.core.weights import build_model

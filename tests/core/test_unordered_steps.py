@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spann3r.core.preprocess import load_frame
-from spann3r.core.unordered import (UnorderedError, UnorderedSteps, pair_count, reconstruct_unordered,
-                                    step_decode_count, unit_count)
-
-
-@pytest.fixture(scope="module")
-def frames_D(golden_dir):
-    return [(f.name, load_frame(f)) for f in sorted((golden_dir / "frames_D").glob("*.png"))]
+from spann3r.core.unordered import (
+    UnorderedError,
+    UnorderedSteps,
+    pair_count,
+    reconstruct_unordered,
+    step_decode_count,
+    unit_count,
+)
 
 
 def assert_same_result(a, b) -> None:

@@ -7,16 +7,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def frames_a(golden_dir) -> list[tuple[str, np.ndarray]]:
-    """Golden set A's frames (640x480 PNG), as (name, RGB)."""
-    from spann3r.core.sources import iter_frames
-
-    return list(iter_frames(golden_dir / "frames_A"))
-
-
-@pytest.fixture(scope="session")
-def small_frames(frames_a) -> list[tuple[str, np.ndarray]]:
+def small_frames(frames_A) -> list[tuple[str, np.ndarray]]:
     """Set A's frames at 320x240: same scene, quicker to decode and encode on the wire."""
     import cv2
 
-    return [(n, cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)) for n, rgb in frames_a]
+    return [(n, cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)) for n, rgb in frames_A]

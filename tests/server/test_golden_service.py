@@ -14,7 +14,7 @@ from spann3r.server.protocol import DroppedMsg, ErrorMsg, ResultMsg
 
 
 @pytest.mark.golden
-def test_golden_A_through_the_service(official_engine, golden_A, frames_a):
+def test_golden_A_through_the_service(official_engine, golden_A, frames_A):
     with live_server(official_engine) as srv:
 
         async def main():
@@ -23,7 +23,7 @@ def test_golden_A_through_the_service(official_engine, golden_A, frames_a):
                 m
                 async for m in stream(
                     srv.url,
-                    frames_a,
+                    frames_A,
                     client=client,
                     encoding="rgb8",
                     settings={

@@ -223,8 +223,7 @@ def test_finished_jobs_expire_with_their_folder(tiny_engine, files_D):
 def test_a_failing_job_reports_why_and_keeps_streams_alive(tiny_engine, files_D, small_frames, monkeypatch):
     """A collection the unordered mode cannot order (the core's UnorderedError) fails with its message; a fault
     in a unit fails that job only."""
-    from spann3r.core.unordered import UnorderedError
-    from spann3r.core.unordered import UnorderedSteps
+    from spann3r.core.unordered import UnorderedError, UnorderedSteps
 
     real = UnorderedSteps.run_unit
 

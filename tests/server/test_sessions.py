@@ -13,8 +13,14 @@ from service_helpers import live_server, run
 
 from spann3r.client import Recording, ServiceError, StreamClient, stream
 from spann3r.core.reconstruct import reconstruct
-from spann3r.server.protocol import (CLOSE_DELETED, CLOSE_IDLE, CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, AckMsg,
-                                     ErrorMsg, ResultMsg)
+from spann3r.server.protocol import (
+    CLOSE_DELETED,
+    CLOSE_IDLE,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHORIZED,
+    AckMsg,
+    ErrorMsg,
+)
 
 
 async def close_code(client: StreamClient) -> str:
@@ -219,9 +225,10 @@ def test_health_metrics_docs_and_static_client(tiny_engine, small_frames, tmp_pa
 
 def test_not_ready_while_the_model_is_missing(tmp_path):
     """A server whose weights cannot load answers /healthz, and refuses work with 503 saying why."""
+    from service_helpers import LiveServer
+
     from spann3r.server.app import create_app
     from spann3r.server.settings import ServeSettings
-    from service_helpers import LiveServer
 
     settings = ServeSettings(port=0, weights=str(tmp_path / "missing.pth"), model="tiny", log_level="error")
     srv = LiveServer(create_app(settings), settings)

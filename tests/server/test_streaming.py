@@ -15,8 +15,7 @@ from service_helpers import answers_by_seq, live_server, run
 from spann3r.client import Recording, ServiceError, StreamClient, stream
 from spann3r.core.reconstruct import reconstruct
 from spann3r.server.encoding import confident, decode_map
-from spann3r.server.protocol import (CLOSE_REPLACED, AckMsg, DroppedMsg, ErrorMsg, FinishedMsg, HelloMsg,
-                                     ResultMsg)
+from spann3r.server.protocol import CLOSE_REPLACED, AckMsg, DroppedMsg, ErrorMsg, FinishedMsg, HelloMsg, ResultMsg
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,8 @@ def assert_same_reconstruction(ours, ref, batched=False):
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "png"])
-def test_stream_equals_offline_reconstruct(server, tiny_engine, frames_a, encoding):
-    frames = frames_a[:5]
+def test_stream_equals_offline_reconstruct(server, tiny_engine, frames_A, encoding):
+    frames = frames_A[:5]
     messages, names = run(collect(server.url, frames, {"encoding": "full", "frame_policy": "queue",
                                                        "preview": False}, encoding))
     assert isinstance(messages[0], HelloMsg) and messages[0].model.synthetic and messages[0].model.notice

@@ -40,9 +40,9 @@ async def stream_at_rate(url: str, images, n: int) -> tuple[list, int]:
         return messages, processed
 
 
-def test_superseded_frames_during_the_fill_wait_never_break_a_batch(tiny_engine, frames_a, caplog):
+def test_superseded_frames_during_the_fill_wait_never_break_a_batch(tiny_engine, frames_A, caplog):
     # full-size PNGs: their decode takes a while, so the fill wait often ends while a newer frame decodes
-    images = [cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes() for _, rgb in frames_a[:8]]
+    images = [cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes() for _, rgb in frames_A[:8]]
     n = FPS * SECONDS
     caplog.set_level(logging.ERROR, logger="spann3r")
     # a fill wait longer than the frame interval: frames are superseded while the worker waits for company

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from golden import check_close, check_decisions
 
-from spann3r.core.preprocess import load_frame
 from spann3r.core.unordered import complete_pair_list, reconstruct_unordered
 
 pytestmark = pytest.mark.golden
@@ -23,11 +22,6 @@ STORED_PAIRS = [(2, 1), (1, 2)]
 @pytest.fixture(scope="module")
 def golden_D(golden_dir):
     return dict(np.load(golden_dir / "golden_D.npz"))
-
-
-@pytest.fixture(scope="module")
-def frames_D(golden_dir):
-    return [(f.name, load_frame(f)) for f in sorted((golden_dir / "frames_D").glob("*.png"))]
 
 
 @pytest.fixture(scope="module")

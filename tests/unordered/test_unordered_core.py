@@ -3,16 +3,25 @@ the equivalence "choose the order, then stream" against the streaming engine."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from spann3r.core.engine import Session
 from spann3r.core.preprocess import load_frame
-from spann3r.core.unordered import (UnorderedError, beats, complete_pair_list, encode_all, first_max, next_best,
-                                    pair_count, pair_score, reconstruct_unordered, score_pairs, step_decode_count)
+from spann3r.core.unordered import (
+    UnorderedError,
+    beats,
+    complete_pair_list,
+    encode_all,
+    first_max,
+    next_best,
+    pair_count,
+    pair_score,
+    reconstruct_unordered,
+    score_pairs,
+    step_decode_count,
+)
 
 REL = 2e-5  # batch-layout noise of the tiny model (float32, different GEMM shapes)
 
@@ -20,12 +29,6 @@ REL = 2e-5  # batch-layout noise of the tiny model (float32, different GEMM shap
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-@pytest.fixture(scope="module")
-def frames_D(golden_dir):
-    files = sorted((golden_dir / "frames_D").glob("*.png"))
-    return [(f.name, load_frame(f)) for f in files]
 
 
 @pytest.fixture(scope="module")
