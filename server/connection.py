@@ -8,14 +8,28 @@ towards ``max_protocol_errors``); it never touches the session's stream or any o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
-from .protocol import (CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, AckMsg, ControlMsg, ErrorMsg, FrameMsg, HelloMsg,
-                       Limits, PingMsg, PongMsg, ProtocolError, decode_client_message, pack)
+from .protocol import (
+    CLOSE_PROTOCOL_VIOLATION,
+    CLOSE_REPLACED,
+    AckMsg,
+    ControlMsg,
+    ErrorMsg,
+    FrameMsg,
+    HelloMsg,
+    Limits,
+    PingMsg,
+    PongMsg,
+    ProtocolError,
+    decode_client_message,
+    pack,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -75,19 +89,18 @@ class Connection:
             await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
         except (asyncio.QueueFull, TimeoutError):
             self._writer.cancel()
-        try:
+        with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
-        except Exception:
-            pass
 
     async def stop(self) -> None:
         self.closed = True
         self._writer.cancel()
 
 
-async def serve_connection(ws: WebSocket, session: "Session", role: str, service: "Service") -> None:
+async def serve_connection(ws: WebSocket, session: Session, role: str, service: Service) -> None:
     """Attach an accepted WebSocket to a session and serve it until it closes."""
     settings, worker = service.settings, service.worker
+    assert worker is not None  # the route serves connections only once the service is ready
     conn = Connection(ws, role, service.metrics.send_seconds)
     if role == "stream":
         old = session.attach_stream_conn(conn)
@@ -95,13 +108,29 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
             await old.close(CLOSE_REPLACED, "replaced by a newer connection to this session")
     else:
         session.watchers.add(conn)
-    await conn.send(pack(HelloMsg(
-        session_id=session.id, role=role, worker_id=settings.worker_id, model=worker.model_info(),
-        limits=Limits(max_message_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels,
-                      max_fps=settings.max_fps, max_protocol_errors=settings.max_protocol_errors,
-                      idle_timeout_s=settings.idle_timeout_s, max_batch=settings.max_batch),
-        settings=session.settings, frames_processed=session.frames_processed, last_seq=session.last_seq,
-        finished=session.finished, resume=session.resume_info())))
+    await conn.send(
+        pack(
+            HelloMsg(
+                session_id=session.id,
+                role=role,
+                worker_id=settings.worker_id,
+                model=worker.model_info(),
+                limits=Limits(
+                    max_message_bytes=settings.max_message_bytes,
+                    max_pixels=settings.max_pixels,
+                    max_fps=settings.max_fps,
+                    max_protocol_errors=settings.max_protocol_errors,
+                    idle_timeout_s=settings.idle_timeout_s,
+                    max_batch=settings.max_batch,
+                ),
+                settings=session.settings,
+                frames_processed=session.frames_processed,
+                last_seq=session.last_seq,
+                finished=session.finished,
+                resume=session.resume_info(),
+            )
+        )
+    )
     try:
         while not conn.closed:
             message = await ws.receive()
@@ -109,8 +138,11 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
                 break
             data = message.get("bytes")
             if data is None:
-                await _violation(conn, service, ProtocolError("malformed", "text messages are not accepted; send "
-                                                                           "msgpack in binary messages"))
+                await _violation(
+                    conn,
+                    service,
+                    ProtocolError("malformed", "text messages are not accepted; send msgpack in binary messages"),
+                )
             else:
                 await _dispatch(conn, session, data, service)
             if conn.violations >= settings.max_protocol_errors:
@@ -124,14 +156,15 @@ async def serve_connection(ws: WebSocket, session: "Session", role: str, service
         await conn.stop()
 
 
-async def _violation(conn: Connection, service: "Service", err: ProtocolError) -> None:
+async def _violation(conn: Connection, service: Service, err: ProtocolError) -> None:
     conn.violations += 1
     service.metrics.protocol_errors.labels(err.code).inc()
     await conn.send(pack(ErrorMsg(code=err.code, message=err.message, seq=err.seq)))
 
 
-async def _dispatch(conn: Connection, session: "Session", data: bytes, service: "Service") -> None:
-    worker = service.worker
+async def _dispatch(conn: Connection, session: Session, data: bytes, service: Service) -> None:
+    worker, manager = service.worker, service.manager
+    assert worker is not None and manager is not None  # connections exist only once the service is ready
     try:
         t0 = time.perf_counter()
         msg = decode_client_message(data, service.settings.max_message_bytes)
@@ -146,12 +179,19 @@ async def _dispatch(conn: Connection, session: "Session", data: bytes, service: 
             session.touch()
         return await conn.send(pack(PongMsg(id=msg.id, ts=msg.ts, server_ts=time.time())))
     if conn.role != "stream":
-        return await _violation(conn, service, ProtocolError(
-            "read_only", "this is a watch-only connection: it cannot send frames or controls",
-            getattr(msg, "seq", None)))
+        return await _violation(
+            conn,
+            service,
+            ProtocolError(
+                "read_only",
+                "this is a watch-only connection: it cannot send frames or controls",
+                getattr(msg, "seq", None),
+            ),
+        )
     session.touch()
     if isinstance(msg, FrameMsg):
-        return await worker.accept_frame(session, msg)
+        await worker.accept_frame(session, msg)
+        return
     assert isinstance(msg, ControlMsg)
     if msg.action == "finish":
         await worker.request_finish(session)
@@ -159,12 +199,14 @@ async def _dispatch(conn: Connection, session: "Session", data: bytes, service: 
         await worker.reset(session)
     elif msg.action == "settings":
         if msg.settings is None:
-            return await _violation(conn, service, ProtocolError("bad_schema", "control settings: 'settings' "
-                                                                               "is required"))
+            return await _violation(
+                conn, service, ProtocolError("bad_schema", "control settings: 'settings' is required")
+            )
         worker.change_settings(session, msg.settings.apply(session.settings))
     elif msg.action == "snapshot":
         if service.settings.state_dir is None:
-            return await conn.send(pack(ErrorMsg(code="snapshot_unavailable",
-                                                 message="the server has no state dir (--state-dir)")))
-        n = await service.manager.snapshot(session)
+            return await conn.send(
+                pack(ErrorMsg(code="snapshot_unavailable", message="the server has no state dir (--state-dir)"))
+            )
+        n = await manager.snapshot(session)
         session.send_ordered(pack(AckMsg(action="snapshot", settings=session.settings, snapshot_bytes=n)))
