@@ -243,7 +243,7 @@ export class App {
     this.session = null;
     const [id, token] = [this.sessionId, this.token];
     if (session.role === 'stream' && isAlive(session.life)) {
-      session.finish();
+      if (!session.finished) session.finish();
       session.close();
       if (id && token) await this.api.deleteSession(id, token).catch(() => undefined); // frees its slot now
     } else {
