@@ -543,10 +543,8 @@ class SessionManager:
     def _persistence(self, session_id: str, stored: StoredSession | None = None) -> SessionPersistence | None:
         if self.store is None:
             return None
-        if stored is None:
-            return SessionPersistence(self.store, session_id, self.settings.persist_every)
         return SessionPersistence(self.store, session_id, self.settings.persist_every,
-                                  stored.record.frames_processed, stored.record.rows)
+                                  None if stored is None else stored.record)
 
     async def snapshot(self, s: Session) -> int:
         """Persist the session now (stream state, record, export buffer); returns the bytes written."""

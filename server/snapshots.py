@@ -2,13 +2,14 @@
 identity, JSON), the stream (core.snapshot: a head with everything small, and the memory's rows in segments) and
 the export buffer (plain npz arrays, no pickle), as named blobs in a ``SessionStore`` (store.py).
 
-Blobs of a session: ``record``, ``stream.head``, ``export.npz`` and ``rows.N`` (the memory rows, in the order the
-record lists them). While a session streams, every ``persist_every`` frames the model thread copies what changed
-(the rows written since the last copy, or all of them after a prune) and ``SessionPersistence`` commits it, off the
-model thread; a snapshot on request or at shutdown is the same commit, forced. The store always holds a complete
-state: commits are atomic, and one that depends on rows a failed commit should have written is skipped until a
-full copy comes. Persisted state is removed when the session moves past what it can represent (a reset starts a
-new stream, a finish ends it): a restart must never bring back a stream the client abandoned.
+Blobs of a session: ``record``, ``stream.head``, ``rows.N`` (the memory rows) and ``export.N`` (the export
+buffer's finals in segments of consecutive frames), the last two in the order the record lists them. While a
+session streams, every ``persist_every`` frames the model thread copies what changed (the rows written since the
+last copy, or all of them after a prune) and ``SessionPersistence`` commits it with the finals added since, off
+the model thread; a snapshot on request or at shutdown is the same commit, forced. The store always holds a
+complete state: commits are atomic, and one that depends on blobs a failed commit should have written is skipped
+until a full copy comes. Persisted state is removed when the session moves past what it can represent (a reset
+starts a new stream, a finish ends it): a restart must never bring back a stream the client abandoned.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.snapshot import StreamCapture
+from .exports import ExportBuffer
 from .results import Calibration
 from .store import SessionStore
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "spann3r-session/2"
-RECORD, HEAD, EXPORT = "record", "stream.head", "export.npz"
+RECORD, HEAD = "record", "stream.head"
 
 
 @dataclass
@@ -55,6 +57,8 @@ class SessionRecord:
     dropped: dict[str, int]
     export_decimation: int
     rows: list[str] = field(default_factory=list)  # the blobs of the memory rows, in order
+    export: list[str] = field(default_factory=list)  # the blobs of the export buffer, in frame order
+    export_upto: int = 0  # the export segments hold the finals of the frames below this
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -85,28 +89,47 @@ def read_session(store: SessionStore, session_id: str) -> StoredSession:
     if RECORD not in blobs:
         raise KeyError(f"session {session_id} has no stored record")
     record = SessionRecord.from_json(blobs[RECORD], session_id)
-    with np.load(io.BytesIO(blobs[EXPORT]), allow_pickle=False) as z:
-        export = {k: z[k] for k in z.files}
-    return StoredSession(record, blobs[HEAD], [blobs[name] for name in record.rows], export)
+    segments = []
+    for name in record.export:
+        with np.load(io.BytesIO(blobs[name]), allow_pickle=False) as z:
+            segments.append({k: z[k] for k in z.files})
+    return StoredSession(record, blobs[HEAD], [blobs[name] for name in record.rows], merge_export(segments))
 
 
-def export_until(export: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
-    """The export arrays of the finals of frames below ``frames`` (a later final may already be in the buffer
-    when the state of an earlier frame is stored)."""
-    keep = export["frames"] < frames
-    counts = export["counts"]
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    point_rows = np.concatenate(
-        [np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(keep)] or [np.zeros(0, np.int64)]
-    )
-    n_poses = max(0, min(len(export["valid"]), frames))
+def export_segment(buf: ExportBuffer, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The buffer's finals of the frames ``lo <= i < hi`` (points and poses), as plain arrays. Each frame's arrays
+    are replaced, never changed in place, when the buffer decimates: references taken here stay valid."""
+    frames = sorted(i for i in buf.points_by_frame if lo <= i < hi)
+    posed = sorted(i for i in buf.poses if lo <= i < hi)
+    points = [buf.points_by_frame[i] for i in frames]
     return {
-        "xyz": export["xyz"][point_rows],
-        "rgb": export["rgb"][point_rows],
-        "frames": export["frames"][keep],
-        "counts": counts[keep],
-        "c2w": export["c2w"][:n_poses],
-        "valid": export["valid"][:n_poses],
+        "xyz": np.concatenate([x for x, _ in points]) if points else np.zeros((0, 3), np.float32),
+        "rgb": np.concatenate([c for _, c in points]) if points else np.zeros((0, 3), np.uint8),
+        "frames": np.array(frames, np.int64),
+        "counts": np.array([len(x) for x, _ in points], np.int64),
+        "pose_frames": np.array(posed, np.int64),
+        "c2w": np.array([buf.poses[i][0] for i in posed], np.float64).reshape(-1, 4, 4),
+        "valid": np.array([buf.poses[i][1] for i in posed], bool),
+    }
+
+
+def merge_export(segments: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Segments of consecutive frames → the arrays of ``ExportBuffer.arrays`` (its ``load_arrays`` reads them)."""
+
+    def cat(key: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([g[key] for g in segments]) if segments else empty
+
+    posed = cat("pose_frames", np.zeros(0, np.int64))
+    n = int(posed.max()) + 1 if len(posed) else 0
+    c2w, valid = np.full((n, 4, 4), np.nan), np.zeros(n, bool)
+    c2w[posed], valid[posed] = cat("c2w", np.zeros((0, 4, 4))), cat("valid", np.zeros(0, bool))
+    return {
+        "xyz": cat("xyz", np.zeros((0, 3), np.float32)),
+        "rgb": cat("rgb", np.zeros((0, 3), np.uint8)),
+        "frames": cat("frames", np.zeros(0, np.int64)),
+        "counts": cat("counts", np.zeros(0, np.int64)),
+        "c2w": c2w,
+        "valid": valid,
     }
 
 
@@ -143,24 +166,37 @@ class PersistCosts:
     commit_s: float = 0.0  # serialising + writing (persistence thread)
 
 
+@dataclass
+class ExportProgress:
+    """What the store holds of the export buffer: segments of the finals below ``upto``, at ``decimation``."""
+
+    names: list[str] = field(default_factory=list)
+    upto: int = 0
+    decimation: int | None = None
+
+
 class SessionPersistence:
     """One session's persisted state: what the store holds (event loop side) and its commits, one at a time,
     in the order their states were captured."""
 
-    def __init__(
-        self, store: SessionStore, session_id: str, every: int, frames: int = 0, rows: tuple[str, ...] | list[str] = ()
-    ):
+    def __init__(self, store: SessionStore, session_id: str, every: int, restored: SessionRecord | None = None):
         self.store, self.session_id, self.every = store, session_id, every
-        self.frames = frames  # frames of the latest captured state (the store holds it once its commit is done)
-        self.position: tuple[int, int] | None = None  # memory row position of the latest capture
-        self.rows: list[str] = list(rows)  # row blobs the latest capture needs
-        self.committed_rows: set[str] = set(rows)
-        self._next_row = 1 + max((int(r.split(".")[1]) for r in rows), default=-1)
+        r = restored
+        self.frames = r.frames_processed if r else 0  # frames of the latest captured state
+        self.position: tuple[int, int] | None = None  # memory row position of the latest capture (None: all rows)
+        self.rows: list[str] = list(r.rows) if r else []  # row blobs the latest capture needs
+        self.export = ExportProgress(list(r.export), r.export_upto, r.export_decimation) if r else ExportProgress()
+        self.committed: set[str] = set(self.rows) | set(self.export.names)  # row and export blobs in the store
+        self._next_blob = 1 + max((int(b.split(".")[1]) for b in self.committed), default=-1)
         self.min_generation = 0  # captures of older generations are never committed (a reset invalidated them)
-        self.broken = False  # a commit failed: the rows of later incremental captures are incomplete
+        self.broken = False  # a commit failed: the blobs of later incremental commits are incomplete
         self.lock = asyncio.Lock()  # FIFO: commits in capture order, deletes after the commits before them
         self.tasks: set[asyncio.Task] = set()
         self.costs = PersistCosts()
+
+    def _blob_name(self, kind: str) -> str:
+        self._next_blob += 1
+        return f"{kind}.{self._next_blob - 1}"
 
     def due(self, frames_after: int, finished: bool) -> CaptureRequest | None:
         """Whether the step that brings the stream to ``frames_after`` frames should be captured."""
@@ -173,8 +209,7 @@ class SessionPersistence:
         needs."""
         self.costs.capture_s += seconds
         self.position = capture.position
-        name = f"rows.{self._next_row}"
-        self._next_row += 1
+        name = self._blob_name("rows")
         self.rows = [name] if capture.start == 0 else [*self.rows, name]
         self.frames = int(capture.meta["frames"])
         return name, list(self.rows)
@@ -189,6 +224,16 @@ class SessionPersistence:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def _export_part(self, buf: ExportBuffer, point: StreamPoint) -> tuple[str, dict[str, np.ndarray], ExportProgress]:
+        """The export segment of this commit: the finals since the last one, or all of them when the buffer
+        decimated since (or a commit failed)."""
+        upto = max(point.frames if point.finished else point.frames - 1, 0)  # the last frame's final is not out
+        e = self.export
+        full = self.broken or e.decimation != buf.decimation or upto < e.upto
+        name = self._blob_name("export")
+        segment = export_segment(buf, 0 if full else e.upto, upto)
+        return name, segment, ExportProgress([name] if full else [*e.names, name], upto, buf.decimation)
 
     async def _commit(
         self,
@@ -206,29 +251,40 @@ class SessionPersistence:
                 return 0
             if self.broken and capture.start != 0:
                 return 0
+            export_name, segment, export = self._export_part(s.export, point)
             record = s.record(point.frames, point.last_seq)
-            record.rows = rows
-            export = s.export.arrays()
-            if not point.finished:
-                export = export_until(export, point.frames - 1)
+            record.rows, record.export, record.export_upto = rows, export.names, export.upto
+            record.export_decimation = export.decimation or 1
             t0 = time.perf_counter()
             try:
-                n = await asyncio.to_thread(self._write, record, capture, name, export)
+                n = await asyncio.to_thread(self._write, record, capture, name, export_name, segment)
             except Exception:
                 self.broken = True
                 log.exception("persisting session %s failed", self.session_id)
                 raise
-            self.broken = False
+            self.broken, self.export = False, export
             self.costs.commits += 1
             self.costs.bytes += n
             self.costs.commit_s += time.perf_counter() - t0
             return n
 
-    def _write(self, record: SessionRecord, capture: StreamCapture, name: str, export: dict[str, np.ndarray]) -> int:
-        put = {name: capture.rows_bytes(), HEAD: capture.head_bytes(), EXPORT: _npz(export), RECORD: record.to_json()}
-        drop = self.committed_rows - set(record.rows)
-        n = self.store.commit(self.session_id, put, drop)
-        self.committed_rows = set(record.rows)
+    def _write(
+        self,
+        record: SessionRecord,
+        capture: StreamCapture,
+        rows_name: str,
+        export_name: str,
+        segment: dict[str, np.ndarray],
+    ) -> int:
+        put = {
+            rows_name: capture.rows_bytes(),
+            export_name: _npz(segment),
+            HEAD: capture.head_bytes(),
+            RECORD: record.to_json(),
+        }
+        live = set(record.rows) | set(record.export)
+        n = self.store.commit(self.session_id, put, self.committed - live)
+        self.committed = live
         return n
 
     async def invalidate(self, generation: int) -> None:
@@ -237,7 +293,8 @@ class SessionPersistence:
         self.min_generation = max(self.min_generation, generation)
         async with self.lock:
             await asyncio.to_thread(self.store.delete, self.session_id)
-            self.frames, self.position, self.rows, self.committed_rows = 0, None, [], set()
+            self.frames, self.position, self.rows, self.committed = 0, None, [], set()
+            self.export = ExportProgress()
 
     async def drain(self) -> None:
         """Wait for the commits submitted so far."""

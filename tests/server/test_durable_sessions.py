@@ -4,6 +4,7 @@ the same store it resumes from its latest persisted state and continues bit-iden
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -213,13 +214,16 @@ def test_a_session_resumes_bit_identically_after_sigkill(tiny_engine, small_fram
             async for m in stream(url, frames[6:], client=c, encoding="png"):
                 hello = hello or m
                 second.add(m)
+            traj = json.loads(await c.export("trajectory.json"))
             await c.close()
-            return hello
+            return hello, traj
 
-        hello = run(resume())
+        hello, traj = run(resume())
     finally:
         kill(proc)
     assert hello.frames_processed == 6 and hello.last_seq == 5
+    assert hello.resume is not None and (hello.resume.frames_processed, hello.resume.last_seq) == (6, 5)
+    assert [f["index"] for f in traj["frames"]] == list(range(len(frames)))  # the export buffer came back too
     assert set(first.finals) == set(range(6)) and set(second.finals) == set(range(5, len(frames)))
     # the final of frame 5 came in both runs (the one-frame lag): recomputed from the restored state, equal
     np.testing.assert_array_equal(second.finals[5][1]["pts3d"], first.finals[5][1]["pts3d"])
