@@ -482,6 +482,7 @@ export class App {
     ($('start-panel') as HTMLElement).hidden = session?.role === 'watch' && isAlive(session.life);
     if (!session) return;
     const controls = controlsFor(session.life, session.role);
+    if (!isAlive(session.life)) $('share-row').hidden = true; // a watch link to an ended session leads nowhere
     const stop = $('stop') as HTMLButtonElement;
     const reset = $('reset') as HTMLButtonElement;
     stop.hidden = reset.hidden = !controls.showStreamControls;
