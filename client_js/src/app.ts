@@ -529,7 +529,7 @@ export class App {
       state: s?.connection.state.kind ?? 'idle',
       life: s?.life ?? null,
       pill: { state: $('status').dataset.state ?? '', text: $('status').textContent ?? '' },
-      controls: Object.fromEntries(['stop', 'reset', 'export-ply', 'export-glb'].map((id) => [id, { hidden: $(id).hidden, disabled: ($(id) as HTMLButtonElement).disabled }])),
+      controls: Object.fromEntries(['stop', 'reset', 'export-ply', 'export-glb'].map((id) => [id, { hidden: $(id).getClientRects().length === 0, disabled: ($(id) as HTMLButtonElement).disabled }])),
       sourceRunning: this.source !== null,
       cameraLive: (($('camera-preview') as HTMLVideoElement).srcObject as MediaStream | null)?.getVideoTracks().some((t) => t.readyState === 'live') ?? false,
       storedSession: sessionStorage.getItem('spann3r.session') !== null,

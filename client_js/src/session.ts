@@ -232,7 +232,7 @@ export class LiveSession implements FrameSink {
             text: msg.model.notice || 'The server runs synthetic (untrained) weights: the geometry is meaningless.',
           });
         }
-        if (msg.finished) this.onBanner({ key: 'finished', level: 'info', text: 'This stream is finished. Reset to start a new one.' });
+        if (msg.finished && this.options.role === 'stream') this.onBanner({ key: 'finished', level: 'info', text: 'This stream is finished. Reset to start a new one.' });
         this.setLife(msg.finished ? 'finished' : 'streaming');
         break;
       case 'result': {
@@ -260,7 +260,8 @@ export class LiveSession implements FrameSink {
       case 'finished':
         this.finished = true;
         if (msg.final) this.applyFrame(msg.final);
-        this.onBanner({ key: 'finished', level: 'info', text: `Stream finished after ${msg.frames} frames. Export it, or reset to start a new one.` });
+        // watchers can neither export nor reset: the page tells them what the finish means for them
+        if (this.options.role === 'stream') this.onBanner({ key: 'finished', level: 'info', text: `Stream finished after ${msg.frames} frames. Export it, or reset to start a new one.` });
         this.setLife('finished');
         break;
       case 'ack':
