@@ -162,8 +162,8 @@ async def delete_session(s: Session = Depends(stream_session), service: Service 
 @api.post("/sessions/{session_id}/snapshot", responses=ERRORS)
 async def snapshot_session(s: Session = Depends(stream_session), service: Service = Depends(get_service)):
     """Save the session to the server's state dir (it is also saved at graceful shutdown)."""
-    if service.settings.state_dir is None:
-        raise ApiError(409, "snapshot_unavailable", "the server has no state dir (--state-dir)")
+    if s.persistence is None:  # no state store (--state-dir / --state-url)
+        raise ApiError(409, "snapshot_unavailable", "the server has no state store (--state-dir or --state-url)")
     s.touch()
     return {"id": s.id, "frames": s.frames_processed, "snapshot_bytes": await service.manager.snapshot(s)}
 

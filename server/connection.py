@@ -204,9 +204,10 @@ async def _dispatch(conn: Connection, session: Session, data: bytes, service: Se
             )
         worker.change_settings(session, msg.settings.apply(session.settings))
     elif msg.action == "snapshot":
-        if service.settings.state_dir is None:
+        if session.persistence is None:  # no state store (--state-dir / --state-url)
             return await conn.send(
-                pack(ErrorMsg(code="snapshot_unavailable", message="the server has no state dir (--state-dir)"))
+                pack(ErrorMsg(code="snapshot_unavailable",
+                              message="the server has no state store (--state-dir or --state-url)"))
             )
         n = await manager.snapshot(session)
         session.send_ordered(pack(AckMsg(action="snapshot", settings=session.settings, snapshot_bytes=n)))
