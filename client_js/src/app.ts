@@ -53,6 +53,8 @@ export class App {
   /** whether the watched session's streamer is connected (watchers poll the session's stats) */
   private streamerConnected: boolean | null = null;
   private watchPoll: ReturnType<typeof setInterval> | null = null;
+  /** the connection states the session went through (the newest 50), for checks that must not miss a short one */
+  private stateHistory: string[] = [];
   /** Stop was pressed (or a replay ended): the finish is on its way */
   private finishRequested = false;
   /** export downloads under way: kind → bytes so far / total */
@@ -286,6 +288,7 @@ export class App {
     this.viewer.reset();
     this.token = role === 'stream' ? token : null;
     this.finishRequested = false;
+    this.stateHistory = [];
     this.streamerConnected = null;
     const session = new LiveSession(this.viewer, {
       url,
@@ -295,7 +298,10 @@ export class App {
       decode: { stride: Number(($('opt-detail') as HTMLSelectElement).value) || 2 },
     });
     session.onBanner = (b) => ('clear' in b ? this.clearBanner(b.key) : this.showBanner(b));
-    session.onState = () => this.renderLife();
+    session.onState = (state) => {
+      this.stateHistory = [...this.stateHistory.slice(-49), state.kind];
+      this.renderLife();
+    };
     session.onLife = (life) => this.lifeChanged(life);
     this.session = session;
     session.start();
@@ -528,6 +534,7 @@ export class App {
     return {
       state: s?.connection.state.kind ?? 'idle',
       life: s?.life ?? null,
+      stateHistory: this.stateHistory,
       pill: { state: $('status').dataset.state ?? '', text: $('status').textContent ?? '' },
       controls: Object.fromEntries(['stop', 'reset', 'export-ply', 'export-glb'].map((id) => [id, { hidden: $(id).getClientRects().length === 0, disabled: ($(id) as HTMLButtonElement).disabled }])),
       sourceRunning: this.source !== null,

@@ -198,7 +198,8 @@ def test_reconnect_resumes_the_session_after_a_server_restart(client_build, came
     before = r["notes"]["before"]
     samples = r["samples"]["restart"]
     after = samples[-1]
-    assert any(s["state"] in ("reconnecting", "connecting") for s in samples), [s["state"] for s in samples]
+    # the page's own record of its connection states: a quick restart is over before the next sample
+    assert "reconnecting" in after["stateHistory"], after["stateHistory"]
     assert after["state"] == "open"
     assert after["sessionId"] == before["sessionId"]
     # the stream continued: more results, frame indices past the ones before the restart
