@@ -457,6 +457,7 @@ async def reconnecting_stream(
                         away_since, wait = None, backoff[0]
                         yield msg
                         gap = source.resume_at(0 if msg.last_seq is None else msg.last_seq + 1)
+                        client._seq = source.sent - 1  # seqs stay positions in the source, past a gap too
                         if gap is not None:
                             yield gap
                         continue

@@ -99,3 +99,17 @@ def test_stream_fails_clearly_when_the_server_never_comes_back(small_frames, tmp
     assert client.returncode != 0
     assert "did not come back within 3 s" in stderr and "not written" in stderr, stderr
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_resumed_source_sends_again_or_reports_the_gap():
+    from spann3r.client.client import ResumeGap, _ResumableSource
+
+    frames = [(f"f{i}", i) for i in range(10)]
+    files = _ResumableSource(frames, resend_from=lambda k: frames[k:])
+    assert files.resume_at(0) is None and [f for _, f in zip(range(6), files)] == frames[:6]
+    assert files.resume_at(3) is None and list(files) == frames[3:]  # lost 3..5: sent again
+    live = _ResumableSource(iter(frames), resend_from=None)
+    assert [f for _, f in zip(range(6), live)] == frames[:6]
+    gap = live.resume_at(3)
+    assert gap == ResumeGap(3, 5) and list(gap.seqs) == [3, 4, 5] and live.sent == 6
+    assert list(live) == frames[6:]  # a live source goes on; the next seq is its position
