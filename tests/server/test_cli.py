@@ -140,7 +140,7 @@ def test_stream_command_writes_what_reconstruct_writes(served, small_frames, tmp
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
     saved = sorted(p.suffix for p in state.iterdir())
-    assert saved == [".json", ".npz", ".stream"]
+    assert saved == [".d", ".json"]  # the session's manifest and its blobs (server/store.py)
 
 
 def test_stream_command_refuses_a_bad_input(served, tmp_path):
