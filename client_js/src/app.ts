@@ -264,7 +264,9 @@ export class App {
     const stride = Number(($('opt-detail') as HTMLSelectElement).value) || 2;
     let created;
     try {
-      created = await this.api.createSession({ encoding: 'compact', stride, frame_policy: 'latest' });
+      // a camera wants the newest frame (older waiting ones are replaced); a replay wants every frame, in order
+      const framePolicy = source === 'replay' ? 'queue' : 'latest';
+      created = await this.api.createSession({ encoding: 'compact', stride, frame_policy: framePolicy });
     } catch (err) {
       const text =
         err instanceof ServerUnreachable
