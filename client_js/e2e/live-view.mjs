@@ -6,7 +6,7 @@
 //   node e2e/live-view.mjs --base http://127.0.0.1:PORT --scenario camera --y4m cam.y4m --out DIR
 //
 // Scenarios: camera, replay (--images DIR), watch, restart (prints "PHASE restart-server" and waits for a
-// line on stdin once the server is back), reload, lost (as restart, against a server without a state dir),
+// line on stdin once the server is back), reload, lost (as restart, against a server without a state dir), paced,
 // evicted, errors (server down, camera refused), bench.
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
