@@ -295,8 +295,3 @@ class SessionPersistence:
             await asyncio.to_thread(self.store.delete, self.session_id)
             self.frames, self.position, self.rows, self.committed = 0, None, [], set()
             self.export = ExportProgress()
-
-    async def drain(self) -> None:
-        """Wait for the commits submitted so far."""
-        if self.tasks:
-            await asyncio.wait(list(self.tasks))
