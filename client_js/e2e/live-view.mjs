@@ -312,7 +312,7 @@ async function reloadScenario() {
   // Stream again while streaming: the old session is finished and deleted (not left held), a new one starts
   const [old] = await pageTokens(page);
   await page.click('#start-camera');
-  report.notes.restarted = await until(page, 'reload-restarted', (s) => s.state === 'open' && s.sessionId !== before.sessionId && s.resultsReceived >= 1, 'the new session', 60_000);
+  report.notes.restarted = await until(page, 'reload-restarted', (s) => s.state === 'open' && s.sessionId !== before.sessionId && s.resultsReceived >= 3, 'the new session', 60_000); // a finish needs two frames
   // asked from outside the page: a 404 in the page would be a console error
   const probe = await page.request.get(`${base}/v1/sessions/${before.sessionId}`, { headers: { authorization: `Bearer ${old}` } });
   report.notes.oldSessionStatus = probe.status();
