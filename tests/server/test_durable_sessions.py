@@ -4,6 +4,7 @@ the same store it resumes from its latest persisted state and continues bit-iden
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -271,3 +272,51 @@ def test_a_reset_or_finish_leaves_nothing_to_restore(small_frames, store_flags):
         assert r.status_code == 404, r.text
     finally:
         kill(proc)
+
+
+@pytest.mark.parametrize("kill_after_s", [0.6, 1.3])
+def test_a_reconnecting_client_gets_the_whole_run_whenever_the_server_dies(
+    tiny_engine, small_frames, store_flags, kill_after_s
+):
+    """The library's ``reconnecting_stream`` across a SIGKILL at an arbitrary moment and a restart on the same
+    port and store: re-sending from the resume point, its finals equal an uninterrupted offline run's."""
+    from spann3r.client.client import reconnecting_stream
+
+    flags, _ = store_flags
+    port, frames, rec = free_port(), small_frames, Recording()
+    procs = [serve(flags, port)[0]]
+    url = f"http://127.0.0.1:{port}"
+
+    async def crash_and_restart():
+        await asyncio.sleep(kill_after_s)
+        kill(procs[-1])
+        procs.append((await asyncio.to_thread(serve, flags, port))[0])
+
+    async def main():
+        crasher = asyncio.create_task(crash_and_restart())
+        resumes = []
+        async for m in reconnecting_stream(
+            url,
+            frames,
+            resend_from=lambda k: frames[k:],
+            encoding="png",
+            rate=6,
+            settings={"encoding": "full", "frame_policy": "queue"},
+        ):
+            if getattr(m, "resume", None) is not None:
+                resumes.append(m.resume)
+            rec.add(m)
+        await crasher
+        return resumes
+
+    try:
+        resumes = run(main(), timeout=300)
+    finally:
+        for p in procs:
+            kill(p)
+    assert rec.finished and set(rec.finals) == set(range(len(frames)))
+    assert len(resumes) == 1  # 8 frames at 4 fps: the server died mid-stream, the session resumed once
+    ours, ref = rec.reconstruction(), reconstruct(tiny_engine, frames)
+    np.testing.assert_array_equal(ours.pts3d, ref.pts3d)
+    np.testing.assert_array_equal(ours.conf, ref.conf)
+    np.testing.assert_array_equal(ours.mem_tokens, ref.mem_tokens)
