@@ -300,7 +300,7 @@ def test_a_reconnecting_client_gets_the_whole_run_whenever_the_server_dies(
             frames,
             resend_from=lambda k: frames[k:],
             encoding="png",
-            rate=6,
+            rate=4,
             settings={"encoding": "full", "frame_policy": "queue"},
         ):
             if getattr(m, "resume", None) is not None:
