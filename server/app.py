@@ -142,7 +142,7 @@ async def create_session(request: Request, service: Service = Depends(get_servic
     """Create a session (body: optional SessionSettings). Keep the returned tokens: they are never shown
     again."""
     settings = await settings_body(request)
-    s = await service.manager.create(settings or service.settings.session_defaults())
+    s = await service.manager.create(service.settings.session_settings(settings))
     return SessionCreated(id=s.id, token=s.token, watch_token=s.watch_token, worker_id=service.settings.worker_id,
                           stream_url=f"{_ws_base(request, service.settings)}/v1/sessions/{s.id}/ws",
                           protocol=PROTOCOL_VERSION, settings=s.settings)

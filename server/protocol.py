@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "spann3r.v1"  # WebSocket subprotocol name a client offers (the server accepts it when offered)
@@ -53,7 +53,7 @@ class Array(_Msg):
     data: bytes
 
     @classmethod
-    def of(cls, a: np.ndarray) -> "Array":
+    def of(cls, a: np.ndarray) -> Array:
         a = np.ascontiguousarray(a)
         dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         return cls.model_construct(dtype=np.dtype(dtype).name, shape=list(a.shape), data=a.astype(dtype).tobytes())
@@ -76,6 +76,17 @@ ControlAction = Literal["finish", "reset", "settings", "snapshot"]
 # finished (takes no frames until a reset); evicted (close 4408) and lost (4404, 4410, 4409, 4401) are what a
 # client concludes when the session ends, never reported by a live session
 SessionLife = Literal["created", "streaming", "finished", "evicted", "lost"]
+PoseMethod = Literal["robust", "pnp_ransac"]  # core.camera.POSE_METHODS (a test keeps them equal)
+
+
+def _positive_focal(v: list[float]) -> list[float]:
+    if v[0] <= 0 or v[1] <= 0:
+        raise ValueError("fx and fy must be positive")
+    return v
+
+
+# [fx, fy, cx, cy]; the validator travels with the type, so the derived settings patch checks it too
+CameraIntrinsics = Annotated[list[float], Field(min_length=4, max_length=4), AfterValidator(_positive_focal)]
 
 
 class SessionSettings(_Inbound):
@@ -98,6 +109,14 @@ class SessionSettings(_Inbound):
         None, gt=0.0, description="'compact': metres (model units) per int16 step; None: chosen from the first "
         "output of the stream (4x headroom over its extent) and then fixed for the session")
     preview: bool = Field(True, description="compute the preview of each new frame (costs one more head)")
+    intrinsics: CameraIntrinsics | None = Field(
+        None, description="the camera's [fx, fy, cx, cy] in pixels of the images the "
+        "client sends (OpenCV convention: pixel centres at whole numbers). Mapped through the crop and resize to "
+        "the 224x224 model image and used for poses, the reported focal and exports instead of the focal "
+        "estimated from frame 0; fixed by the stream's first frame")
+    pose_method: PoseMethod = Field(
+        "robust", description="'robust': batched, confidence-weighted robust solve (fast; flags degenerate "
+        "geometry); 'pnp_ransac': the official demo's OpenCV PnP-RANSAC (slow; for comparison with the demo)")
 
 
 class _SettingsPatchBase(_Inbound):

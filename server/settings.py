@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
-from .protocol import SessionSettings
 from ..core.unordered import DEFAULT_MAX_FRAMES
+from .protocol import PoseMethod, SessionSettings
 
 
 class ServeSettings(BaseSettings):
@@ -23,6 +22,10 @@ class ServeSettings(BaseSettings):
     model: Literal["official", "tiny"] = Field("official", description="model size preset")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="fp32: the exact path (bit-identical to the official code on the CPU); bf16/fp16: "
+        "autocast transformer blocks with fused attention, DPT heads in float32 (docs/precision.md); auto: fp32 on "
+        "the CPU, bf16 on a GPU")
     # network
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
     port: int = Field(8000, ge=0, le=65535)
@@ -78,6 +81,8 @@ class ServeSettings(BaseSettings):
                                     "the page built into the package, server/page)")
     default_encoding: Literal["full", "compact"] = Field("compact", description="encoding of new sessions "
                                                          "that do not choose one")
+    default_pose_method: PoseMethod = Field(
+        "robust", description="pose method of new sessions that do not choose one")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("cors_origins", mode="before")
@@ -106,5 +111,9 @@ class ServeSettings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         return self
 
-    def session_defaults(self) -> SessionSettings:
-        return SessionSettings(encoding=self.default_encoding)
+    def session_settings(self, chosen: SessionSettings | None) -> SessionSettings:
+        """A new session's settings: what the client chose, the server's defaults for the rest."""
+        defaults = SessionSettings(encoding=self.default_encoding, pose_method=self.default_pose_method)
+        if chosen is None:
+            return defaults
+        return defaults.model_copy(update={k: getattr(chosen, k) for k in chosen.model_fields_set})

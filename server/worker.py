@@ -26,6 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from ..core.camera import CameraPose
 from ..core.engine import Engine, StepResult, StreamError
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
@@ -343,27 +344,23 @@ class Worker:
             log.exception("background work: unit_done failed")
 
     # ------------------------------------------------------------------ post-processing (results.py)
-    async def _cameras(self, cal: asyncio.Future, res: StepResult, settings: SessionSettings
-                       ) -> tuple[Calibration | None, results.Cameras]:
+    async def _cameras(self, cal: asyncio.Future, res: StepResult, settings: SessionSettings,
+                       source_size: tuple[int, int]) -> tuple[Calibration | None, list[CameraPose]]:
         """Calibration and poses of a step's maps. Frame 0's final fixes the stream's calibration; every other
         map's pose waits for it."""
         maps = results.step_outputs(res)
         if not maps:
-            return None, results.Cameras(float("nan"), [])
-        pts = [o.pts3d for o in maps]
+            return None, []
         if res.final is not None and res.final.index == 0 and not cal.done():
             try:
-                cameras = await self.on_post(results.solve_cameras, pts, None)
-                c = await self.on_post(results.calibration_of, res.final, cameras.focal, settings.conf_thresh)
+                c = await self.on_post(results.calibrate, res.final, settings, source_size)
             except Exception:
                 log.exception("calibration failed")
-                c, cameras = results.failed_calibration(), None
+                c = results.failed_calibration()
             if not cal.done():
                 cal.set_result(c)
-            if cameras is not None and cameras.focal == cal.result().focal:
-                return cal.result(), cameras
         c = await cal
-        return c, await self.on_post(results.solve_cameras, pts, c.focal)
+        return c, await self.on_post(results.solve_cameras, maps, c, settings.pose_method)
 
     def _result_producer(self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float]):
         rf = t.frame
@@ -372,11 +369,11 @@ class Worker:
         async def produce() -> bytes:
             try:
                 t0 = time.perf_counter()
-                cal, cameras = await self._cameras(t.calibration, res, t.settings)
+                cal, poses = await self._cameras(t.calibration, res, t.settings, rf.prepared.source_size)
                 timings["pose_s"] = time.perf_counter() - t0
-                if cameras.poses:
+                if poses:
                     self.metrics.pose_seconds.observe(timings["pose_s"])
-                data, export = await self.on_post(results.result_bytes, frame, res, cameras, cal, t.settings,
+                data, export = await self.on_post(results.result_bytes, frame, res, poses, cal, t.settings,
                                                   timings)
                 self.metrics.encode_seconds.observe(timings["encode_s"])
                 self.metrics.pack_seconds.observe(timings["pack_s"])
@@ -420,8 +417,8 @@ class Worker:
 
         async def produce() -> bytes:
             c = await cal
-            cameras = await self.on_post(results.solve_cameras, [out.pts3d], c.focal)
-            data, export = await self.on_post(results.finished_bytes, frames, out, seq, cameras.poses[0], c,
+            poses = await self.on_post(results.solve_cameras, [out], c, settings.pose_method)
+            data, export = await self.on_post(results.finished_bytes, frames, out, seq, poses[0], c,
                                               settings)
             s.add_export(gen, export)
             return data

@@ -104,6 +104,14 @@ export interface SessionSettingsPatch {
    * compute the preview of each new frame (costs one more head)
    */
   preview?: boolean | null;
+  /**
+   * the camera's [fx, fy, cx, cy] in pixels of the images the client sends (OpenCV convention: pixel centres at whole numbers). Mapped through the crop and resize to the 224x224 model image and used for poses, the reported focal and exports instead of the focal estimated from frame 0; fixed by the stream's first frame
+   */
+  intrinsics?: [number, number, number, number] | null;
+  /**
+   * 'robust': batched, confidence-weighted robust solve (fast; flags degenerate geometry); 'pnp_ransac': the official demo's OpenCV PnP-RANSAC (slow; for comparison with the demo)
+   */
+  pose_method?: ('robust' | 'pnp_ransac') | null;
 }
 export interface PingMsg {
   type: 'ping';
@@ -219,6 +227,14 @@ export interface SessionSettings {
    * compute the preview of each new frame (costs one more head)
    */
   preview?: boolean;
+  /**
+   * the camera's [fx, fy, cx, cy] in pixels of the images the client sends (OpenCV convention: pixel centres at whole numbers). Mapped through the crop and resize to the 224x224 model image and used for poses, the reported focal and exports instead of the focal estimated from frame 0; fixed by the stream's first frame
+   */
+  intrinsics?: [number, number, number, number] | null;
+  /**
+   * 'robust': batched, confidence-weighted robust solve (fast; flags degenerate geometry); 'pnp_ransac': the official demo's OpenCV PnP-RANSAC (slow; for comparison with the demo)
+   */
+  pose_method?: 'robust' | 'pnp_ransac';
 }
 /**
  * Where a session restored from the server's store (after a restart) resumed: the stream holds frames up to

@@ -245,3 +245,13 @@ def test_stream_command_records_mcap_equal_to_its_npz(served, small_frames, tmp_
         keep = (conf - 1) / conf > 1e-3
         xyz = np.frombuffer(cloud.data.tobytes(), "<f4").reshape(-1, cloud.point_step // 4)[:, :3]
         np.testing.assert_array_equal(xyz, arrays["pts3d"][i][keep])
+
+
+def test_server_defaults_fill_what_a_client_did_not_choose():
+    from spann3r.server.protocol import SessionSettings
+
+    s = ServeSettings(default_encoding="full", default_pose_method="pnp_ransac")
+    assert (s.session_settings(None).encoding, s.session_settings(None).pose_method) == ("full", "pnp_ransac")
+    merged = s.session_settings(SessionSettings.model_validate({"preview": False}))
+    assert (merged.encoding, merged.pose_method, merged.preview) == ("full", "pnp_ransac", False)
+    assert s.session_settings(SessionSettings.model_validate({"encoding": "compact"})).encoding == "compact"
