@@ -49,8 +49,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     print(f"threads={args.threads} device={args.device} torch={torch.__version__} opencv={cv2.__version__}")
-    print(f"{'batch':>5} {'outl':>5} | {'ours ms/pose':>12} {'(cpu)':>6} {'rot°':>7} {'t m':>8} {'valid':>5} | "
-          f"{'ransac ms/pose':>14} {'rot°':>7} {'t m':>8} | speed-up")
+    print(
+        f"{'batch':>5} {'outl':>5} | {'ours ms/pose':>12} {'(cpu)':>6} {'rot°':>7} {'t m':>8} {'valid':>5} | "
+        f"{'ransac ms/pose':>14} {'rot°':>7} {'t m':>8} | speed-up"
+    )
     for outliers in (float(x) for x in args.outliers.split(",")):
         for batch in (int(b) for b in args.batches.split(",")):
             pts, conf, K, truth = scene_batch(batch, seed=batch, noise=0.005, outliers=outliers)
@@ -60,13 +62,16 @@ def main() -> None:
             solve_poses(pts_t, conf_t, K_t)  # warm-up
             wall, cpu, (c2w, valid) = timed(lambda p=pts_t, c=conf_t, k=K_t: solve_poses(p, c, k), args.repeats)
             rot, trans = pose_errors(c2w.cpu().numpy(), truth)
-            cv_wall, _, (cv_c2w, _) = timed(lambda p=pts, c=conf, k=K: solve_poses(p, c, k, method="pnp_ransac"),
-                                            args.cv_repeats)
+            cv_wall, _, (cv_c2w, _) = timed(
+                lambda p=pts, c=conf, k=K: solve_poses(p, c, k, method="pnp_ransac"), args.cv_repeats
+            )
             cv_rot, cv_trans = pose_errors(cv_c2w, truth)
-            print(f"{batch:>5} {outliers:>5.2f} | {wall / batch * 1e3:>12.2f} {cpu / batch * 1e3:>6.2f} "
-                  f"{rot.mean():>7.4f} {trans.mean():>8.5f} {int(valid.sum()):>2}/{batch:<2} | "
-                  f"{cv_wall / batch * 1e3:>14.1f} {cv_rot.mean():>7.4f} {cv_trans.mean():>8.5f} | "
-                  f"{cv_wall / wall:>6.1f}x")
+            print(
+                f"{batch:>5} {outliers:>5.2f} | {wall / batch * 1e3:>12.2f} {cpu / batch * 1e3:>6.2f} "
+                f"{rot.mean():>7.4f} {trans.mean():>8.5f} {int(valid.sum()):>2}/{batch:<2} | "
+                f"{cv_wall / batch * 1e3:>14.1f} {cv_rot.mean():>7.4f} {cv_trans.mean():>8.5f} | "
+                f"{cv_wall / wall:>6.1f}x"
+            )
 
 
 if __name__ == "__main__":

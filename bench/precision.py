@@ -88,13 +88,19 @@ def main() -> None:
         for precision in args.precisions:
             row = measure(model, name, precision)
             rows.append(row)
-            print(f"set {name} {precision:5s} {row['frames']:3d} frames {row['s_per_frame']:6.2f} s/frame | pts3d "
-                  f"max {row['pts3d']['max_of_scale']:.2e} p99 {row['pts3d']['p99_of_scale']:.2e} of scale | conf max "
-                  f"{row['conf']['max_of_scale']:.2e} p99 {row['conf']['p99_of_scale']:.2e} | decisions differing "
-                  f"{row['decisions_differing']}", flush=True)
-    report = {"device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                        f"{torch.__version__}, {torch.get_num_threads()} threads", "load_average": os.getloadavg(),
-              "rows": rows}
+            print(
+                f"set {name} {precision:5s} {row['frames']:3d} frames {row['s_per_frame']:6.2f} s/frame | pts3d "
+                f"max {row['pts3d']['max_of_scale']:.2e} p99 {row['pts3d']['p99_of_scale']:.2e} of scale | conf max "
+                f"{row['conf']['max_of_scale']:.2e} p99 {row['conf']['p99_of_scale']:.2e} | decisions differing "
+                f"{row['decisions_differing']}",
+                flush=True,
+            )
+    report = {
+        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "load_average": os.getloadavg(),
+        "rows": rows,
+    }
     print(f"load average {report['load_average']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -107,18 +107,22 @@ ROBUST_SCALE = 3.0  # Geman-McClure scale, x the median residual (measured best 
 #   d nx / d(ω, τ) = (-nx·ny, 1 + nx², -ny, 1/z, 0, -nx/z)
 #   d ny / d(ω, τ) = (-(1 + ny²), nx·ny, nx, 0, 1/z, -ny/z)
 #      1  nx  ny nx² nxny ny² 1/z nx/z ny/z
-_JX = [[0, 0, 0, 0, -1, 0, 0, 0, 0],  # ωx
-       [1, 0, 0, 1, 0, 0, 0, 0, 0],  # ωy
-       [0, 0, -1, 0, 0, 0, 0, 0, 0],  # ωz
-       [0, 0, 0, 0, 0, 0, 1, 0, 0],  # τx
-       [0, 0, 0, 0, 0, 0, 0, 0, 0],  # τy
-       [0, 0, 0, 0, 0, 0, 0, -1, 0]]  # τz
-_JY = [[-1, 0, 0, 0, 0, -1, 0, 0, 0],
-       [0, 0, 0, 0, 1, 0, 0, 0, 0],
-       [0, 1, 0, 0, 0, 0, 0, 0, 0],
-       [0, 0, 0, 0, 0, 0, 0, 0, 0],
-       [0, 0, 0, 0, 0, 0, 1, 0, 0],
-       [0, 0, 0, 0, 0, 0, 0, 0, -1]]
+_JX = [
+    [0, 0, 0, 0, -1, 0, 0, 0, 0],  # ωx
+    [1, 0, 0, 1, 0, 0, 0, 0, 0],  # ωy
+    [0, 0, -1, 0, 0, 0, 0, 0, 0],  # ωz
+    [0, 0, 0, 0, 0, 0, 1, 0, 0],  # τx
+    [0, 0, 0, 0, 0, 0, 0, 0, 0],  # τy
+    [0, 0, 0, 0, 0, 0, 0, -1, 0],
+]  # τz
+_JY = [
+    [-1, 0, 0, 0, 0, -1, 0, 0, 0],
+    [0, 0, 0, 0, 1, 0, 0, 0, 0],
+    [0, 1, 0, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 1, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0, 0, -1],
+]
 _N_MONOMIALS = 9
 
 
@@ -224,8 +228,18 @@ class _Residuals:
     gram: torch.Tensor  # [B, 11, 11] float64 Σ irls Φ Φᵀ, Φ = (φ, ex, ey)
 
 
-def _residuals(X, n, w, R, t, K, scale_px: float | None, work: tuple[torch.Tensor, ...] | None = None,
-               c_min: float = 0.5, c_max: float = 50.0) -> _Residuals:
+def _residuals(
+    X,
+    n,
+    w,
+    R,
+    t,
+    K,
+    scale_px: float | None,
+    work: tuple[torch.Tensor, ...] | None = None,
+    c_min: float = 0.5,
+    c_max: float = 50.0,
+) -> _Residuals:
     """Reprojection of X [B, 3, N] by (R, t) against n [B, 2, N] and the Gram matrix of the IRLS-weighted monomials.
     With ``scale_px`` None the robust scale is ``ROBUST_SCALE`` x the median residual (within [c_min, c_max] px).
     ``work`` is scratch space from ``_workspace``, reused between steps: every op writes in place, as allocating
@@ -304,8 +318,14 @@ def _gauss_newton(X, n, w, R, t, K, iterations: int):
     return R, t, res, H
 
 
-def _pose_validity(res: _Residuals, H: torch.Tensor, w: torch.Tensor, max_error_px: float,
-                   min_inlier_weight: float, min_condition: float) -> torch.Tensor:
+def _pose_validity(
+    res: _Residuals,
+    H: torch.Tensor,
+    w: torch.Tensor,
+    max_error_px: float,
+    min_inlier_weight: float,
+    min_condition: float,
+) -> torch.Tensor:
     """[B] bool: normal equations well conditioned (translation in units of the median depth) and at least
     ``min_inlier_weight`` of the confidence reprojecting within ``max_error_px``."""
     d = torch.where(res.in_front[:, ::16] & (w[:, ::16] > 0), res.depth[:, ::16], float("nan"))
@@ -327,8 +347,9 @@ def _as_batch(pts3d, conf, K, init):
     conf = torch.as_tensor(conf, device=device).float()
     K = torch.as_tensor(K, device=device).double()
     if pts.ndim != 4 or pts.shape[-1] != 3 or conf.shape != pts.shape[:-1]:
-        raise ValueError(f"expected pts3d [B, H, W, 3] and conf [B, H, W], got {list(pts.shape)} and "
-                         f"{list(conf.shape)}")
+        raise ValueError(
+            f"expected pts3d [B, H, W, 3] and conf [B, H, W], got {list(pts.shape)} and {list(conf.shape)}"
+        )
     K = K.expand(pts.shape[0], 3, 3) if K.shape == (3, 3) else K
     if K.shape != (pts.shape[0], 3, 3):
         raise ValueError(f"expected K [3, 3] or [B, 3, 3], got {list(K.shape)}")
@@ -399,8 +420,19 @@ def _best_start(Xs, ns, ws, width: int, K, init, max_error_px: float) -> tuple[t
     return Rc[torch.arange(B), best], tc[torch.arange(B), best]
 
 
-def _robust_solve(pts, conf, K, init, *, coarse_iterations, fine_iterations, max_error_px, min_points,
-                  min_inlier_weight, min_condition):
+def _robust_solve(
+    pts,
+    conf,
+    K,
+    init,
+    *,
+    coarse_iterations,
+    fine_iterations,
+    max_error_px,
+    min_points,
+    min_inlier_weight,
+    min_condition,
+):
     """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B]."""
     B, H, W, _ = pts.shape
     pts, w = _confidence_weights(pts, conf)
@@ -431,10 +463,21 @@ def _to_c2w(R: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     return torch.where(valid[:, None, None], c2w, torch.full_like(c2w, float("nan")))
 
 
-def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor,
-                init: np.ndarray | torch.Tensor | None = None, *, method: str = "robust", fallback: bool = True,
-                coarse_iterations: int = 4, fine_iterations: int = 1, max_error_px: float = 8.0,
-                min_points: int = 64, min_inlier_weight: float = 0.5, min_condition: float = 1e-9):
+def solve_poses(
+    pts3d: np.ndarray | torch.Tensor,
+    conf: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    init: np.ndarray | torch.Tensor | None = None,
+    *,
+    method: str = "robust",
+    fallback: bool = True,
+    coarse_iterations: int = 4,
+    fine_iterations: int = 1,
+    max_error_px: float = 8.0,
+    min_points: int = 64,
+    min_inlier_weight: float = 0.5,
+    min_condition: float = 1e-9,
+):
     """Camera-to-world poses of a batch of frames, each seeing its global pointmap through its pixel grid.
 
     pts3d [B, H, W, 3] (world = first camera, OpenCV axes), conf [B, H, W] (≥ 1; weight log(conf), so pixels at
@@ -453,21 +496,34 @@ def solve_poses(pts3d: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tenso
     if method not in POSE_METHODS:
         raise ValueError(f"unknown pose method {method!r} (choose from {', '.join(POSE_METHODS)})")
     if coarse_iterations < 0 or fine_iterations < 1:
-        raise ValueError(f"need coarse_iterations >= 0 and fine_iterations >= 1, got {coarse_iterations}, "
-                         f"{fine_iterations}")
+        raise ValueError(
+            f"need coarse_iterations >= 0 and fine_iterations >= 1, got {coarse_iterations}, {fine_iterations}"
+        )
     as_numpy = not isinstance(pts3d, torch.Tensor)
     pts, conf_t, K_t, init_t = _as_batch(pts3d, conf, K, init)
     if method == "pnp_ransac":
         c2w, valid = _ransac_batch(pts, pts.isfinite().all(-1), K_t)
     else:
-        settings = dict(coarse_iterations=coarse_iterations, fine_iterations=fine_iterations,
-                        max_error_px=max_error_px, min_points=min_points, min_inlier_weight=min_inlier_weight,
-                        min_condition=min_condition)
+        settings = dict(
+            coarse_iterations=coarse_iterations,
+            fine_iterations=fine_iterations,
+            max_error_px=max_error_px,
+            min_points=min_points,
+            min_inlier_weight=min_inlier_weight,
+            min_condition=min_condition,
+        )
         # on a CPU, chunks of 8 frames keep the per-pixel work (~20 MB) in cache; a GPU takes the batch at once
         chunk = CPU_CHUNK if pts.device.type == "cpu" else pts.shape[0]
-        parts = [_robust_solve(pts[i:i + chunk], conf_t[i:i + chunk], K_t[i:i + chunk],
-                               None if init_t is None else init_t[i:i + chunk], **settings)
-                 for i in range(0, pts.shape[0], chunk)]
+        parts = [
+            _robust_solve(
+                pts[i : i + chunk],
+                conf_t[i : i + chunk],
+                K_t[i : i + chunk],
+                None if init_t is None else init_t[i : i + chunk],
+                **settings,
+            )
+            for i in range(0, pts.shape[0], chunk)
+        ]
         R, t, valid, enough = (torch.cat(x) for x in zip(*parts))
         retry = enough & ~valid
         if fallback and bool(retry.any()):

@@ -33,9 +33,15 @@ from .preprocess import PreparedFrame
 log = logging.getLogger(__name__)
 
 
-def memorize(model: Spann3R, memories: list[SpatialMemory], e1: torch.Tensor, dec1: torch.Tensor,
-             e2: torch.Tensor, dec2: torch.Tensor, pts1: torch.Tensor
-             ) -> tuple[list[WriteDecision], torch.Tensor]:
+def memorize(
+    model: Spann3R,
+    memories: list[SpatialMemory],
+    e1: torch.Tensor,
+    dec1: torch.Tensor,
+    e2: torch.Tensor,
+    dec2: torch.Tensor,
+    pts1: torch.Tensor,
+) -> tuple[list[WriteDecision], torch.Tensor]:
     """The memory update of one decode step for B streams, stream b writing into ``memories[b]``.
 
     e1, e2 [B, P, C] encoder tokens of view 1 and view 2; dec1, dec2 [B, P, C_dec] their final decoder tokens;
@@ -217,7 +223,7 @@ class Engine:
                 s.last_preview, s.pending_head2 = r.preview, None
             else:
                 s.last_preview = None
-                s.pending_head2 = [t[i: i + 1] for t in hooked2]
+                s.pending_head2 = [t[i : i + 1] for t in hooked2]
 
     # ------------------------------------------------------------------ end of stream
     @torch.inference_mode()

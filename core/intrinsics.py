@@ -64,8 +64,9 @@ def parse_intrinsics(text: str) -> Intrinsics:
     """``"FX,FY,CX,CY"`` (pixels of the original image) → Intrinsics, or IntrinsicsError saying what is wrong."""
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 4:
-        raise IntrinsicsError(f"intrinsics must be FX,FY,CX,CY (four numbers, pixels of the original image), "
-                              f"got {text!r}")
+        raise IntrinsicsError(
+            f"intrinsics must be FX,FY,CX,CY (four numbers, pixels of the original image), got {text!r}"
+        )
     try:
         fx, fy, cx, cy = (float(p) for p in parts)
     except ValueError:

@@ -66,7 +66,7 @@ def crop_resize(rgb: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.Resampling.LANCZOS))
     left = int(np.round((new_w - size) / 2))
     top = int(np.round((new_h - size) / 2))
-    return np.ascontiguousarray(resized[top: top + size, left: left + size])
+    return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
 
 def to_model_input(colors: np.ndarray) -> torch.Tensor:
@@ -91,8 +91,14 @@ def check_image_size(w: int, h: int, max_pixels: int, max_aspect: float = MAX_AS
         raise ImageError(f"{w}x{h}: aspect ratio beyond 1:{max_aspect:g}", "bad_aspect_ratio")
 
 
-def check_image_header(data: bytes, fmt: str, width: int | None = None, height: int | None = None,
-                       max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> tuple[int, int]:
+def check_image_header(
+    data: bytes,
+    fmt: str,
+    width: int | None = None,
+    height: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+) -> tuple[int, int]:
     """Size of an image from its header only (no pixel decoded, nothing allocated) → (w, h), or ImageError.
     ``fmt``: ``rgb8`` (raw pixels; ``width`` and ``height`` given) or any encoded format Pillow can identify."""
     if fmt == "rgb8":
@@ -117,8 +123,14 @@ def check_image_header(data: bytes, fmt: str, width: int | None = None, height: 
     return w, h
 
 
-def decode_and_prepare(data: bytes, fmt: str, width: int | None = None, height: int | None = None,
-                       max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> PreparedFrame:
+def decode_and_prepare(
+    data: bytes,
+    fmt: str,
+    width: int | None = None,
+    height: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+) -> PreparedFrame:
     """Image bytes → model input, the one path of every network input (stream frames and job uploads): the
     header is checked before any pixel is decoded. Raises ImageError (with a code)."""
     check_image_header(data, fmt, width, height, max_pixels, max_aspect)

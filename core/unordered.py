@@ -90,7 +90,8 @@ class UnorderedResult:
         """The ordered mode's npz layout plus ``order``, ``pair_conf`` and the selection scores."""
         out = self.reconstruction.arrays()
         out.update(
-            order=self.order.astype(np.int32), input_names=np.array(self.input_names),
+            order=self.order.astype(np.int32),
+            input_names=np.array(self.input_names),
             pair_conf=self.pair_conf.astype(np.float32),
             initial_pair=np.array(self.initial_pair, dtype=np.int32),
             nbv_best_conf=self.nbv_best_conf.astype(np.float32),
@@ -146,6 +147,7 @@ def complete_pair_list(n: int) -> list[tuple[int, int]]:
 
 def pair_score(conf1: torch.Tensor, conf2: torch.Tensor) -> torch.Tensor:
     """conf1, conf2 [B, H, W] (≥ 1) → [B]: mean (c − 1)/c of each map, the two means added (float32)."""
+
     def certainty(c: torch.Tensor) -> torch.Tensor:
         return ((c - 1) / c).flatten(1).mean(dim=1)
 
@@ -177,7 +179,7 @@ def first_max(matrix: np.ndarray) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- forward passes
 def encode_all(model: Spann3R, imgs: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """imgs [N, 3, H, W] → encoder tokens [N, P, C] and positions [N, P, 2], in chunks of ``batch``."""
-    chunks = [model.encode(imgs[start: start + batch].to(model.device)) for start in range(0, imgs.shape[0], batch)]
+    chunks = [model.encode(imgs[start : start + batch].to(model.device)) for start in range(0, imgs.shape[0], batch)]
     return torch.cat([enc for enc, _ in chunks]), torch.cat([pos for _, pos in chunks])
 
 
@@ -185,9 +187,14 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def score_pairs(model: Spann3R, enc: torch.Tensor, pos: torch.Tensor, pairs: Sequence[tuple[int, int]],
-                batch: int, keep: Iterable[tuple[int, int]] = ()
-                ) -> tuple[np.ndarray, dict[tuple[int, int], PairOutput]]:
+def score_pairs(
+    model: Spann3R,
+    enc: torch.Tensor,
+    pos: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    batch: int,
+    keep: Iterable[tuple[int, int]] = (),
+) -> tuple[np.ndarray, dict[tuple[int, int], PairOutput]]:
     """Plain DUSt3R on ``pairs`` (view 1 = enc[i], view 2 = enc[j], no memory), ``batch`` pairs per forward.
 
     Returns the score matrix [N, N] (entries of pairs not listed stay 0) and the full outputs of ``keep``."""
@@ -196,7 +203,7 @@ def score_pairs(model: Spann3R, enc: torch.Tensor, pos: torch.Tensor, pairs: Seq
     matrix = np.zeros((n, n), dtype=np.float32)
     kept: dict[tuple[int, int], PairOutput] = {}
     for start in range(0, len(pairs), batch):
-        chunk = pairs[start: start + batch]
+        chunk = pairs[start : start + batch]
         v1 = torch.tensor([i for i, _ in chunk], device=enc.device)
         v2 = torch.tensor([j for _, j in chunk], device=enc.device)
         dec1, dec2 = model.decode(enc[v1], pos[v1], enc[v2], pos[v2])  # 13 × [b, P, C]
@@ -206,8 +213,9 @@ def score_pairs(model: Spann3R, enc: torch.Tensor, pos: torch.Tensor, pairs: Seq
         for b, (i, j) in enumerate(chunk):
             matrix[i, j] = scores[b]
             if (i, j) in keep:
-                kept[(i, j)] = PairOutput(_to_numpy(res1.pts3d[b]), _to_numpy(res2.pts3d[b]),
-                                          _to_numpy(res1.conf[b]), _to_numpy(res2.conf[b]))
+                kept[(i, j)] = PairOutput(
+                    _to_numpy(res1.pts3d[b]), _to_numpy(res2.pts3d[b]), _to_numpy(res1.conf[b]), _to_numpy(res2.conf[b])
+                )
     return matrix, kept
 
 
@@ -225,9 +233,15 @@ class CandidateDecode:
     conf2: torch.Tensor  # [1, H, W]
 
 
-def decode_candidates(model: Spann3R, view1: torch.Tensor, pos1: torch.Tensor, enc: torch.Tensor,
-                      pos: torch.Tensor, candidates: Sequence[int], batch: int
-                      ) -> tuple[list[float], CandidateDecode | None]:
+def decode_candidates(
+    model: Spann3R,
+    view1: torch.Tensor,
+    pos1: torch.Tensor,
+    enc: torch.Tensor,
+    pos: torch.Tensor,
+    candidates: Sequence[int],
+    batch: int,
+) -> tuple[list[float], CandidateDecode | None]:
     """Decode ``view1`` [P, C] against every candidate's encoder tokens, ``batch`` candidates per forward.
 
     Returns every score (in ``candidates`` order) and the winner: the running best starts at 0 and is
@@ -236,7 +250,7 @@ def decode_candidates(model: Spann3R, view1: torch.Tensor, pos1: torch.Tensor, e
     scores: list[float] = []
     best: CandidateDecode | None = None
     for start in range(0, len(candidates), batch):
-        chunk = list(candidates[start: start + batch])
+        chunk = list(candidates[start : start + batch])
         idx = torch.tensor(chunk, device=enc.device)
         b = len(chunk)
         f1 = view1.unsqueeze(0).expand(b, -1, -1).contiguous()  # [b, P, C]
@@ -250,9 +264,16 @@ def decode_candidates(model: Spann3R, view1: torch.Tensor, pos1: torch.Tensor, e
             scores.append(s)
             if beats(s, best.score if best else None):
                 one = slice(c, c + 1)
-                best = CandidateDecode(image, s, dec1[-1][one].clone(), dec2[-1][one].clone(),
-                                       res1.pts3d[one].clone(), res1.conf[one].clone(),
-                                       res2.pts3d[one].clone(), res2.conf[one].clone())
+                best = CandidateDecode(
+                    image,
+                    s,
+                    dec1[-1][one].clone(),
+                    dec2[-1][one].clone(),
+                    res1.pts3d[one].clone(),
+                    res1.conf[one].clone(),
+                    res2.pts3d[one].clone(),
+                    res2.conf[one].clone(),
+                )
     return scores, best
 
 
@@ -272,10 +293,17 @@ class UnorderedSteps:
     ``frames``: ``(name, RGB uint8 image or PreparedFrame)``. ``keep_pairs`` lists ordered pairs whose
     plain-DUSt3R outputs the result carries (``pair_outputs``)."""
 
-    def __init__(self, engine_or_model: Engine | Spann3R,
-                 frames: Iterable[tuple[str, np.ndarray | PreparedFrame]], *, pair_batch: int = 4,
-                 candidate_batch: int = 4, encode_batch: int = 4, keep_pairs: Iterable[tuple[int, int]] = (),
-                 with_poses: bool = True):
+    def __init__(
+        self,
+        engine_or_model: Engine | Spann3R,
+        frames: Iterable[tuple[str, np.ndarray | PreparedFrame]],
+        *,
+        pair_batch: int = 4,
+        candidate_batch: int = 4,
+        encode_batch: int = 4,
+        keep_pairs: Iterable[tuple[int, int]] = (),
+        with_poses: bool = True,
+    ):
         if isinstance(engine_or_model, Engine):
             self.model, self.memory_cfg = engine_or_model.model, engine_or_model.memory_cfg
         else:
@@ -343,12 +371,11 @@ class UnorderedSteps:
         with torch.inference_mode():
             {"encode": self._encode_unit, "pairs": self._pairs_unit, "views": self._views_unit}[stage]()
         self.units_done += 1
-        self.timings[{"encode": "encode_s", "pairs": "pairs_s", "views": "order_s"}[stage]] += \
-            time.perf_counter() - t0
+        self.timings[{"encode": "encode_s", "pairs": "pairs_s", "views": "order_s"}[stage]] += time.perf_counter() - t0
 
     def _encode_unit(self) -> None:
         start = self.stage_done
-        imgs = torch.stack([f.img for f in self.frames[start: start + self.encode_batch]])  # [b, 3, H, W]
+        imgs = torch.stack([f.img for f in self.frames[start : start + self.encode_batch]])  # [b, 3, H, W]
         enc, pos = self.model.encode(imgs.to(self.model.device))
         self._tokens.append(enc)
         self._positions.append(pos)
@@ -360,7 +387,7 @@ class UnorderedSteps:
 
     def _pairs_unit(self) -> None:
         start = self.stage_done
-        chunk = self._pairs[start: start + self.pair_batch]
+        chunk = self._pairs[start : start + self.pair_batch]
         scores, kept = score_pairs(self.model, self.enc, self.pos, chunk, self.pair_batch, self._keep_pairs)
         for i, j in chunk:
             self.pair_conf[i, j] = scores[i, j]
@@ -386,9 +413,10 @@ class UnorderedSteps:
                 self._step_view1, self._step_zeroed = view1, float(zeroed)
                 self._step_candidates = list(self.remaining)
             self._step_next, self._step_scores, self._step_best = 0, [], None
-        chunk = self._step_candidates[self._step_next: self._step_next + self.candidate_batch]
-        scores, best = decode_candidates(self.model, self._step_view1, self.pos[placed], self.enc, self.pos, chunk,
-                                         self.candidate_batch)
+        chunk = self._step_candidates[self._step_next : self._step_next + self.candidate_batch]
+        scores, best = decode_candidates(
+            self.model, self._step_view1, self.pos[placed], self.enc, self.pos, chunk, self.candidate_batch
+        )
         # batches are scanned in candidate order: a later batch's winner must be strictly better (ties → earlier)
         if best is not None and beats(best.score, self._step_best.score if self._step_best else None):
             self._step_best = best
@@ -403,19 +431,31 @@ class UnorderedSteps:
         if best is None:
             raise UnorderedError(
                 f"next-best view at step {step}: no candidate scored above 0 (scores {self._step_scores}); "
-                "the confidences are degenerate")
+                "the confidences are degenerate"
+            )
         if step > 0:
             self.nbv_all[step - 1, candidates] = self._step_scores
             self.nbv_best[step - 1] = best.score
             log.debug("next-best view %d: image %d, score %.5f", step, best.index, best.score)
         # the winner's decode becomes a streaming step: keys, value, memory write; K2 is the next query
-        (decision,), k2 = memorize(self.model, [self.memory], self.enc[placed].unsqueeze(0), best.dec1_final,
-                                   self.enc[best.index].unsqueeze(0), best.dec2_final, best.pts1)
+        (decision,), k2 = memorize(
+            self.model,
+            [self.memory],
+            self.enc[placed].unsqueeze(0),
+            best.dec1_final,
+            self.enc[best.index].unsqueeze(0),
+            best.dec2_final,
+            best.pts1,
+        )
         self._query = k2[0]
-        self.finals.append(FrameOutput(step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]),
-                                       self.frames[placed].colors))
-        self.previews.append(FrameOutput(step + 1, "preview", _to_numpy(best.pts2[0]), _to_numpy(best.conf2[0]),
-                                         self.frames[best.index].colors))
+        self.finals.append(
+            FrameOutput(step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]), self.frames[placed].colors)
+        )
+        self.previews.append(
+            FrameOutput(
+                step + 1, "preview", _to_numpy(best.pts2[0]), _to_numpy(best.conf2[0]), self.frames[best.index].colors
+            )
+        )
         self.traces.append(MemoryTrace.from_write(step, decision, self._step_zeroed))
         self.order.append(best.index)
         self.remaining.remove(best.index)
@@ -432,25 +472,47 @@ class UnorderedSteps:
             raise RuntimeError(f"{self.units_total - self.units_done} units have not run yet")
         t0 = time.perf_counter()
         last = self.previews[-1]  # the last frame's final output is its preview
-        finals = self.finals + [FrameOutput(last.index, "final", last.pts3d, last.conf, last.colors)]
+        finals = [*self.finals, FrameOutput(last.index, "final", last.pts3d, last.conf, last.colors)]
         rec = assemble(finals, self.traces, [self.names[i] for i in self.order], self.with_poses)
         timings = dict(self.timings, poses_s=time.perf_counter() - t0)
         timings["total_s"] = sum(timings.values())
-        return UnorderedResult(rec, np.array(self.order, dtype=np.int32), list(self.names), self.pair_conf,
-                               self.initial_pair, self.nbv_best, self.nbv_all, self.previews, self.pair_outputs,
-                               timings)
+        return UnorderedResult(
+            rec,
+            np.array(self.order, dtype=np.int32),
+            list(self.names),
+            self.pair_conf,
+            self.initial_pair,
+            self.nbv_best,
+            self.nbv_all,
+            self.previews,
+            self.pair_outputs,
+            timings,
+        )
 
 
-def reconstruct_unordered(engine_or_model: Engine | Spann3R,
-                          frames: Iterable[tuple[str, np.ndarray | PreparedFrame]], *,
-                          pair_batch: int = 4, candidate_batch: int = 4, encode_batch: int = 4,
-                          keep_pairs: Iterable[tuple[int, int]] = (), progress: Progress | None = None,
-                          with_poses: bool = True) -> UnorderedResult:
+def reconstruct_unordered(
+    engine_or_model: Engine | Spann3R,
+    frames: Iterable[tuple[str, np.ndarray | PreparedFrame]],
+    *,
+    pair_batch: int = 4,
+    candidate_batch: int = 4,
+    encode_batch: int = 4,
+    keep_pairs: Iterable[tuple[int, int]] = (),
+    progress: Progress | None = None,
+    with_poses: bool = True,
+) -> UnorderedResult:
     """Reconstruct a collection of ``(name, RGB uint8 image or PreparedFrame)`` in the order the model picks:
     every unit of ``UnorderedSteps`` in a row. ``keep_pairs`` lists ordered pairs whose plain-DUSt3R outputs
     are returned (``pair_outputs``)."""
-    run = UnorderedSteps(engine_or_model, frames, pair_batch=pair_batch, candidate_batch=candidate_batch,
-                         encode_batch=encode_batch, keep_pairs=keep_pairs, with_poses=with_poses)
+    run = UnorderedSteps(
+        engine_or_model,
+        frames,
+        pair_batch=pair_batch,
+        candidate_batch=candidate_batch,
+        encode_batch=encode_batch,
+        keep_pairs=keep_pairs,
+        with_poses=with_poses,
+    )
     while not run.done:
         stage, total = run.stage, run.stage_total
         run.run_unit()
@@ -460,8 +522,24 @@ def reconstruct_unordered(engine_or_model: Engine | Spann3R,
 
 
 __all__ = [
-    "DEFAULT_MAX_FRAMES", "MAX_FRAMES_HELP", "SECONDS_PER_PAIR", "SECONDS_PER_STEP", "PairOutput",
-    "UnorderedError", "UnorderedResult", "UnorderedSteps", "beats", "complete_pair_list", "estimate_seconds",
-    "first_max", "format_duration", "next_best", "pair_count", "pair_score", "reconstruct_unordered", "score_pairs",
-    "step_decode_count", "unit_count",
+    "DEFAULT_MAX_FRAMES",
+    "MAX_FRAMES_HELP",
+    "SECONDS_PER_PAIR",
+    "SECONDS_PER_STEP",
+    "PairOutput",
+    "UnorderedError",
+    "UnorderedResult",
+    "UnorderedSteps",
+    "beats",
+    "complete_pair_list",
+    "estimate_seconds",
+    "first_max",
+    "format_duration",
+    "next_best",
+    "pair_count",
+    "pair_score",
+    "reconstruct_unordered",
+    "score_pairs",
+    "step_decode_count",
+    "unit_count",
 ]

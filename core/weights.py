@@ -214,8 +214,13 @@ def resolve_weights(weights: str | None) -> str:
     raise WeightsError(f"no weights given and no {DEFAULT_CHECKPOINT}. {OFFICIAL_CHECKPOINT_HELP}")
 
 
-def load_engine(weights: str | None, device: str = "cpu", model: str = "official", threads: int | None = None,
-                precision: str = "auto"):
+def load_engine(
+    weights: str | None,
+    device: str = "cpu",
+    model: str = "official",
+    threads: int | None = None,
+    precision: str = "auto",
+):
     """The streaming engine with its weights loaded: the one loader of ``spann3r reconstruct/eval`` and the service.
 
     Returns ``(Engine, LoadedWeights)``. ``model`` is a ``ModelConfig`` preset name; ``threads`` sets torch's CPU

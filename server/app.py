@@ -67,8 +67,9 @@ def get_service(request: Request) -> Service:
 def require_api_key(request: Request, service: Service = Depends(get_service)) -> None:
     key = service.settings.api_key
     if not api_key_valid(request.headers, None if key is None else key.get_secret_value()):
-        raise ApiError(401, "unauthorized", "a valid API key is required to create sessions and jobs (X-API-Key "
-                       "header)")
+        raise ApiError(
+            401, "unauthorized", "a valid API key is required to create sessions and jobs (X-API-Key header)"
+        )
 
 
 def _session(service: Service, session_id: str, token: str | None, need: str) -> Session:
@@ -77,31 +78,36 @@ def _session(service: Service, session_id: str, token: str | None, need: str) ->
         raise ApiError(404, "not_found", "no such session (never created, deleted, or evicted)")
     role = session_role(s, token)
     if role is None:
-        raise ApiError(401, "unauthorized", "a valid session token is required (Authorization: Bearer TOKEN "
-                       "or ?token=TOKEN)")
+        raise ApiError(
+            401, "unauthorized", "a valid session token is required (Authorization: Bearer TOKEN or ?token=TOKEN)"
+        )
     if need == "stream" and role != "stream":
         raise ApiError(403, "forbidden", "the watch token is read-only")
     return s
 
 
-def stream_session(session_id: str, request: Request, token: str | None = Query(None),
-                   service: Service = Depends(get_service)) -> Session:
+def stream_session(
+    session_id: str, request: Request, token: str | None = Query(None), service: Service = Depends(get_service)
+) -> Session:
     return _session(service, session_id, presented_token(token, request.headers), "stream")
 
 
-def any_session(session_id: str, request: Request, token: str | None = Query(None),
-                service: Service = Depends(get_service)) -> Session:
+def any_session(
+    session_id: str, request: Request, token: str | None = Query(None), service: Service = Depends(get_service)
+) -> Session:
     return _session(service, session_id, presented_token(token, request.headers), "watch")
 
 
-def job_with_token(job_id: str, request: Request, token: str | None = Query(None),
-                   service: Service = Depends(get_service)) -> Job:
+def job_with_token(
+    job_id: str, request: Request, token: str | None = Query(None), service: Service = Depends(get_service)
+) -> Job:
     job = service.jobs.get(job_id)
     if job is None:
         raise ApiError(404, "not_found", "no such job (never created, deleted, or expired)")
     if not token_matches(presented_token(token, request.headers), job.token_hash):
-        raise ApiError(401, "unauthorized", "a valid job token is required (Authorization: Bearer TOKEN or "
-                       "?token=TOKEN)")
+        raise ApiError(
+            401, "unauthorized", "a valid job token is required (Authorization: Bearer TOKEN or ?token=TOKEN)"
+        )
     return job
 
 
@@ -117,10 +123,21 @@ def _ws_base(request: Request, settings: ServeSettings) -> str:
 # --------------------------------------------------------------------------------------------- routes
 
 api = APIRouter(prefix="/v1", tags=["sessions"])
-ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
-          409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-SETTINGS_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
-    "$ref": "#/components/schemas/SessionSettings"}}}}}
+ERRORS = {
+    401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+SETTINGS_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SessionSettings"}}},
+    }
+}
 
 
 async def settings_body(request: Request) -> SessionSettings | None:
@@ -136,16 +153,28 @@ async def settings_body(request: Request) -> SessionSettings | None:
         raise ApiError(422, "invalid_request", validation_summary(exc)) from None
 
 
-@api.post("/sessions", status_code=201, response_model=SessionCreated, responses=ERRORS,
-          dependencies=[Depends(require_api_key)], openapi_extra=SETTINGS_BODY)
+@api.post(
+    "/sessions",
+    status_code=201,
+    response_model=SessionCreated,
+    responses=ERRORS,
+    dependencies=[Depends(require_api_key)],
+    openapi_extra=SETTINGS_BODY,
+)
 async def create_session(request: Request, service: Service = Depends(get_service)) -> SessionCreated:
     """Create a session (body: optional SessionSettings). Keep the returned tokens: they are never shown
     again."""
     settings = await settings_body(request)
     s = await service.manager.create(service.settings.session_settings(settings))
-    return SessionCreated(id=s.id, token=s.token, watch_token=s.watch_token, worker_id=service.settings.worker_id,
-                          stream_url=f"{_ws_base(request, service.settings)}/v1/sessions/{s.id}/ws",
-                          protocol=PROTOCOL_VERSION, settings=s.settings)
+    return SessionCreated(
+        id=s.id,
+        token=s.token,
+        watch_token=s.watch_token,
+        worker_id=service.settings.worker_id,
+        stream_url=f"{_ws_base(request, service.settings)}/v1/sessions/{s.id}/ws",
+        protocol=PROTOCOL_VERSION,
+        settings=s.settings,
+    )
 
 
 @api.get("/sessions/{session_id}", response_model=SessionStats, responses=ERRORS)
@@ -168,8 +197,13 @@ async def snapshot_session(s: Session = Depends(stream_session), service: Servic
     return {"id": s.id, "frames": s.frames_processed, "snapshot_bytes": await service.manager.snapshot(s)}
 
 
-@api.get("/sessions/{session_id}/export/{kind}", responses={**ERRORS, 200: {"content": {
-    "application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}}})
+@api.get(
+    "/sessions/{session_id}/export/{kind}",
+    responses={
+        **ERRORS,
+        200: {"content": {"application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}},
+    },
+)
 async def export_session(kind: ExportKind, s: Session = Depends(stream_session)):
     """The fused, confidence-filtered cloud of every final so far (PLY, GLB), the camera trajectory, a nerfstudio
     transforms.json, or ROS 2 messages in MCAP (scene.mcap; 501 without the robotics extra)."""
@@ -177,8 +211,11 @@ async def export_session(kind: ExportKind, s: Session = Depends(stream_session))
         raise ApiError(409, "nothing_to_export", "no final pointmap yet (a stream needs at least two frames)")
     s.touch()
     data = await asyncio.to_thread(export_bytes, s.export.frozen(), s.focal, kind)
-    return Response(data, media_type=MEDIA_TYPES[kind],
-                    headers={"Content-Disposition": f'attachment; filename="{s.id[:8]}-{kind.value}"'})
+    return Response(
+        data,
+        media_type=MEDIA_TYPES[kind],
+        headers={"Content-Disposition": f'attachment; filename="{s.id[:8]}-{kind.value}"'},
+    )
 
 
 @api.websocket("/sessions/{session_id}/ws")
@@ -203,35 +240,75 @@ async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)
 
 
 jobs_api = APIRouter(prefix="/v1", tags=["jobs"])
-UPLOAD_ERRORS = {**ERRORS, 400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-                 422: {"model": ErrorBody}}
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"files": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
-        "description": "images (JPEG, PNG, WebP, BMP, TIFF) and/or zip archives of images"}}}},
-    "application/zip": {"schema": {"type": "string", "format": "binary"}}}}}
+UPLOAD_ERRORS = {
+    **ERRORS,
+    400: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    415: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "images (JPEG, PNG, WebP, BMP, TIFF) and/or zip archives of images",
+                        }
+                    },
+                }
+            },
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
-@jobs_api.post("/jobs", status_code=201, response_model=JobCreated, responses=UPLOAD_ERRORS,
-               dependencies=[Depends(require_api_key)], openapi_extra=UPLOAD_BODY)
-async def create_job(request: Request, session_id: str | None = Query(None, description="attach the job to this "
-                     "session: its WebSocket receives the job's progress messages"),
-                     session_token: str | None = Query(None, description="the session's stream token (or the "
-                                                       "X-Session-Token header)"),
-                     conf_thresh: float = Query(1e-3, ge=0.0, lt=1.0, description="confidence filter of the "
-                                                "PLY / GLB downloads"),
-                     service: Service = Depends(get_service)) -> JobCreated:
+@jobs_api.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobCreated,
+    responses=UPLOAD_ERRORS,
+    dependencies=[Depends(require_api_key)],
+    openapi_extra=UPLOAD_BODY,
+)
+async def create_job(
+    request: Request,
+    session_id: str | None = Query(
+        None, description="attach the job to this session: its WebSocket receives the job's progress messages"
+    ),
+    session_token: str | None = Query(None, description="the session's stream token (or the X-Session-Token header)"),
+    conf_thresh: float = Query(1e-3, ge=0.0, lt=1.0, description="confidence filter of the PLY / GLB downloads"),
+    service: Service = Depends(get_service),
+) -> JobCreated:
     """Reconstruct an unordered collection of images (the model chooses the order). Keep the returned token:
     it is never shown again. The upload is checked and decoded before the job exists; a bad one is refused."""
     session = None
     if session_id is not None:
         session = _session(service, session_id, session_token or request.headers.get("x-session-token"), "stream")
     length = request.headers.get("content-length")
-    job = await service.jobs.create(request.stream(), request.headers.get("content-type"),
-                                    int(length) if length and length.isdigit() else None, session, conf_thresh)
-    return JobCreated(id=job.id, token=job.token, status_url=f"{_base(request, service.settings)}/v1/jobs/{job.id}",
-                      worker_id=service.settings.worker_id, images=job.images, input_names=job.input_names,
-                      units_total=job.units_total, session_id=session.id if session else None)
+    job = await service.jobs.create(
+        request.stream(),
+        request.headers.get("content-type"),
+        int(length) if length and length.isdigit() else None,
+        session,
+        conf_thresh,
+    )
+    return JobCreated(
+        id=job.id,
+        token=job.token,
+        status_url=f"{_base(request, service.settings)}/v1/jobs/{job.id}",
+        worker_id=service.settings.worker_id,
+        images=job.images,
+        input_names=job.input_names,
+        units_total=job.units_total,
+        session_id=session.id if session else None,
+    )
 
 
 @jobs_api.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
@@ -246,18 +323,27 @@ async def delete_job(job: Job = Depends(job_with_token), service: Service = Depe
     return Response(status_code=204)
 
 
-@jobs_api.get("/jobs/{job_id}/result/{name}", responses={**ERRORS, 200: {"content": {
-    "application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}}})
-async def job_result(name: JobDownloadName, job: Job = Depends(job_with_token),
-                     service: Service = Depends(get_service)):
+@jobs_api.get(
+    "/jobs/{job_id}/result/{name}",
+    responses={
+        **ERRORS,
+        200: {"content": {"application/octet-stream": {}, "model/gltf-binary": {}, "application/json": {}}},
+    },
+)
+async def job_result(
+    name: JobDownloadName, job: Job = Depends(job_with_token), service: Service = Depends(get_service)
+):
     """result.npz (the layout of ``spann3r reconstruct --unordered``), the fused cloud (PLY, GLB), the camera
     trajectory, or a nerfstudio transforms.json; 409 until the job is done."""
     filename = f"{job.id[:8]}-{name.value}"
     if name is JobDownloadName.npz:
         return FileResponse(service.jobs.result_file(job), media_type="application/octet-stream", filename=filename)
     data = await service.jobs.result_bytes(job, name.value)
-    return Response(data, media_type=MEDIA_TYPES[ExportKind(name.value)],
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        data,
+        media_type=MEDIA_TYPES[ExportKind(name.value)],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 health = APIRouter(tags=["health"])
@@ -274,11 +360,16 @@ async def readyz(request: Request):
     """Ready when the model is loaded and the worker alive."""
     service: Service = request.app.state.service
     if not service.ready:
-        return JSONResponse({"code": "not_ready", "detail": service.load_error or "the model is still loading"},
-                            status_code=503)
-    return {"status": "ready", "model": service.worker.model_info().model_dump(),
-            "sessions": len(service.manager.sessions), "jobs": len(service.jobs.jobs),
-            "worker_id": service.settings.worker_id}
+        return JSONResponse(
+            {"code": "not_ready", "detail": service.load_error or "the model is still loading"}, status_code=503
+        )
+    return {
+        "status": "ready",
+        "model": service.worker.model_info().model_dump(),
+        "sessions": len(service.manager.sessions),
+        "jobs": len(service.jobs.jobs),
+        "worker_id": service.settings.worker_id,
+    }
 
 
 @health.get("/metrics")
@@ -339,16 +430,18 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         # the rest of the body is not read: close the connection rather than drain it
-        body = ErrorBody(code="body_too_large", detail=f"request bodies are limited to {self.max_bytes} bytes "
-                         "(max_json_body_bytes)")
+        body = ErrorBody(
+            code="body_too_large", detail=f"request bodies are limited to {self.max_bytes} bytes (max_json_body_bytes)"
+        )
         await JSONResponse(body.model_dump(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
 # --------------------------------------------------------------------------------------------- factory
 
 
-def create_app(settings: ServeSettings | None = None, engine: Engine | None = None,
-               weights: LoadedWeights | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings | None = None, engine: Engine | None = None, weights: LoadedWeights | None = None
+) -> FastAPI:
     """The service app. Pass ``engine`` (and ``weights``) to reuse a model already built (tests, benchmarks)."""
     settings = settings or ServeSettings()
     service = Service(settings, engine, weights)
@@ -360,8 +453,12 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         yield
         await service.stop()
 
-    app = FastAPI(title="Spann3R streaming service", version=str(PROTOCOL_VERSION), lifespan=lifespan,
-                  description="Real-time incremental 3D reconstruction. WebSocket protocol: docs/protocol.md.")
+    app = FastAPI(
+        title="Spann3R streaming service",
+        version=str(PROTOCOL_VERSION),
+        lifespan=lifespan,
+        description="Real-time incremental 3D reconstruction. WebSocket protocol: docs/protocol.md.",
+    )
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -375,14 +472,14 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
 
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady):
-        return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": "5"})
+        return JSONResponse({"code": "not_ready", "detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(UploadRefused)
     async def _refused(request: Request, exc: UploadRefused):
         # the rest of a refused body is not read: close the connection rather than drain it
-        return JSONResponse({"code": exc.code, "detail": exc.message}, status_code=exc.status,
-                            headers={"Connection": "close"})
+        return JSONResponse(
+            {"code": exc.code, "detail": exc.message}, status_code=exc.status, headers={"Connection": "close"}
+        )
 
     @app.exception_handler(JobNotReady)
     async def _job_not_ready(request: Request, exc: JobNotReady):
@@ -395,13 +492,15 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     @app.exception_handler(CapacityError)
     async def _capacity(request: Request, exc: CapacityError):
         # when the first abandoned session is released (or a default when none is due)
-        return JSONResponse({"code": "capacity", "detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(exc.retry_after_s)})
+        return JSONResponse(
+            {"code": "capacity", "detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)}
+        )
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/jobs"),))
     if settings.cors_origins:  # added last, so outermost: refusals (413) carry the CORS headers too
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
     app.include_router(api)
     app.include_router(jobs_api)
     app.include_router(health)
@@ -409,7 +508,9 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     if (static / "index.html").is_file():
         app.mount("/", StaticFiles(directory=static, html=True), name="client")
     else:
+
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
         async def no_client():
             return NO_CLIENT_PAGE
+
     return app

@@ -206,8 +206,12 @@ async def _dispatch(conn: Connection, session: Session, data: bytes, service: Se
     elif msg.action == "snapshot":
         if session.persistence is None:  # no state store (--state-dir / --state-url)
             return await conn.send(
-                pack(ErrorMsg(code="snapshot_unavailable",
-                              message="the server has no state store (--state-dir or --state-url)"))
+                pack(
+                    ErrorMsg(
+                        code="snapshot_unavailable",
+                        message="the server has no state store (--state-dir or --state-url)",
+                    )
+                )
             )
         n = await manager.snapshot(session)
         session.send_ordered(pack(AckMsg(action="snapshot", settings=session.settings, snapshot_bytes=n)))

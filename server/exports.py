@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -51,8 +51,10 @@ class ExportBuffer:
         if not self.points_by_frame:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
         order = sorted(self.points_by_frame)
-        return (np.concatenate([self.points_by_frame[i][0] for i in order]),
-                np.concatenate([self.points_by_frame[i][1] for i in order]))
+        return (
+            np.concatenate([self.points_by_frame[i][0] for i in order]),
+            np.concatenate([self.points_by_frame[i][1] for i in order]),
+        )
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.poses) + 1 if self.poses else 0
@@ -66,20 +68,26 @@ class ExportBuffer:
         order = sorted(self.points_by_frame)
         xyz, rgb = self.cloud()
         c2w, valid = self.trajectory()
-        return {"xyz": xyz, "rgb": rgb, "frames": np.array(order, np.int64),
-                "counts": np.array([len(self.points_by_frame[i][0]) for i in order], np.int64),
-                "c2w": c2w, "valid": valid}
+        return {
+            "xyz": xyz,
+            "rgb": rgb,
+            "frames": np.array(order, np.int64),
+            "counts": np.array([len(self.points_by_frame[i][0]) for i in order], np.int64),
+            "c2w": c2w,
+            "valid": valid,
+        }
 
     def load_arrays(self, z) -> None:
         bounds = np.cumsum(z["counts"])[:-1]
-        self.points_by_frame = {int(i): (_owned(x), _owned(c)) for i, x, c in
-                                zip(z["frames"], np.split(z["xyz"], bounds), np.split(z["rgb"], bounds))}
+        self.points_by_frame = {
+            int(i): (_owned(x), _owned(c))
+            for i, x, c in zip(z["frames"], np.split(z["xyz"], bounds), np.split(z["rgb"], bounds))
+        }
         c2w, valid = z["c2w"], z["valid"]
         self.poses = {i: (np.array(c2w[i]), bool(valid[i])) for i in range(len(valid))}
 
 
-
-class ExportKind(str, Enum):
+class ExportKind(StrEnum):
     ply = "cloud.ply"
     glb = "cloud.glb"
     trajectory = "trajectory.json"
@@ -87,9 +95,13 @@ class ExportKind(str, Enum):
     mcap = "scene.mcap"
 
 
-MEDIA_TYPES = {ExportKind.ply: "application/octet-stream", ExportKind.glb: "model/gltf-binary",
-               ExportKind.trajectory: "application/json", ExportKind.transforms: "application/json",
-               ExportKind.mcap: "application/octet-stream"}
+MEDIA_TYPES = {
+    ExportKind.ply: "application/octet-stream",
+    ExportKind.glb: "model/gltf-binary",
+    ExportKind.trajectory: "application/json",
+    ExportKind.transforms: "application/json",
+    ExportKind.mcap: "application/octet-stream",
+}
 
 
 class ExportUnavailable(RuntimeError):
@@ -102,8 +114,9 @@ def mcap_bytes(export: ExportBuffer, focal: float) -> bytes:
     try:
         from ..core.ros_export import McapRosWriter, intrinsics_matrix
     except ImportError as exc:
-        raise ExportUnavailable(f"MCAP export needs the robotics extra (pip install 'spann3r-service[robotics]'): "
-                                f"{exc}") from None
+        raise ExportUnavailable(
+            f"MCAP export needs the robotics extra (pip install 'spann3r-service[robotics]'): {exc}"
+        ) from None
     out = io.BytesIO()
     with McapRosWriter(out) as writer:
         for i in sorted(export.points_by_frame):
@@ -113,8 +126,7 @@ def mcap_bytes(export: ExportBuffer, focal: float) -> bytes:
     return out.getvalue()
 
 
-def export_bytes(export: ExportBuffer, focal: float, kind: ExportKind, image_paths: list[str] | None = None
-                 ) -> bytes:
+def export_bytes(export: ExportBuffer, focal: float, kind: ExportKind, image_paths: list[str] | None = None) -> bytes:
     """Runs in a thread (GLB export of millions of points takes a while). ``image_paths``: transforms.json's
     file_path per frame index (default images/frame_00000.png, ...)."""
     if kind is ExportKind.mcap:

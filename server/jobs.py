@@ -20,15 +20,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..core.export import fuse
-from ..core.unordered import UnorderedError
-from ..core.unordered import UnorderedSteps
+from ..core.unordered import UnorderedError, UnorderedSteps
 from .auth import token_hash
 from .exports import ExportBuffer, ExportKind, export_bytes
 from .protocol import JobError, JobMsg, JobStatus, pack
@@ -47,7 +46,7 @@ PROGRESS_INTERVAL_S = 0.25  # running jobs send at most about four progress mess
 RESULT_FILE = "result.npz"
 
 
-class JobDownloadName(str, Enum):
+class JobDownloadName(StrEnum):
     npz = RESULT_FILE
     ply = ExportKind.ply.value
     glb = ExportKind.glb.value
@@ -65,8 +64,9 @@ class JobNotReady(RuntimeError):
 
 
 class Job:
-    def __init__(self, steps: UnorderedSteps, folder: Path, session: "Session | None", conf_thresh: float,
-                 manager: "JobManager"):
+    def __init__(
+        self, steps: UnorderedSteps, folder: Path, session: Session | None, conf_thresh: float, manager: JobManager
+    ):
         self.id = uuid.uuid4().hex
         self.token = secrets.token_urlsafe(24)  # returned once at creation, then forgotten
         self.token_hash = token_hash(self.token)
@@ -110,11 +110,21 @@ class Job:
         if self.ended is not None:
             expires = max(0.0, self.manager.settings.job_ttl_s - (now - self.ended))
         return JobStatus(
-            id=self.id, state=self.state, stage=stage, units_done=self.units_done, units_total=self.units_total,
-            stage_done=stage_done or 0, stage_total=stage_total or 0, images=self.images,
-            session_id=self.session.id if self.session is not None else None, order=self.order,
-            downloads=list(DOWNLOADS) if self.state == "done" else [], error=self.error,
-            elapsed_s=(self.ended or now) - self.created, expires_in_s=expires)
+            id=self.id,
+            state=self.state,
+            stage=stage,
+            units_done=self.units_done,
+            units_total=self.units_total,
+            stage_done=stage_done or 0,
+            stage_total=stage_total or 0,
+            images=self.images,
+            session_id=self.session.id if self.session is not None else None,
+            order=self.order,
+            downloads=list(DOWNLOADS) if self.state == "done" else [],
+            error=self.error,
+            elapsed_s=(self.ended or now) - self.created,
+            expires_in_s=expires,
+        )
 
     @property
     def result_path(self) -> Path:
@@ -124,7 +134,7 @@ class Job:
 class JobManager:
     """The jobs of one worker: creation from an upload (within capacity), progress, results, removal."""
 
-    def __init__(self, settings: "ServeSettings", worker: "Worker", metrics: "Metrics"):
+    def __init__(self, settings: ServeSettings, worker: Worker, metrics: Metrics):
         self.settings, self.worker, self.metrics = settings, worker, metrics
         self.jobs: dict[str, Job] = {}
         self.root: Path | None = None
@@ -159,20 +169,28 @@ class JobManager:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ creation
-    async def create(self, body: AsyncIterator[bytes], content_type: str | None, content_length: int | None,
-                     session: "Session | None" = None, conf_thresh: float = 1e-3) -> Job:
+    async def create(
+        self,
+        body: AsyncIterator[bytes],
+        content_type: str | None,
+        content_length: int | None,
+        session: Session | None = None,
+        conf_thresh: float = 1e-3,
+    ) -> Job:
         """Receive, check and decode an upload, then queue its job. Raises ``UploadRefused`` (nothing is kept)
         or ``CapacityError``."""
         if len(self.jobs) + self._receiving >= self.settings.max_jobs:
             self.metrics.jobs_refused.labels("capacity").inc()
-            raise CapacityError(f"the server holds its maximum of {self.settings.max_jobs} jobs; retry later or "
-                                "delete a finished job")
+            raise CapacityError(
+                f"the server holds its maximum of {self.settings.max_jobs} jobs; retry later or delete a finished job"
+            )
         self._receiving += 1
         folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
         try:
             parts = await receive_body(body, content_type, content_length, folder, self.limits)
             frames = await asyncio.get_running_loop().run_in_executor(
-                self.worker.job_decode_pool, read_collection, parts, self.limits)
+                self.worker.job_decode_pool, read_collection, parts, self.limits
+            )
             for part in parts:  # decoded: the upload itself is no longer needed
                 part.path.unlink(missing_ok=True)
             b = self.settings.job_batch
@@ -188,8 +206,13 @@ class JobManager:
         self.jobs[job.id] = job
         self.metrics.jobs_created.inc()
         self.metrics.active_jobs.set(len(self.jobs))
-        log.info("job %s: %d images, %d units%s", job.id, job.images, job.units_total,
-                 f", attached to session {session.id}" if session else "")
+        log.info(
+            "job %s: %d images, %d units%s",
+            job.id,
+            job.images,
+            job.units_total,
+            f", attached to session {session.id}" if session else "",
+        )
         self.worker.add_background(job)
         self._notify(job)
         return job
@@ -223,8 +246,11 @@ class JobManager:
         except Exception as exc:
             if job.state == "finishing":
                 log.exception("job %s: finishing failed", job.id)
-                self._end(job, "failed", JobError(code="internal", message=f"writing the result failed: "
-                                                  f"{exc.__class__.__name__}"))
+                self._end(
+                    job,
+                    "failed",
+                    JobError(code="internal", message=f"writing the result failed: {exc.__class__.__name__}"),
+                )
             return
         if job.state != "finishing":  # cancelled meanwhile: the result may have landed after the folder went
             await asyncio.to_thread(shutil.rmtree, job.folder, True)
@@ -238,7 +264,7 @@ class JobManager:
         rec = result.reconstruction
         export = ExportBuffer(self.settings.max_export_points)
         for i in range(len(rec.pts3d)):  # frame index = position in the chosen order, as in the npz
-            xyz, rgb = fuse(rec.pts3d[i: i + 1], rec.conf[i: i + 1], rec.colors[i: i + 1], job.conf_thresh)
+            xyz, rgb = fuse(rec.pts3d[i : i + 1], rec.conf[i : i + 1], rec.colors[i : i + 1], job.conf_thresh)
             export.add(i, xyz, rgb, rec.poses[i].astype(np.float64), bool(rec.pose_valid[i]))
         return export
 

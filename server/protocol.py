@@ -62,8 +62,9 @@ class Array(_Msg):
         dt = np.dtype(self.dtype).newbyteorder("<")
         n = int(np.prod(self.shape)) if self.shape else 1
         if len(self.data) != n * dt.itemsize:
-            raise ValueError(f"array data holds {len(self.data)} bytes, shape {self.shape} {self.dtype} needs "
-                             f"{n * dt.itemsize}")
+            raise ValueError(
+                f"array data holds {len(self.data)} bytes, shape {self.shape} {self.dtype} needs {n * dt.itemsize}"
+            )
         return np.frombuffer(self.data, dtype=dt).reshape(self.shape).astype(dt.newbyteorder("="))
 
 
@@ -93,30 +94,43 @@ class SessionSettings(_Inbound):
     """Per-session behaviour. Set when the session is created; changed later with a ``settings`` control."""
 
     frame_policy: FramePolicy = Field(
-        "latest", description="what to do with frames that arrive while the worker is busy: 'latest' keeps only "
+        "latest",
+        description="what to do with frames that arrive while the worker is busy: 'latest' keeps only "
         "the newest waiting frame (latest-frame-wins), 'queue' keeps up to queue_size in order and drops new "
-        "ones when full, 'every_nth' keeps every every_n-th received frame, then queues")
+        "ones when full, 'every_nth' keeps every every_n-th received frame, then queues",
+    )
     queue_size: int = Field(4, ge=1, le=64, description="waiting frames kept by 'queue' and 'every_nth'")
     every_n: int = Field(2, ge=1, le=1000, description="keep one received frame in every_n ('every_nth')")
     encoding: OutputEncoding = Field(
-        "compact", description="'full': whole 224x224 maps; 'compact': confident points only, int16 positions")
+        "compact", description="'full': whole 224x224 maps; 'compact': confident points only, int16 positions"
+    )
     dtype: FloatDtype = Field("float32", description="float type of 'full' pointmaps and confidences")
     conf_thresh: float = Field(
-        1e-3, ge=0.0, lt=1.0, description="a point is confident when (conf-1)/conf > conf_thresh (compact "
-        "output and exports)")
+        1e-3,
+        ge=0.0,
+        lt=1.0,
+        description="a point is confident when (conf-1)/conf > conf_thresh (compact output and exports)",
+    )
     stride: int = Field(1, ge=1, le=16, description="'compact': keep every stride-th row and column")
     compact_scale: float | None = Field(
-        None, gt=0.0, description="'compact': metres (model units) per int16 step; None: chosen from the first "
-        "output of the stream (4x headroom over its extent) and then fixed for the session")
+        None,
+        gt=0.0,
+        description="'compact': metres (model units) per int16 step; None: chosen from the first "
+        "output of the stream (4x headroom over its extent) and then fixed for the session",
+    )
     preview: bool = Field(True, description="compute the preview of each new frame (costs one more head)")
     intrinsics: CameraIntrinsics | None = Field(
-        None, description="the camera's [fx, fy, cx, cy] in pixels of the images the "
+        None,
+        description="the camera's [fx, fy, cx, cy] in pixels of the images the "
         "client sends (OpenCV convention: pixel centres at whole numbers). Mapped through the crop and resize to "
         "the 224x224 model image and used for poses, the reported focal and exports instead of the focal "
-        "estimated from frame 0; fixed by the stream's first frame")
+        "estimated from frame 0; fixed by the stream's first frame",
+    )
     pose_method: PoseMethod = Field(
-        "robust", description="'robust': batched, confidence-weighted robust solve (fast; flags degenerate "
-        "geometry); 'pnp_ransac': the official demo's OpenCV PnP-RANSAC (slow; for comparison with the demo)")
+        "robust",
+        description="'robust': batched, confidence-weighted robust solve (fast; flags degenerate "
+        "geometry); 'pnp_ransac': the official demo's OpenCV PnP-RANSAC (slow; for comparison with the demo)",
+    )
 
 
 class _SettingsPatchBase(_Inbound):
@@ -135,8 +149,12 @@ def _all_optional(model: type[BaseModel], name: str, base: type[BaseModel], doc:
 
 # Derived, so a bound changed in SessionSettings cannot be forgotten here. compact_scale cannot be set back to
 # None ("auto") with a patch: None means "keep".
-SessionSettingsPatch = _all_optional(SessionSettings, "SessionSettingsPatch", _SettingsPatchBase,
-                                     "Partial update of ``SessionSettings``: fields left out keep their value.")
+SessionSettingsPatch = _all_optional(
+    SessionSettings,
+    "SessionSettingsPatch",
+    _SettingsPatchBase,
+    "Partial update of ``SessionSettings``: fields left out keep their value.",
+)
 
 
 class Limits(_Msg):
@@ -164,8 +182,11 @@ class FrameMsg(_Inbound):
     """One camera frame. Answered by exactly one ``result``, ``dropped`` or ``error`` carrying the same seq."""
 
     type: Literal["frame"] = "frame"
-    seq: int = Field(ge=0, le=MAX_SEQ, description="client sequence number, strictly increasing within a session "
-                     "(a reset starts anew)")
+    seq: int = Field(
+        ge=0,
+        le=MAX_SEQ,
+        description="client sequence number, strictly increasing within a session (a reset starts anew)",
+    )
     ts: float | None = Field(None, description="capture time, seconds (client clock), echoed in results")
     format: ImageFormat = Field(description="encoded image, or 'rgb8': raw height*width*3 bytes")
     data: bytes
@@ -196,8 +217,10 @@ ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]  
 
 
 class Pose(_Msg):
-    c2w: list[float] | None = Field(description="camera-to-world 4x4, row-major, OpenCV axes (x right, y down, "
-                                    "z forward), in the frame of frame 0's camera; null when invalid")
+    c2w: list[float] | None = Field(
+        description="camera-to-world 4x4, row-major, OpenCV axes (x right, y down, "
+        "z forward), in the frame of frame 0's camera; null when invalid"
+    )
     valid: bool = Field(description="false when PnP-RANSAC found no pose")
 
 
@@ -262,8 +285,11 @@ class HelloMsg(_Msg):
     frames_processed: int = Field(description="frames the stream has processed so far (reconnect resumes here)")
     last_seq: int | None = Field(description="highest seq accepted so far; send larger ones")
     finished: bool
-    resume: ResumeInfo | None = Field(None, description="set when the session was restored from the server's "
-                                      "store and has taken no frame since: frames after resume.last_seq were lost")
+    resume: ResumeInfo | None = Field(
+        None,
+        description="set when the session was restored from the server's "
+        "store and has taken no frame since: frames after resume.last_seq were lost",
+    )
 
 
 class ResultMsg(_Msg):
@@ -277,16 +303,17 @@ class ResultMsg(_Msg):
     preview: FrameData | None = None
     memory: MemoryInfo | None = None
     timings: dict[str, float] = Field(
-        default_factory=dict, description="seconds: queue_s (received → model), decode_s, step_s (model, whole "
+        default_factory=dict,
+        description="seconds: queue_s (received → model), decode_s, step_s (model, whole "
         "batch), batch (size), pose_s, encode_s, server_s (received → sent); job_units: units of collection-job "
-        "work the worker ran while this frame was ready and waiting (a count, not seconds)")
+        "work the worker ran while this frame was ready and waiting (a count, not seconds)",
+    )
 
 
 class DroppedMsg(_Msg):
     type: Literal["dropped"] = "dropped"
     seq: int
-    reason: Literal["superseded", "queue_full", "every_nth", "rate_limit", "reset", "finished", "shutdown",
-                    "evicted"]
+    reason: Literal["superseded", "queue_full", "every_nth", "rate_limit", "reset", "finished", "shutdown", "evicted"]
 
 
 class FinishedMsg(_Msg):
@@ -339,8 +366,10 @@ JobDownload = Literal["result.npz", "cloud.ply", "cloud.glb", "trajectory.json",
 
 
 class JobError(_Msg):
-    code: str = Field(description="'unordered' (the collection cannot be ordered, e.g. degenerate confidences), "
-                      "'cancelled' (deleted, or the server shut down), 'internal'")
+    code: str = Field(
+        description="'unordered' (the collection cannot be ordered, e.g. degenerate confidences), "
+        "'cancelled' (deleted, or the server shut down), 'internal'"
+    )
     message: str
 
 
@@ -349,24 +378,32 @@ class JobStatus(_Msg):
     payload of ``job`` messages)."""
 
     id: str
-    state: JobStateName = Field(description="'queued' (no unit run yet), 'running', 'finishing' (poses and "
-                                "result files, off the model), 'done', 'failed', 'cancelled'")
-    stage: JobStage | None = Field(description="'encode' (images), 'pairs' (ordered pairs, plain DUSt3R), "
-                                   "'views' (greedy next-best-view decodes), 'poses'; null when finished")
-    units_done: int = Field(description="units of model work done (a unit is one batch of images, pairs or "
-                            "candidates; the worker runs stream frames between units)")
+    state: JobStateName = Field(
+        description="'queued' (no unit run yet), 'running', 'finishing' (poses and "
+        "result files, off the model), 'done', 'failed', 'cancelled'"
+    )
+    stage: JobStage | None = Field(
+        description="'encode' (images), 'pairs' (ordered pairs, plain DUSt3R), "
+        "'views' (greedy next-best-view decodes), 'poses'; null when finished"
+    )
+    units_done: int = Field(
+        description="units of model work done (a unit is one batch of images, pairs or "
+        "candidates; the worker runs stream frames between units)"
+    )
     units_total: int
     stage_done: int = Field(description="progress within the stage, in its own items (images, pairs, decodes)")
     stage_total: int
     images: int
     session_id: str | None = Field(None, description="session whose WebSocket receives this job's messages")
     order: list[int] | None = Field(None, description="'done': input indices in the order the model chose")
-    downloads: list[JobDownload] = Field(default_factory=list, description="'done': files at "
-                                         "/v1/jobs/{id}/result/{name}")
+    downloads: list[JobDownload] = Field(
+        default_factory=list, description="'done': files at /v1/jobs/{id}/result/{name}"
+    )
     error: JobError | None = None
     elapsed_s: float = Field(description="seconds since the job was created")
-    expires_in_s: float | None = Field(None, description="finished jobs: seconds until the job and its result "
-                                       "are removed")
+    expires_in_s: float | None = Field(
+        None, description="finished jobs: seconds until the job and its result are removed"
+    )
 
 
 class JobMsg(_Msg):
@@ -377,8 +414,16 @@ class JobMsg(_Msg):
     job: JobStatus
 
 
-SERVER_MESSAGES: tuple[type[_Msg], ...] = (HelloMsg, ResultMsg, DroppedMsg, FinishedMsg, AckMsg, PongMsg, ErrorMsg,
-                                            JobMsg)
+SERVER_MESSAGES: tuple[type[_Msg], ...] = (
+    HelloMsg,
+    ResultMsg,
+    DroppedMsg,
+    FinishedMsg,
+    AckMsg,
+    PongMsg,
+    ErrorMsg,
+    JobMsg,
+)
 ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]  # noqa: UP007 (from a tuple)
 
 # WebSocket close codes the server uses (4000-4999: application codes). Every CLOSE_* name below is exported
@@ -393,8 +438,9 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_IDLE = 4408  # evicted after the idle timeout
 CLOSE_REPLACED = 4409  # a newer stream connection took over the session
 CLOSE_DELETED = 4410
-CLOSE_CODES: dict[str, int] = {k.removeprefix("CLOSE_"): v for k, v in dict(globals()).items()
-                               if k.startswith("CLOSE_") and isinstance(v, int)}
+CLOSE_CODES: dict[str, int] = {
+    k.removeprefix("CLOSE_"): v for k, v in dict(globals()).items() if k.startswith("CLOSE_") and isinstance(v, int)
+}
 
 
 def _full_map_bytes(dtype: str, resolution: int = 224) -> int:
@@ -414,8 +460,10 @@ class SessionCreated(_Msg):
     id: str
     token: str = Field(description="stream token: send frames, control, read stats, export")
     watch_token: str = Field(description="read-only token: receive results and read stats, nothing else")
-    stream_url: str = Field(description="WebSocket URL; offer the subprotocols spann3r.v1 and "
-                            "spann3r.token.TOKEN (or spann3r.token.WATCH_TOKEN to watch)")
+    stream_url: str = Field(
+        description="WebSocket URL; offer the subprotocols spann3r.v1 and "
+        "spann3r.token.TOKEN (or spann3r.token.WATCH_TOKEN to watch)"
+    )
     worker_id: str
     protocol: int = PROTOCOL_VERSION
     settings: SessionSettings
@@ -437,8 +485,9 @@ class SessionStats(_Msg):
     idle_s: float
     focal: float | None
     export_points: int
-    export_decimation: int = Field(description="exports keep every n-th confident point (grows when the "
-                                   "session's point budget is reached)")
+    export_decimation: int = Field(
+        description="exports keep every n-th confident point (grows when the session's point budget is reached)"
+    )
 
 
 class JobCreated(_Msg):
@@ -447,8 +496,10 @@ class JobCreated(_Msg):
     status_url: str = Field(description="GET it for a JobStatus; add the token (Authorization: Bearer or ?token=)")
     worker_id: str
     images: int
-    input_names: list[str] = Field(description="image names in input order (zip members sorted by name, "
-                                   "multipart files in the order sent); 'order' indexes this list")
+    input_names: list[str] = Field(
+        description="image names in input order (zip members sorted by name, "
+        "multipart files in the order sent); 'order' indexes this list"
+    )
     units_total: int
     session_id: str | None = None
 
@@ -477,6 +528,7 @@ SERVER_TYPES: tuple[str, ...] = tuple(_type_name(m) for m in SERVER_MESSAGES)
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 DROP_REASONS: tuple[str, ...] = get_args(DroppedMsg.model_fields["reason"].annotation)
 
+
 def _echo_repr() -> reprlib.Repr:
     r = reprlib.Repr()  # Python 3.11 has no keyword arguments here
     r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 2, ECHO_CHARS, ECHO_CHARS, 4, 4
@@ -493,7 +545,7 @@ def short(value: Any) -> str:
 
 
 def capped(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS - 3] + "..."
+    return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[: MAX_ERROR_MESSAGE_CHARS - 3] + "..."
 
 
 def errors_summary(errors: Sequence[dict], skip_loc: int = 0) -> str:
@@ -525,7 +577,7 @@ def _nested_deeper_than(obj: Any, limit: int) -> bool:
         node, depth = stack.pop()
         if depth > limit:
             return True
-        for child in (node.values() if isinstance(node, dict) else node):
+        for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))
     return False
@@ -555,8 +607,9 @@ def _validate(adapter: TypeAdapter, obj: dict, known: tuple[str, ...]) -> Any:
     kind = obj.get("type")
     seq = _echoable_seq(obj)
     if not isinstance(kind, str) or kind not in known:
-        raise ProtocolError("unknown_type", capped(f"unknown message type {short(kind)}; expected one of "
-                                                   f"{list(known)}"), seq)
+        raise ProtocolError(
+            "unknown_type", capped(f"unknown message type {short(kind)}; expected one of {list(known)}"), seq
+        )
     try:
         return adapter.validate_python(obj)
     except ValidationError as exc:
@@ -574,15 +627,30 @@ def decode_server_message(data: bytes) -> BaseModel:
 
 def protocol_constants() -> dict[str, Any]:
     """The values clients must agree on besides the types (the browser client generates constants from these)."""
-    return {"PROTOCOL_VERSION": PROTOCOL_VERSION, "SUBPROTOCOL": SUBPROTOCOL,
-            "TOKEN_SUBPROTOCOL_PREFIX": TOKEN_SUBPROTOCOL_PREFIX, "MAX_SEQ": MAX_SEQ,
-            "MAX_DEPTH": MAX_DEPTH, "MAX_SERVER_MESSAGE_BYTES": MAX_SERVER_MESSAGE_BYTES,
-            "CLIENT_MESSAGE_TYPES": list(CLIENT_TYPES), "SERVER_MESSAGE_TYPES": list(SERVER_TYPES),
-            "ERROR_CODES": list(ERROR_CODES), "DROP_REASONS": list(DROP_REASONS), "CLOSE_CODES": CLOSE_CODES}
+    return {
+        "PROTOCOL_VERSION": PROTOCOL_VERSION,
+        "SUBPROTOCOL": SUBPROTOCOL,
+        "TOKEN_SUBPROTOCOL_PREFIX": TOKEN_SUBPROTOCOL_PREFIX,
+        "MAX_SEQ": MAX_SEQ,
+        "MAX_DEPTH": MAX_DEPTH,
+        "MAX_SERVER_MESSAGE_BYTES": MAX_SERVER_MESSAGE_BYTES,
+        "CLIENT_MESSAGE_TYPES": list(CLIENT_TYPES),
+        "SERVER_MESSAGE_TYPES": list(SERVER_TYPES),
+        "ERROR_CODES": list(ERROR_CODES),
+        "DROP_REASONS": list(DROP_REASONS),
+        "CLOSE_CODES": CLOSE_CODES,
+    }
 
 
-REST_BODIES: tuple[type[BaseModel], ...] = (SessionSettings, SessionSettingsPatch, SessionCreated, SessionStats,
-                                            ErrorBody, JobCreated, JobStatus)
+REST_BODIES: tuple[type[BaseModel], ...] = (
+    SessionSettings,
+    SessionSettingsPatch,
+    SessionCreated,
+    SessionStats,
+    ErrorBody,
+    JobCreated,
+    JobStatus,
+)
 
 
 def protocol_json_schema() -> dict:
@@ -598,7 +666,7 @@ def protocol_json_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"Spann3R streaming protocol v{PROTOCOL_VERSION}",
         "description": "Every WebSocket message is one msgpack map; 'bytes' fields (format: binary) are msgpack "
-                       "bin. Arrays are little-endian, C order.",
+        "bin. Arrays are little-endian, C order.",
         "protocol": PROTOCOL_VERSION,
         "x-constants": protocol_constants(),
         "$defs": defs,

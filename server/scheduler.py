@@ -68,8 +68,9 @@ def runnable_batch(ready: Sequence[Candidate], max_batch: int) -> list[Candidate
     return sorted((c for c in ready if c.runnable), key=lambda c: c.ready_at)[:max_batch]
 
 
-def schedule(ready: Sequence[Candidate], background_waiting: bool, batches_since_unit: int, now: float,
-             policy: SchedulePolicy) -> Decision:
+def schedule(
+    ready: Sequence[Candidate], background_waiting: bool, batches_since_unit: int, now: float, policy: SchedulePolicy
+) -> Decision:
     """What runs next. ``batches_since_unit``: stream batches run since background work last got a unit, while
     it waited."""
     batch = runnable_batch(ready, policy.max_batch)

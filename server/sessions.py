@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 CAPACITY_RETRY_AFTER_S = 30  # Retry-After of a capacity refusal when no session is due for release
 
 
@@ -120,8 +119,15 @@ class StepTicket:
 
 
 class Session:
-    def __init__(self, settings: SessionSettings, max_export_points: int, max_fps: float,
-                 session_id: str | None = None, token: str | None = None, watch_token: str | None = None):
+    def __init__(
+        self,
+        settings: SessionSettings,
+        max_export_points: int,
+        max_fps: float,
+        session_id: str | None = None,
+        token: str | None = None,
+        watch_token: str | None = None,
+    ):
         self.id = session_id or uuid.uuid4().hex
         self.token = token or secrets.token_urlsafe(24)  # returned once at creation, then forgotten
         self.watch_token = watch_token or secrets.token_urlsafe(24)
@@ -373,6 +379,7 @@ class Session:
 
     def send_ordered(self, data: bytes) -> asyncio.Future:
         """Send ``data`` after every result already chained (acks come after the frames before them)."""
+
         async def produce():
             return data
 
@@ -386,12 +393,23 @@ class Session:
     # ------------------------------------------------------------------ stats and persistence
     def stats(self, worker_id: str) -> SessionStats:
         return SessionStats(
-            id=self.id, worker_id=worker_id, settings=self.settings, frames_received=self.frames_received,
-            frames_processed=self.frames_processed, frames_dropped=dict(self.dropped),
-            frames_rejected=self.frames_rejected, waiting=self.waiting, finished=self.finished, life=self.life,
-            stream_connected=self.stream_conn is not None, watchers=len(self.watchers),
-            idle_s=time.monotonic() - self.last_activity, focal=self.focal, export_points=self.export.points,
-            export_decimation=self.export.decimation)
+            id=self.id,
+            worker_id=worker_id,
+            settings=self.settings,
+            frames_received=self.frames_received,
+            frames_processed=self.frames_processed,
+            frames_dropped=dict(self.dropped),
+            frames_rejected=self.frames_rejected,
+            waiting=self.waiting,
+            finished=self.finished,
+            life=self.life,
+            stream_connected=self.stream_conn is not None,
+            watchers=len(self.watchers),
+            idle_s=time.monotonic() - self.last_activity,
+            focal=self.focal,
+            export_points=self.export.points,
+            export_decimation=self.export.decimation,
+        )
 
     @property
     def focal(self) -> float | None:
@@ -404,16 +422,25 @@ class Session:
         takes seqs above ``last_seq`` again."""
         cal = self.calibration.result() if self.calibration is not None and self.calibration.done() else None
         return SessionRecord(
-            id=self.id, token_hash=self.token_hash, watch_hash=self.watch_hash, settings=self.settings.model_dump(),
-            finished=self.finished, frames_processed=frames, last_seq=last_seq,
-            seq_by_index={} if last_seq is None else {frames - 1: last_seq}, calibration=cal,
+            id=self.id,
+            token_hash=self.token_hash,
+            watch_hash=self.watch_hash,
+            settings=self.settings.model_dump(),
+            finished=self.finished,
+            frames_processed=frames,
+            last_seq=last_seq,
+            seq_by_index={} if last_seq is None else {frames - 1: last_seq},
+            calibration=cal,
             frames_received=self.frames_received,
-            frames_rejected=self.frames_rejected, dropped=dict(self.dropped),
-            export_decimation=self.export.decimation)
+            frames_rejected=self.frames_rejected,
+            dropped=dict(self.dropped),
+            export_decimation=self.export.decimation,
+        )
 
     @classmethod
-    def from_record(cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float,
-                    calibration: asyncio.Future) -> Session:
+    def from_record(
+        cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float, calibration: asyncio.Future
+    ) -> Session:
         """A session as its snapshot left it (its stream is restored separately, on the model thread)."""
         s = cls(SessionSettings(**record.settings), max_export_points, max_fps, session_id=record.id)
         s.token = s.watch_token = ""  # only the hashes survive a restart
@@ -421,8 +448,11 @@ class Session:
         s.phase = StreamPhase.FINISHING if record.finished else StreamPhase.STREAMING
         s.frames_processed, s.last_seq = record.frames_processed, record.last_seq
         s.seq_by_index = dict(record.seq_by_index)
-        s.frames_received, s.frames_rejected, s.dropped = record.frames_received, record.frames_rejected, \
-            dict(record.dropped)
+        s.frames_received, s.frames_rejected, s.dropped = (
+            record.frames_received,
+            record.frames_rejected,
+            dict(record.dropped),
+        )
         s.calibration = calibration
         if record.calibration is not None:
             calibration.set_result(record.calibration)
@@ -466,8 +496,11 @@ class SessionManager:
     async def create(self, settings: SessionSettings) -> Session:
         if len(self.sessions) >= self.settings.max_sessions:
             self.metrics.sessions_refused.inc()
-            raise CapacityError(f"the server holds its maximum of {self.settings.max_sessions} sessions; "
-                                "retry later or delete an unused session", self.retry_after_s())
+            raise CapacityError(
+                f"the server holds its maximum of {self.settings.max_sessions} sessions; "
+                "retry later or delete an unused session",
+                self.retry_after_s(),
+            )
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
         s.persistence = self._persistence(s.id)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
@@ -485,8 +518,14 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
-    async def remove(self, s: Session, code: int = CLOSE_DELETED, reason: str = "session deleted",
-                     drop_reason: str = "evicted", keep_files: bool = False) -> None:
+    async def remove(
+        self,
+        s: Session,
+        code: int = CLOSE_DELETED,
+        reason: str = "session deleted",
+        drop_reason: str = "evicted",
+        keep_files: bool = False,
+    ) -> None:
         if self.sessions.pop(s.id, None) is None:
             return
         await s.notify_dropped([(q, drop_reason) for q in s.clear_waiting()], self.metrics)
@@ -543,8 +582,9 @@ class SessionManager:
     def _persistence(self, session_id: str, stored: StoredSession | None = None) -> SessionPersistence | None:
         if self.store is None:
             return None
-        return SessionPersistence(self.store, session_id, self.settings.persist_every,
-                                  None if stored is None else stored.record)
+        return SessionPersistence(
+            self.store, session_id, self.settings.persist_every, None if stored is None else stored.record
+        )
 
     async def snapshot(self, s: Session) -> int:
         """Persist the session now (stream state, record, export buffer); returns the bytes written."""
@@ -566,8 +606,13 @@ class SessionManager:
     async def restore(self, session_id: str) -> Session:
         assert self.store is not None
         stored = await asyncio.to_thread(read_session, self.store, session_id)
-        s = Session.from_record(stored.record, stored.export, self.settings.max_export_points, self.settings.max_fps,
-                                asyncio.get_running_loop().create_future())
+        s = Session.from_record(
+            stored.record,
+            stored.export,
+            self.settings.max_export_points,
+            self.settings.max_fps,
+            asyncio.get_running_loop().create_future(),
+        )
         s.persistence = self._persistence(s.id, stored)
         await self.worker.restore_stream(s, stored.head, stored.rows)
         self.sessions[s.id] = s

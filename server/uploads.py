@@ -59,8 +59,12 @@ class ReceivedPart:
 
 
 def _too_many(n: int, limits: UploadLimits) -> UploadRefused:
-    return UploadRefused(413, "too_many_files", f"{n} images, above the limit of {limits.max_files}: the unordered "
-                         "mode decodes every ordered pair of images, N(N-1) decodes")
+    return UploadRefused(
+        413,
+        "too_many_files",
+        f"{n} images, above the limit of {limits.max_files}: the unordered "
+        "mode decodes every ordered pair of images, N(N-1) decodes",
+    )
 
 
 def _label(raw: str, fallback: str) -> str:
@@ -85,9 +89,16 @@ class _PartWriter:
         self.error: UploadRefused | None = None
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self._begin, "on_header_field": self._field, "on_header_value": self._value,
-                "on_header_end": self._header_end, "on_headers_finished": self._headers_done,
-                "on_part_data": self._data, "on_part_end": self._end, "on_end": self._finished}
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._field,
+            "on_header_value": self._value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finished,
+        }
 
     def _begin(self) -> None:
         self.headers, self.header_field, self.header_value = {}, b"", b""
@@ -105,11 +116,15 @@ class _PartWriter:
     def _headers_done(self) -> None:
         from python_multipart.multipart import parse_options_header
 
-        disposition, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        _disposition, options = parse_options_header(self.headers.get(b"content-disposition", b""))
         field = options.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" not in options:
-            raise UploadRefused(400, "bad_upload", f"form field {field!r} is not a file: send the images (or zip "
-                                "archives) as file parts; job options go in the query string")
+            raise UploadRefused(
+                400,
+                "bad_upload",
+                f"form field {field!r} is not a file: send the images (or zip "
+                "archives) as file parts; job options go in the query string",
+            )
         if len(self.parts) >= self.limits.max_files:
             raise _too_many(len(self.parts) + 1, self.limits)
         k = len(self.parts)
@@ -136,14 +151,20 @@ class _PartWriter:
             self.file = None
 
 
-async def receive_body(chunks: AsyncIterator[bytes], content_type: str | None, content_length: int | None,
-                       folder: Path, limits: UploadLimits) -> list[ReceivedPart]:
+async def receive_body(
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: int | None,
+    folder: Path,
+    limits: UploadLimits,
+) -> list[ReceivedPart]:
     """Stream the request body into ``folder``; returns the file parts received (a raw zip is one part)."""
     from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
     if content_length is not None and content_length > limits.max_bytes:
-        raise UploadRefused(413, "too_large", f"upload of {content_length} bytes exceeds the limit of "
-                            f"{limits.max_bytes}")
+        raise UploadRefused(
+            413, "too_large", f"upload of {content_length} bytes exceeds the limit of {limits.max_bytes}"
+        )
     ctype, options = parse_options_header(content_type or "")
     ctype = ctype.decode("latin-1").lower()
     received = 0
@@ -189,8 +210,12 @@ async def receive_body(chunks: AsyncIterator[bytes], content_type: str | None, c
                 await asyncio.to_thread(f.write, chunk)
                 size += len(chunk)
         return [ReceivedPart("upload.zip", path, size, archive=True)]
-    raise UploadRefused(415, "unsupported_media_type", f"unsupported content type {ctype or 'none'!r}: send "
-                        "multipart/form-data (image files and/or zip archives) or one application/zip body")
+    raise UploadRefused(
+        415,
+        "unsupported_media_type",
+        f"unsupported content type {ctype or 'none'!r}: send "
+        "multipart/form-data (image files and/or zip archives) or one application/zip body",
+    )
 
 
 # ----------------------------------------------------------------------------------------- archives
@@ -214,13 +239,15 @@ def _skipped(name: str) -> bool:
     return bool(parts) and (parts[0] in SKIPPED_DIRS or parts[-1] in SKIPPED_FILES)
 
 
-def _archive_members(zf: zipfile.ZipFile, label: str, limits: UploadLimits, budget: int
-                     ) -> list[zipfile.ZipInfo]:
+def _archive_members(zf: zipfile.ZipFile, label: str, limits: UploadLimits, budget: int) -> list[zipfile.ZipInfo]:
     """The image members of an archive, sorted by name, after every check that needs no reading."""
     infos = zf.infolist()
     if len(infos) > 4 * limits.max_files + 64:  # directories and skipped files, but not without bound
-        raise UploadRefused(413, "too_many_files", f"{label}: {len(infos)} archive entries; a collection holds at "
-                            f"most {limits.max_files} images")
+        raise UploadRefused(
+            413,
+            "too_many_files",
+            f"{label}: {len(infos)} archive entries; a collection holds at most {limits.max_files} images",
+        )
     members = []
     for info in infos:
         reason = _unsafe_reason(info.filename)
@@ -233,13 +260,20 @@ def _archive_members(zf: zipfile.ZipFile, label: str, limits: UploadLimits, budg
         if info.flag_bits & 0x1:
             raise UploadRefused(422, "bad_archive", f"{label}: member {info.filename!r} is encrypted")
         if PurePosixPath(info.filename).suffix.lower() not in IMAGE_SUFFIXES:
-            raise UploadRefused(422, "not_an_image", f"{label}: member {info.filename!r} is not an image file "
-                                f"(expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise UploadRefused(
+                422,
+                "not_an_image",
+                f"{label}: member {info.filename!r} is not an image file "
+                f"(expected {', '.join(sorted(IMAGE_SUFFIXES))})",
+            )
         members.append(info)
     declared = sum(i.file_size for i in members)
     if declared > budget:
-        raise UploadRefused(413, "too_large", f"{label}: its files inflate to {declared} bytes, above the limit of "
-                            f"{limits.max_bytes} (zip bomb guard)")
+        raise UploadRefused(
+            413,
+            "too_large",
+            f"{label}: its files inflate to {declared} bytes, above the limit of {limits.max_bytes} (zip bomb guard)",
+        )
     return sorted(members, key=lambda i: i.filename)
 
 
@@ -251,14 +285,19 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, budget:
             while chunk := f.read(READ_CHUNK):
                 out.write(chunk)
                 if out.tell() > info.file_size:
-                    raise UploadRefused(413, "too_large", f"{label}: member {info.filename!r} inflates beyond its "
-                                        "declared size (zip bomb guard)")
+                    raise UploadRefused(
+                        413,
+                        "too_large",
+                        f"{label}: member {info.filename!r} inflates beyond its declared size (zip bomb guard)",
+                    )
                 if out.tell() > budget:
-                    raise UploadRefused(413, "too_large", f"{label}: its files inflate beyond the limit "
-                                        "(zip bomb guard)")
+                    raise UploadRefused(
+                        413, "too_large", f"{label}: its files inflate beyond the limit (zip bomb guard)"
+                    )
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as exc:
-        raise UploadRefused(422, "bad_archive", f"{label}: member {info.filename!r} cannot be read "
-                            f"({exc.__class__.__name__}: {exc})") from None
+        raise UploadRefused(
+            422, "bad_archive", f"{label}: member {info.filename!r} cannot be read ({exc.__class__.__name__}: {exc})"
+        ) from None
     return out.getvalue()
 
 
@@ -312,6 +351,7 @@ def read_collection(parts: list[ReceivedPart], limits: UploadLimits) -> list[tup
                 budget -= len(data)
                 add(info.filename, data)
     if len(frames) < 2:
-        raise UploadRefused(422, "too_few_images", f"an unordered collection needs at least two images, the upload "
-                            f"holds {len(frames)}")
+        raise UploadRefused(
+            422, "too_few_images", f"an unordered collection needs at least two images, the upload holds {len(frames)}"
+        )
     return frames

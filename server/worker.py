@@ -42,8 +42,10 @@ from .snapshots import CaptureRequest, StreamPoint
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_NOTICE = ("UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
-                    "the computation, not a reconstruction")
+SYNTHETIC_NOTICE = (
+    "UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
+    "the computation, not a reconstruction"
+)
 
 
 class FrameRejected(Exception):
@@ -72,8 +74,7 @@ class BackgroundWork(Protocol):
 
 
 class Worker:
-    def __init__(self, engine: Engine, weights: LoadedWeights, preset: str, settings: ServeSettings,
-                 metrics: Metrics):
+    def __init__(self, engine: Engine, weights: LoadedWeights, preset: str, settings: ServeSettings, metrics: Metrics):
         self.engine, self.weights, self.preset = engine, weights, preset
         self.settings, self.metrics = settings, metrics
         self.policy = SchedulePolicy(settings.max_batch, settings.max_wait_ms / 1000, settings.job_stream_batches)
@@ -108,9 +109,13 @@ class Worker:
         return self._task is not None and not self._task.done()
 
     def model_info(self) -> ModelInfo:
-        return ModelInfo(preset=self.preset, weights=self.weights.kind, synthetic=self.weights.synthetic,
-                         notice=SYNTHETIC_NOTICE if self.weights.synthetic else None,
-                         device=str(self.engine.device))
+        return ModelInfo(
+            preset=self.preset,
+            weights=self.weights.kind,
+            synthetic=self.weights.synthetic,
+            notice=SYNTHETIC_NOTICE if self.weights.synthetic else None,
+            device=str(self.engine.device),
+        )
 
     async def on_model(self, fn, *args):
         return await self._loop.run_in_executor(self.model_exec, fn, *args)
@@ -141,8 +146,11 @@ class Worker:
                 if s.out_tail is not None:
                     await asyncio.wait([s.out_tail])
                 frames = int(capture.meta["frames"])
-                return capture, seconds, StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation,
-                                                     bool(capture.meta["finished"]))
+                return (
+                    capture,
+                    seconds,
+                    StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation, bool(capture.meta["finished"])),
+                )
         finally:
             self._wake.set()
 
@@ -170,8 +178,7 @@ class Worker:
         if refusal == "finished":
             return await self.reject(s, msg.seq, "finished", "the stream is finished; send a reset to start anew")
         if refusal == "bad_seq":
-            return await self.reject(s, msg.seq, "bad_seq", f"seq {msg.seq} is not above the last accepted "
-                                     f"seq {last}")
+            return await self.reject(s, msg.seq, "bad_seq", f"seq {msg.seq} is not above the last accepted seq {last}")
         if not s.rate.allow():
             return await s.notify_dropped([(msg.seq, "rate_limit")], self.metrics)
         dropped = s.intake(RawFrame(msg, time.perf_counter()))
@@ -196,8 +203,9 @@ class Worker:
         t0 = time.perf_counter()
         error = prepared = None
         try:
-            prepared = await self._loop.run_in_executor(self.decode_pool, decode_frame, raw.msg,
-                                                        self.settings.max_pixels)
+            prepared = await self._loop.run_in_executor(
+                self.decode_pool, decode_frame, raw.msg, self.settings.max_pixels
+            )
         except FrameRejected as exc:
             error = exc
         except Exception as exc:  # a decoder fault must not take the session down
@@ -227,8 +235,15 @@ class Worker:
     async def _schedule(self) -> None:
         while True:
             try:
-                await self._apply(schedule(self._candidates(), self._background_waiting(), self._batches_since_unit,
-                                           time.perf_counter(), self.policy))
+                await self._apply(
+                    schedule(
+                        self._candidates(),
+                        self._background_waiting(),
+                        self._batches_since_unit,
+                        time.perf_counter(),
+                        self.policy,
+                    )
+                )
             except Exception:  # the worker must outlive any one decision
                 log.exception("scheduling failed")
                 await self._wait(time.perf_counter() + 0.1)
@@ -296,9 +311,13 @@ class Worker:
         self.metrics.frames_processed.inc(len(batch))
         for (s, t), res, captured in zip(batch, outs, captures):
             rf = t.frame
-            timings = {"queue_s": taken - rf.raw.received - rf.decode_s, "decode_s": rf.decode_s,
-                       "step_s": step_s, "batch": float(len(batch)),
-                       "job_units": float(units_before - rf.background_units)}
+            timings = {
+                "queue_s": taken - rf.raw.received - rf.decode_s,
+                "decode_s": rf.decode_s,
+                "step_s": step_s,
+                "batch": float(len(batch)),
+                "job_units": float(units_before - rf.background_units),
+            }
             self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
             sent = s.chain(self._result_producer(s, t, res, timings))
@@ -344,8 +363,9 @@ class Worker:
             log.exception("background work: unit_done failed")
 
     # ------------------------------------------------------------------ post-processing (results.py)
-    async def _cameras(self, cal: asyncio.Future, res: StepResult, settings: SessionSettings,
-                       source_size: tuple[int, int]) -> tuple[Calibration | None, list[CameraPose]]:
+    async def _cameras(
+        self, cal: asyncio.Future, res: StepResult, settings: SessionSettings, source_size: tuple[int, int]
+    ) -> tuple[Calibration | None, list[CameraPose]]:
         """Calibration and poses of a step's maps. Frame 0's final fixes the stream's calibration; every other
         map's pose waits for it."""
         maps = results.step_outputs(res)
@@ -373,8 +393,7 @@ class Worker:
                 timings["pose_s"] = time.perf_counter() - t0
                 if poses:
                     self.metrics.pose_seconds.observe(timings["pose_s"])
-                data, export = await self.on_post(results.result_bytes, frame, res, poses, cal, t.settings,
-                                                  timings)
+                data, export = await self.on_post(results.result_bytes, frame, res, poses, cal, t.settings, timings)
                 self.metrics.encode_seconds.observe(timings["encode_s"])
                 self.metrics.pack_seconds.observe(timings["pack_s"])
                 if export is not None:
@@ -384,8 +403,11 @@ class Worker:
                 return data
             except Exception as exc:
                 log.exception("post-processing frame %d of session %s", rf.raw.seq, s.id)
-                return pack(ErrorMsg(code="internal", message=f"post-processing failed: {exc.__class__.__name__}",
-                                     seq=rf.raw.seq))
+                return pack(
+                    ErrorMsg(
+                        code="internal", message=f"post-processing failed: {exc.__class__.__name__}", seq=rf.raw.seq
+                    )
+                )
             finally:
                 s.result_done()
                 self._wake.set()
@@ -418,8 +440,7 @@ class Worker:
         async def produce() -> bytes:
             c = await cal
             poses = await self.on_post(results.solve_cameras, [out], c, settings.pose_method)
-            data, export = await self.on_post(results.finished_bytes, frames, out, seq, poses[0], c,
-                                              settings)
+            data, export = await self.on_post(results.finished_bytes, frames, out, seq, poses[0], c, settings)
             s.add_export(gen, export)
             return data
 

@@ -38,11 +38,20 @@ def test_parse():
     np.testing.assert_array_equal(Intrinsics(1, 2, 3, 4).matrix(), [[1, 0, 3], [0, 2, 4], [0, 0, 1]])
 
 
-@pytest.mark.parametrize("text,match", [("", "four numbers"), ("500,500,320", "four numbers"),
-                                        ("500,500,320,240,1", "four numbers"), ("a,b,c,d", "four numbers"),
-                                        ("500,,320,240", "four numbers"), ("nan,500,320,240", "finite"),
-                                        ("500,inf,320,240", "finite"), ("0,500,320,240", "positive"),
-                                        ("500,-1,320,240", "positive")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("", "four numbers"),
+        ("500,500,320", "four numbers"),
+        ("500,500,320,240,1", "four numbers"),
+        ("a,b,c,d", "four numbers"),
+        ("500,,320,240", "four numbers"),
+        ("nan,500,320,240", "finite"),
+        ("500,inf,320,240", "finite"),
+        ("0,500,320,240", "positive"),
+        ("500,-1,320,240", "positive"),
+    ],
+)
 def test_parse_errors_are_one_line_value_errors(text, match):
     with pytest.raises(IntrinsicsError, match=match) as err:
         parse_intrinsics(text)
@@ -60,17 +69,17 @@ def blob_image(width: int, height: int, centres: np.ndarray, sigma: float) -> np
     r = int(4 * sigma) + 2
     for u, v in centres:
         u0, v0 = round(u), round(v)
-        ys, xs = np.mgrid[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1]
+        ys, xs = np.mgrid[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1]
         patch = 200 * np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * sigma**2))
-        img[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1] += patch
+        img[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1] += patch
     return np.repeat(np.clip(np.round(img), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def blob_centre(img: np.ndarray, u: float, v: float, r: int = 6) -> tuple[float, float]:
     """Intensity-weighted centroid (above the background) of the blob near (u, v) in a grey image."""
     u0, v0 = round(u), round(v)
-    ys, xs = np.mgrid[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1]
-    wgt = np.clip(img[v0 - r: v0 + r + 1, u0 - r: u0 + r + 1, 0].astype(np.float64) - 40, 0, None)
+    ys, xs = np.mgrid[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1]
+    wgt = np.clip(img[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1, 0].astype(np.float64) - 40, 0, None)
     return float((wgt * xs).sum() / wgt.sum()), float((wgt * ys).sum() / wgt.sum())
 
 
@@ -103,16 +112,24 @@ def resize_like_preprocessing(pts: np.ndarray, size: int = 224) -> np.ndarray:
     s = max(size / W, size / H) + 1e-8
     new_w, new_h = math.floor(W * s), math.floor(H * s)
     left, top = int(np.round((new_w - size) / 2)), int(np.round((new_h - size) / 2))
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(pts[..., c], dtype=np.float32)).resize(
-        (new_w, new_h), Image.LANCZOS)) for c in range(3)]
-    return np.stack(channels, -1)[top: top + size, left: left + size]
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(pts[..., c], dtype=np.float32)).resize((new_w, new_h), Image.LANCZOS)
+        )
+        for c in range(3)
+    ]
+    return np.stack(channels, -1)[top : top + size, left : left + size]
 
 
 @pytest.mark.parametrize("width,height,fx,fy,cx,cy", CAMERAS[:2] + CAMERAS[3:4])
 def test_poses_from_original_resolution_pointmaps_with_the_mapped_K(width, height, fx, fy, cx, cy):
     intr = Intrinsics(fx, fy, cx, cy)
-    truth = np.stack([look_at(np.array([0.4, -0.3, 0.2]), np.array([1.8, 1.0, 2.3]), roll=0.15),
-                      look_at(np.array([-0.6, 0.2, -0.5]), np.array([-1.8, -1.1, -2.2]), roll=-0.2)])
+    truth = np.stack(
+        [
+            look_at(np.array([0.4, -0.3, 0.2]), np.array([1.8, 1.0, 2.3]), roll=0.15),
+            look_at(np.array([-0.6, 0.2, -0.5]), np.array([-1.8, -1.1, -2.2]), roll=-0.2),
+        ]
+    )
     model_pts = np.stack([resize_like_preprocessing(render_room(intr.matrix(), c2w, height, width)) for c2w in truth])
     K = model_intrinsics(intr, width, height)
 

@@ -49,8 +49,9 @@ def random_camera(rng: np.random.Generator) -> np.ndarray:
     return look_at(eye, corner, roll=rng.uniform(-0.3, 0.3))
 
 
-def network_like(pts: np.ndarray, c2w: np.ndarray, rng: np.random.Generator, noise: float = 0.005,
-                 outliers: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def network_like(
+    pts: np.ndarray, c2w: np.ndarray, rng: np.random.Generator, noise: float = 0.005, outliers: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact world points → (noisy points, confidence) as a network would give: isotropic noise of ``noise`` x depth,
     and a fraction ``outliers`` of pixels thrown up to 30 % of their depth away with lower confidence."""
     depth = np.linalg.norm(pts - c2w[:3, 3], axis=-1, keepdims=True)
@@ -69,8 +70,9 @@ def pose_errors(c2w: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndar
     return angle, np.linalg.norm(c2w[:, :3, 3] - truth[:, :3, 3], axis=-1)
 
 
-def scene_batch(batch: int, seed: int, noise: float = 0.005, outliers: float = 0.0, size: int = 224,
-                focal: float = 200.0):
+def scene_batch(
+    batch: int, seed: int, noise: float = 0.005, outliers: float = 0.0, size: int = 224, focal: float = 200.0
+):
     """``batch`` rendered frames: (pts [B, size, size, 3] float32, conf [B, size, size], K [3, 3], c2w [B, 4, 4])."""
     rng = np.random.default_rng(seed)
     K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
@@ -112,8 +114,12 @@ def test_a_single_plane_is_solved_too():
     """Facing one wall, the DLT is degenerate: the homography start takes over."""
     rng = np.random.default_rng(5)
     K = np.array([[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]])
-    truth = np.stack([look_at(np.array([0.3, -0.2, 1.5]), np.array([0.5, 0.1, 2.5]), roll=0.2),
-                      look_at(np.array([-0.5, 0.3, 1.3]), np.array([-0.8, 0.2, 2.5]), roll=-0.1)])
+    truth = np.stack(
+        [
+            look_at(np.array([0.3, -0.2, 1.5]), np.array([0.5, 0.1, 2.5]), roll=0.2),
+            look_at(np.array([-0.5, 0.3, 1.3]), np.array([-0.8, 0.2, 2.5]), roll=-0.1),
+        ]
+    )
     exact = [render_room(K, c2w, 224, 224) for c2w in truth]
     assert np.allclose(np.stack(exact)[..., 2], 2.5)  # really one plane
     frames = [network_like(pts, c2w, rng) for pts, c2w in zip(exact, truth)]
@@ -131,7 +137,7 @@ def test_batch_equals_frame_by_frame_with_per_frame_intrinsics():
     Ks[1, 0, 0] *= 1.1  # a different camera for frame 1: its pose changes, the others must not
     c2w, valid = solve_poses(pts, conf, Ks)
     for i in range(3):
-        one, ok = solve_poses(pts[i:i + 1], conf[i:i + 1], Ks[i])
+        one, ok = solve_poses(pts[i : i + 1], conf[i : i + 1], Ks[i])
         assert ok[0] == valid[i]
         np.testing.assert_allclose(one[0], c2w[i], atol=1e-5)
     ref, _ = solve_poses(pts, conf, K)

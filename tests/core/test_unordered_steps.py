@@ -31,8 +31,14 @@ def assert_same_result(a, b) -> None:
     for p, q in zip(a.previews, b.previews):
         assert p.index == q.index and np.array_equal(p.pts3d, q.pts3d) and np.array_equal(p.conf, q.conf)
     for s, t in zip(a.reconstruction.traces, b.reconstruction.traces):
-        assert (s.step, s.frame_index, s.skipped, s.pruned, s.mem_tokens, s.similarity) == \
-               (t.step, t.frame_index, t.skipped, t.pruned, t.mem_tokens, t.similarity)
+        assert (s.step, s.frame_index, s.skipped, s.pruned, s.mem_tokens, s.similarity) == (
+            t.step,
+            t.frame_index,
+            t.skipped,
+            t.pruned,
+            t.mem_tokens,
+            t.similarity,
+        )
 
 
 @pytest.mark.parametrize("n, batch", [(4, 1), (3, 4)])
@@ -83,5 +89,6 @@ def test_finish_before_the_last_unit_and_too_few_images(tiny_engine, frames_D):
         run.run_unit()
     r = run.finish()
     assert r.order.tolist() == list(r.initial_pair) and r.reconstruction.pts3d.shape == (2, 224, 224, 3)
-    assert_same_result(r, reconstruct_unordered(tiny_engine, frames_D[:2], pair_batch=1, candidate_batch=1,
-                                                encode_batch=1))
+    assert_same_result(
+        r, reconstruct_unordered(tiny_engine, frames_D[:2], pair_batch=1, candidate_batch=1, encode_batch=1)
+    )

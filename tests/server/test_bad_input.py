@@ -24,8 +24,9 @@ LIMIT = 1 << 20  # max_message_bytes of the server under test
 
 @pytest.fixture(scope="module")
 def server(tiny_engine):
-    with live_server(tiny_engine, max_message_bytes=LIMIT, max_pixels=4_000_000, max_protocol_errors=3,
-                     max_sessions=64) as srv:
+    with live_server(
+        tiny_engine, max_message_bytes=LIMIT, max_pixels=4_000_000, max_protocol_errors=3, max_sessions=64
+    ) as srv:
         yield srv
 
 
@@ -36,12 +37,12 @@ def healthy_ref(tiny_engine, small_frames):
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with a few bytes of pixel data: a decompression bomb's shape."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def frame(seq=1, **kw) -> bytes:
@@ -55,8 +56,13 @@ def png(rgb) -> bytes:
 async def healthy_stream(url, frames):
     client = StreamClient(url)
     rec = Recording()
-    async for m in stream(url, frames, settings={"encoding": "full", "frame_policy": "queue", "preview": False},
-                          encoding="png", client=client):
+    async for m in stream(
+        url,
+        frames,
+        settings={"encoding": "full", "frame_policy": "queue", "preview": False},
+        encoding="png",
+        client=client,
+    ):
         assert not isinstance(m, (ErrorMsg, DroppedMsg)), m
         rec.add(m)
     await client.close()
@@ -83,8 +89,11 @@ BAD = {
     "1x1 image": (lambda f: frame(format="rgb8", data=b"\0\0\0", width=1, height=1), "bad_image", 1),
     "rgb8 size mismatch": (lambda f: frame(format="rgb8", data=b"\0" * 10, width=8, height=8), "bad_image", 1),
     "gigantic PNG header": (lambda f: frame(format="png", data=png_header_only(30000, 30000)), "image_too_large", 1),
-    "gigantic rgb8 claim": (lambda f: frame(format="rgb8", data=b"\0" * 30, width=5000, height=5000),
-                            "image_too_large", 1),
+    "gigantic rgb8 claim": (
+        lambda f: frame(format="rgb8", data=b"\0" * 30, width=5000, height=5000),
+        "image_too_large",
+        1,
+    ),
     "message too large": (lambda f: frame(data=b"\0" * (LIMIT + 1000)), "message_too_large", None),
     "repeated seq": (lambda f: frame(seq=0, format="png", data=png(f)), "bad_seq", 0),
     # once accepted, a seq of 2^64-1 left every later seq 'bad_seq': the session was bricked
@@ -158,8 +167,9 @@ def test_frames_after_finish_and_a_flood(server, small_frames, healthy_ref):
 
     (n, out), healthy = run(main())
     answers = answers_by_seq(out[:-1])
-    assert sorted(answers) == list(range(n + 1)) and all(len(a) == 1 for a in answers.values()), \
-        {k: [m.type + str(getattr(m, "reason", "")) for m in a] for k, a in answers.items() if len(a) > 1}
+    assert sorted(answers) == list(range(n + 1)) and all(len(a) == 1 for a in answers.values()), {
+        k: [m.type + str(getattr(m, "reason", "")) for m in a] for k, a in answers.items() if len(a) > 1
+    }
     dropped = [a[0] for a in answers.values() if isinstance(a[0], DroppedMsg)]
     assert len(dropped) > n // 2 and {d.reason for d in dropped} == {"superseded"}
     assert isinstance(answers[n - 1][0], ResultMsg)  # the flood's latest frame won

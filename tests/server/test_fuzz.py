@@ -41,8 +41,9 @@ DOCUMENTED_CLOSES = set(P.CLOSE_CODES.values())
 
 @pytest.fixture(scope="module")
 def server(tiny_engine):
-    with live_server(tiny_engine, max_message_bytes=LIMIT, max_protocol_errors=VIOLATIONS, max_pixels=1_000_000,
-                     max_sessions=16) as srv:
+    with live_server(
+        tiny_engine, max_message_bytes=LIMIT, max_protocol_errors=VIOLATIONS, max_pixels=1_000_000, max_sessions=16
+    ) as srv:
         yield srv
 
 
@@ -61,15 +62,29 @@ def deep_msgpack(depth: int) -> bytes:
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=40), st.binary(max_size=64),
-    st.sampled_from(["frame", "control", "ping", "settings", "reset", "finish", "snapshot", "jpeg", "rgb8"]))
-junk = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                     st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                    max_leaves=12)
-huge = st.one_of(st.integers(1000, 200_000).map(lambda n: "x" * n), st.integers(1000, 200_000).map(bytes),
-                 st.integers(2, 600).map(lambda d: _nest(d)), st.just(2**53), st.just(2**64 - 1),
-                 st.just(-(2**63)), st.just(float("nan")), st.just(float("inf")))
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.binary(max_size=64),
+    st.sampled_from(["frame", "control", "ping", "settings", "reset", "finish", "snapshot", "jpeg", "rgb8"]),
+)
+junk = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+huge = st.one_of(
+    st.integers(1000, 200_000).map(lambda n: "x" * n),
+    st.integers(1000, 200_000).map(bytes),
+    st.integers(2, 600).map(lambda d: _nest(d)),
+    st.just(2**53),
+    st.just(2**64 - 1),
+    st.just(-(2**63)),
+    st.just(float("nan")),
+    st.just(float("inf")),
+)
 values = st.one_of(junk, huge)
 
 
@@ -81,16 +96,28 @@ def _nest(depth: int):
 
 
 def base_messages(jpeg: bytes):
-    settings_patch = st.fixed_dictionaries({}, optional={
-        "frame_policy": st.sampled_from(["latest", "queue", "every_nth"]), "queue_size": st.integers(1, 64),
-        "encoding": st.sampled_from(["full", "compact"]), "dtype": st.sampled_from(["float32", "float16"]),
-        "stride": st.integers(1, 16), "preview": st.booleans(), "conf_thresh": st.floats(0, 0.9)})
+    settings_patch = st.fixed_dictionaries(
+        {},
+        optional={
+            "frame_policy": st.sampled_from(["latest", "queue", "every_nth"]),
+            "queue_size": st.integers(1, 64),
+            "encoding": st.sampled_from(["full", "compact"]),
+            "dtype": st.sampled_from(["float32", "float16"]),
+            "stride": st.integers(1, 16),
+            "preview": st.booleans(),
+            "conf_thresh": st.floats(0, 0.9),
+        },
+    )
     return st.one_of(
-        st.builds(lambda seq, ts: {"type": "frame", "seq": seq, "ts": ts, "format": "jpeg", "data": jpeg},
-                  st.integers(0, P.MAX_SEQ), st.floats(0, 1e10)),
+        st.builds(
+            lambda seq, ts: {"type": "frame", "seq": seq, "ts": ts, "format": "jpeg", "data": jpeg},
+            st.integers(0, P.MAX_SEQ),
+            st.floats(0, 1e10),
+        ),
         st.builds(lambda s: {"type": "control", "action": "settings", "settings": s}, settings_patch),
         st.sampled_from([{"type": "control", "action": a} for a in ("reset", "snapshot", "finish")]),
-        st.builds(lambda i: {"type": "ping", "id": i}, st.integers(-P.MAX_SEQ, P.MAX_SEQ)))
+        st.builds(lambda i: {"type": "ping", "id": i}, st.integers(-P.MAX_SEQ, P.MAX_SEQ)),
+    )
 
 
 @st.composite
@@ -184,8 +211,9 @@ class HealthyStream(threading.Thread):
 
     def run(self) -> None:
         async def main():
-            async for m in stream(self.url, self._frames(), settings={"frame_policy": "queue", "preview": False},
-                                  encoding="png"):
+            async for m in stream(
+                self.url, self._frames(), settings={"frame_policy": "queue", "preview": False}, encoding="png"
+            ):
                 self.messages.append(m)
 
         try:
@@ -213,8 +241,9 @@ def test_fuzzed_messages_get_documented_answers_and_harm_nobody(server, tiny_jpe
     healthy = HealthyStream(server.url, small_frames[:6])
     healthy.start()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(data=fuzz_messages(tiny_jpeg))
     def one_message(data):
         fuzz.exchange(data)

@@ -30,7 +30,7 @@ def zip_of(entries, compression=zipfile.ZIP_DEFLATED) -> bytes:
     """entries: {name: bytes} or [(ZipInfo | name, bytes)]."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in (entries.items() if isinstance(entries, dict) else entries):
+        for name, data in entries.items() if isinstance(entries, dict) else entries:
             z.writestr(name, data)
     return buf.getvalue()
 
@@ -55,8 +55,16 @@ def understated(data: bytes, name: str, real: int, claimed: int) -> bytes:
 
 
 def test_member_names():
-    for name in ("../x.png", "a/../../x.png", "a\\..\\x.png", "/etc/x.png", "\\x.png", "C:/x.png", "c:x.png",
-                 "a\x00.png"):
+    for name in (
+        "../x.png",
+        "a/../../x.png",
+        "a\\..\\x.png",
+        "/etc/x.png",
+        "\\x.png",
+        "C:/x.png",
+        "c:x.png",
+        "a\x00.png",
+    ):
         assert _unsafe_reason(name) is not None, name
     for name in ("x.png", "a/b/x.png", "a..b.png", "..x.png", "x..png"):
         assert _unsafe_reason(name) is None, name
@@ -85,14 +93,14 @@ def test_reading_stops_at_the_budget_whatever_the_header_says(tmp_path, png, png
 
 def test_refusals_through_the_server_leave_nothing_behind(tiny_engine, png, png2, tmp_path):
     canary_dir = tmp_path / "jobs"
-    with live_server(tiny_engine, api_key="sesame", job_max_files=3, job_max_bytes=2_000_000,
-                     job_dir=canary_dir) as srv:
+    with live_server(
+        tiny_engine, api_key="sesame", job_max_files=3, job_max_bytes=2_000_000, job_dir=canary_dir
+    ) as srv:
         url = f"{srv.url}/v1/jobs"
         key = {"X-API-Key": "sesame"}
 
         def post_zip(data: bytes, **kw):
-            return httpx.post(url, content=data, headers={**key, "Content-Type": "application/zip"}, timeout=60,
-                              **kw)
+            return httpx.post(url, content=data, headers={**key, "Content-Type": "application/zip"}, timeout=60, **kw)
 
         def refused(r, status: int, code: str, *words: str):
             assert r.status_code == status, (r.status_code, r.text)
@@ -108,15 +116,24 @@ def test_refusals_through_the_server_leave_nothing_behind(tiny_engine, png, png2
         refused(post_zip(zip_of({**two, "../evil.png": png})), 422, "unsafe_member", "../evil.png", "climbs out")
         refused(post_zip(zip_of({**two, "/tmp/evil.png": png})), 422, "unsafe_member", "absolute")
         refused(post_zip(zip_of({**two, "C:\\evil.png": png})), 422, "unsafe_member", "absolute")
-        refused(post_zip(zip_of([*two.items(), (symlink_info("link.png"), b"/etc/passwd")])), 422,
-                "unsafe_member", "link.png", "symbolic link")
+        refused(
+            post_zip(zip_of([*two.items(), (symlink_info("link.png"), b"/etc/passwd")])),
+            422,
+            "unsafe_member",
+            "link.png",
+            "symbolic link",
+        )
         refused(post_zip(zip_of({**two, "notes.txt": b"hello"})), 422, "not_an_image", "notes.txt")
         refused(post_zip(zip_of({**two, "broken.png": b"\x89PNG not really"})), 422, "bad_image", "broken.png")
         refused(post_zip(zip_of({**two, "c.png": png, "d.png": png2})), 413, "too_many_files", "4 images")
         refused(post_zip(zip_of({**two, "bomb.png": b"\0" * 50_000_000})), 413, "too_large", "zip bomb")
         zeros = b"\0" * 3_000_000
-        refused(post_zip(understated(zip_of({**two, "liar.png": zeros}), "liar.png", len(zeros), 100)), 422,
-                "bad_archive", "liar.png")
+        refused(
+            post_zip(understated(zip_of({**two, "liar.png": zeros}), "liar.png", len(zeros), 100)),
+            422,
+            "bad_archive",
+            "liar.png",
+        )
         refused(post_zip(zip_of({"a.png": png})), 422, "too_few_images")
         refused(post_zip(b"PK\x03\x04 this is no archive"), 400, "bad_archive")
         refused(post_zip(b"just some bytes"), 400, "bad_archive")
@@ -128,19 +145,40 @@ def test_refusals_through_the_server_leave_nothing_behind(tiny_engine, png, png2
                 yield b"\0" * 100_000
 
         refused(post_zip(chunks()), 413, "too_large")
-        refused(httpx.post(url, content=b"x", headers={**key, "Content-Type": "text/plain"}), 415,
-                "unsupported_media_type")
-        refused(httpx.post(url, data={"note": "hi"}, files=[("files", ("a.png", png))], headers=key), 400,
-                "bad_upload", "'note'")
-        refused(httpx.post(url, files=[("files", ("a.png", png)), ("files", ("a.png", png2))], headers=key), 422,
-                "duplicate_name", "a.png")
-        refused(httpx.post(url, files=[("files", (f"{i}.png", png)) for i in range(4)], headers=key), 413,
-                "too_many_files")
-        refused(httpx.post(url, files=[("files", ("a.png", png)), ("files", ("b.jpg", b"\xff\xd8 nope"))],
-                           headers=key), 422, "bad_image", "b.jpg")
-        refused(httpx.post(url, content=b"--xyz\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.png\""
-                           b"\r\n\r\n" + png[:100], headers={**key, "Content-Type": "multipart/form-data; boundary=xyz"}),
-                400, "bad_upload", "truncated")
+        refused(
+            httpx.post(url, content=b"x", headers={**key, "Content-Type": "text/plain"}), 415, "unsupported_media_type"
+        )
+        refused(
+            httpx.post(url, data={"note": "hi"}, files=[("files", ("a.png", png))], headers=key),
+            400,
+            "bad_upload",
+            "'note'",
+        )
+        refused(
+            httpx.post(url, files=[("files", ("a.png", png)), ("files", ("a.png", png2))], headers=key),
+            422,
+            "duplicate_name",
+            "a.png",
+        )
+        refused(
+            httpx.post(url, files=[("files", (f"{i}.png", png)) for i in range(4)], headers=key), 413, "too_many_files"
+        )
+        refused(
+            httpx.post(url, files=[("files", ("a.png", png)), ("files", ("b.jpg", b"\xff\xd8 nope"))], headers=key),
+            422,
+            "bad_image",
+            "b.jpg",
+        )
+        refused(
+            httpx.post(
+                url,
+                content=b'--xyz\r\nContent-Disposition: form-data; name="f"; filename="a.png"\r\n\r\n' + png[:100],
+                headers={**key, "Content-Type": "multipart/form-data; boundary=xyz"},
+            ),
+            400,
+            "bad_upload",
+            "truncated",
+        )
         # attaching to a session needs that session's stream token
         created = httpx.post(f"{srv.url}/v1/sessions", headers=key).json()
         r = post_zip(zip_of(two), params={"session_id": created["id"], "session_token": created["watch_token"]})
@@ -156,8 +194,12 @@ def test_refusals_through_the_server_leave_nothing_behind(tiny_engine, png, png2
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'spann3r_jobs_refused_total{code="unsafe_member"} 4.0' in metrics
         # and a good upload is still accepted (mixed: an image part and an archive part)
-        r = httpx.post(url, files=[("files", ("first.png", png)), ("files", ("more.zip", zip_of({"x/b.png": png2})))],
-                       headers=key, timeout=60)
+        r = httpx.post(
+            url,
+            files=[("files", ("first.png", png)), ("files", ("more.zip", zip_of({"x/b.png": png2})))],
+            headers=key,
+            timeout=60,
+        )
         assert r.status_code == 201, r.text
         assert r.json()["input_names"] == ["first.png", "x/b.png"]
     assert not canary_dir.exists() or list(canary_dir.iterdir()) == []  # shutdown removes the jobs' folders

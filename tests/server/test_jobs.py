@@ -68,19 +68,32 @@ def assert_progress_monotonic(statuses) -> None:
 def test_zip_job_equals_a_direct_run_with_downloads_and_session_progress(tiny_engine, files_D):
     """Default job batches (4) = reconstruct_unordered's defaults: the npz holds the same numbers, bit for bit."""
     files = files_D[:4]
-    archive = zip_of({"__MACOSX/scene/._frame_000.png": b"junk", "scene/": b"",
-                      **{f"scene/{f.name}": f.read_bytes() for f in reversed(files)}})
+    archive = zip_of(
+        {
+            "__MACOSX/scene/._frame_000.png": b"junk",
+            "scene/": b"",
+            **{f"scene/{f.name}": f.read_bytes() for f in reversed(files)},
+        }
+    )
     direct = reconstruct_unordered(tiny_engine, [(f"scene/{f.name}", load_frame(f)) for f in files])
 
     with live_server(tiny_engine, api_key="sesame") as srv:
+
         async def main():
             async with StreamClient(srv.url, api_key="sesame") as c:
                 session = await c.create_session()
                 await c.connect()
                 async with httpx.AsyncClient(base_url=srv.url, timeout=60) as http:
-                    r = await http.post("/v1/jobs", content=archive, params={"session_id": session.id},
-                                        headers={"Content-Type": "application/zip", "X-API-Key": "sesame",
-                                                 "X-Session-Token": session.token})
+                    r = await http.post(
+                        "/v1/jobs",
+                        content=archive,
+                        params={"session_id": session.id},
+                        headers={
+                            "Content-Type": "application/zip",
+                            "X-API-Key": "sesame",
+                            "X-Session-Token": session.token,
+                        },
+                    )
                 assert r.status_code == 201, r.text
                 job = r.json()
                 messages = []
@@ -126,8 +139,9 @@ def test_zip_job_equals_a_direct_run_with_downloads_and_session_progress(tiny_en
         assert sum(len(g.vertices) for g in glb.geometry.values()) == len(xyz)
         transforms = json.loads(get("transforms.json"))
         valid = data["pose_valid"]
-        assert [f["file_path"] for f in transforms["frames"]] == \
-               [f"images/{n}" for n, v in zip(data["frame_names"], valid) if v]
+        assert [f["file_path"] for f in transforms["frames"]] == [
+            f"images/{n}" for n, v in zip(data["frame_names"], valid) if v
+        ]
         assert transforms["fl_x"] == pytest.approx(float(data["focal"]), rel=1e-6)
         trajectory = json.loads(get("trajectory.json"))
         assert [f["valid"] for f in trajectory["frames"]] == valid.tolist()
@@ -136,8 +150,10 @@ def test_zip_job_equals_a_direct_run_with_downloads_and_session_progress(tiny_en
         assert r.status_code == 401 and r.json()["code"] == "unauthorized"
         assert httpx.get(f"{srv.url}/v1/jobs/{job['id']}").status_code == 401
         assert httpx.get(f"{srv.url}/v1/jobs/{'0' * 32}", headers=auth(job["token"])).status_code == 404
-        assert httpx.get(f"{srv.url}/v1/jobs/{job['id']}/result/secrets.txt",
-                         headers=auth(job["token"])).status_code == 422
+        assert (
+            httpx.get(f"{srv.url}/v1/jobs/{job['id']}/result/secrets.txt", headers=auth(job["token"])).status_code
+            == 422
+        )
         folder = srv.service.jobs.get(job["id"]).folder
         assert folder.is_dir() and folder.parent == srv.service.jobs.root
         assert httpx.delete(f"{srv.url}/v1/jobs/{job['id']}", headers=auth(job["token"])).status_code == 204
@@ -161,15 +177,16 @@ def test_stream_frames_are_answered_while_a_job_runs(tiny_engine, files_D, small
         assert early.status_code == 409 and early.json()["code"] == "not_ready"
 
         def job_status() -> JobStatus:
-            return JobStatus.model_validate(httpx.get(f"{srv.url}/v1/jobs/{job['id']}",
-                                                      headers=auth(job["token"])).json())
+            return JobStatus.model_validate(
+                httpx.get(f"{srv.url}/v1/jobs/{job['id']}", headers=auth(job["token"])).json()
+            )
 
         async def main():
             async with StreamClient(srv.url) as c:
                 await c.create_session({"frame_policy": "queue", "preview": True})
                 await c.connect()
                 results, during = [], []
-                for name, rgb in small_frames[:5]:  # one frame in flight at a time
+                for _name, rgb in small_frames[:5]:  # one frame in flight at a time
                     await c.send_frame(rgb, "png")
                     while True:
                         msg = await asyncio.wait_for(c.receive(), 120)
@@ -234,13 +251,17 @@ def test_a_failing_job_reports_why_and_keeps_streams_alive(tiny_engine, files_D,
 
     monkeypatch.setattr(UnorderedSteps, "run_unit", degenerate)
     with live_server(tiny_engine) as srv:
+
         async def main():
             async with StreamClient(srv.url) as c:
                 session = await c.create_session()
                 await c.connect()
                 async with httpx.AsyncClient(base_url=srv.url, timeout=60) as http:
-                    r = await http.post("/v1/jobs", params={"session_id": session.id, "session_token": session.token},
-                                        files=[("files", (f.name, f.read_bytes())) for f in files_D[:3]])
+                    r = await http.post(
+                        "/v1/jobs",
+                        params={"session_id": session.id, "session_token": session.token},
+                        files=[("files", (f.name, f.read_bytes())) for f in files_D[:3]],
+                    )
                 assert r.status_code == 201, r.text
                 last = None
                 while last is None or last.state not in ENDED:

@@ -38,11 +38,24 @@ def assert_error_body(r: httpx.Response, status: int, code: str) -> dict:
 # --------------------------------------------------------------------------------------------- REST bodies
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"conf_thresh": NaN}', b'{"compact_scale": Infinity}', b'{"compact_scale": -Infinity}', b'{"preview": "yes"}',
-    b'{"queue_size": "12"}', b'{"queue_size": true}', b'{"stride": 2.5}', b'{"colour": "red"}', b'[1, 2, 3]',
-    b'{"frame_policy": "' + b"x" * 6000 + b'"}', b'{"x' + b"k" * 6000 + b'": 1}', b"{", b'"' + b"s" * 7000 + b'"',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"conf_thresh": NaN}',
+        b'{"compact_scale": Infinity}',
+        b'{"compact_scale": -Infinity}',
+        b'{"preview": "yes"}',
+        b'{"queue_size": "12"}',
+        b'{"queue_size": true}',
+        b'{"stride": 2.5}',
+        b'{"colour": "red"}',
+        b"[1, 2, 3]",
+        b'{"frame_policy": "' + b"x" * 6000 + b'"}',
+        b'{"x' + b"k" * 6000 + b'": 1}',
+        b"{",
+        b'"' + b"s" * 7000 + b'"',
+    ],
+)
 def test_bad_session_settings_get_a_short_422_error_body(server, raw):
     r = httpx.post(f"{server.url}/v1/sessions", content=raw, headers=JSON)
     assert_error_body(r, 422, "invalid_request")
@@ -57,8 +70,12 @@ def test_valid_settings_and_empty_bodies_still_create_sessions(server):
 
 
 def test_query_validation_errors_are_error_bodies(server):
-    r = httpx.post(f"{server.url}/v1/jobs", params={"conf_thresh": "x" * 5000}, content=b"zip",
-                   headers={"Content-Type": "application/zip"})
+    r = httpx.post(
+        f"{server.url}/v1/jobs",
+        params={"conf_thresh": "x" * 5000},
+        content=b"zip",
+        headers={"Content-Type": "application/zip"},
+    )
     assert_error_body(r, 422, "invalid_request")
 
 
@@ -112,11 +129,25 @@ def test_deep_nesting_and_huge_values_get_short_documented_errors(server):
     def frame(**kw) -> bytes:
         return msgpack.packb({"type": "frame", "seq": 1, "format": "jpeg", "data": b"", **kw})
 
-    messages = [msgpack.packb({"type": _deep(1000)}), frame(junk=_deep(900)), msgpack.packb({"type": "t" * 2**20}),
-                frame(format="f" * 2**20), frame(seq=2**64 - 1), frame(seq=True), frame(ts=float("nan"))]
+    messages = [
+        msgpack.packb({"type": _deep(1000)}),
+        frame(junk=_deep(900)),
+        msgpack.packb({"type": "t" * 2**20}),
+        frame(format="f" * 2**20),
+        frame(seq=2**64 - 1),
+        frame(seq=True),
+        frame(ts=float("nan")),
+    ]
     errors = run(_errors_for(server.url, messages))
-    assert [e.code for e in errors] == ["malformed", "malformed", "unknown_type", "bad_schema", "bad_schema",
-                                        "bad_schema", "bad_schema"], errors
+    assert [e.code for e in errors] == [
+        "malformed",
+        "malformed",
+        "unknown_type",
+        "bad_schema",
+        "bad_schema",
+        "bad_schema",
+        "bad_schema",
+    ], errors
     assert all(len(e.message) <= P.MAX_ERROR_MESSAGE_CHARS for e in errors)
     assert errors[4].seq is None  # an out-of-range seq is not echoed
     metrics = server.service.metrics.render()
@@ -125,8 +156,13 @@ def test_deep_nesting_and_huge_values_get_short_documented_errors(server):
 
 
 def test_strict_settings_over_the_websocket(server):
-    bad = [{"preview": "yes"}, {"queue_size": "12"}, {"queue_size": True}, {"compact_scale": float("inf")},
-           {"conf_thresh": float("nan")}]
+    bad = [
+        {"preview": "yes"},
+        {"queue_size": "12"},
+        {"queue_size": True},
+        {"compact_scale": float("inf")},
+        {"conf_thresh": float("nan")},
+    ]
     messages = [msgpack.packb({"type": "control", "action": "settings", "settings": s}) for s in bad]
     assert [e.code for e in run(_errors_for(server.url, messages))] == ["bad_schema"] * len(bad)
 
@@ -154,6 +190,7 @@ def test_reset_clears_the_seq_watermark(server, small_frames):
 
 def test_shutdown_closes_streams_with_the_documented_code(tiny_engine):
     with live_server(tiny_engine) as srv:
+
         async def main():
             async with StreamClient(srv.url) as c:
                 await c.create_session()
@@ -197,8 +234,11 @@ def test_documented_defaults_match_the_settings():
     assert documented and int(documented.group(1)) == defaults.job_max_files
     security = (DOCS / "security.md").read_text()
     assert "security.md" in protocol
-    limits = [name for name in ServeSettings.model_fields if name.startswith(("max_", "job_max_")) or
-              name in ("idle_timeout_s", "job_ttl_s")]
+    limits = [
+        name
+        for name in ServeSettings.model_fields
+        if name.startswith(("max_", "job_max_")) or name in ("idle_timeout_s", "job_ttl_s")
+    ]
     for name in limits:
         row = re.search(rf"^\| `{name}` \|[^|]*\| ([^|]+) \|", security, re.M)
         assert row, f"docs/security.md has no row for {name}"

@@ -32,8 +32,11 @@ def test_no_wait_when_max_wait_is_zero():
 
 
 def test_busy_or_posting_sessions_wait():
-    cands = [Candidate("busy", 1.0, busy=True), Candidate("posting", 1.0, posting=MAX_POSTING),
-             Candidate("ok", 1.001, posting=MAX_POSTING - 1)]
+    cands = [
+        Candidate("busy", 1.0, busy=True),
+        Candidate("posting", 1.0, posting=MAX_POSTING),
+        Candidate("ok", 1.001, posting=MAX_POSTING - 1),
+    ]
     assert schedule(cands, False, 0, 2.0, POLICY) == RunBatch(("ok",))
     assert schedule(cands[:2], False, 0, 2.0, POLICY) == Wait(None)
 

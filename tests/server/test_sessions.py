@@ -70,12 +70,12 @@ def test_auth_refusals(tiny_engine):
             return codes
 
         # a path-like id matches no route at all: refused before the WebSocket opens
-        assert run(sockets()) == [str(CLOSE_UNAUTHORIZED), str(CLOSE_UNAUTHORIZED), str(CLOSE_NOT_FOUND),
-                                  "http 403"]
+        assert run(sockets()) == [str(CLOSE_UNAUTHORIZED), str(CLOSE_UNAUTHORIZED), str(CLOSE_NOT_FOUND), "http 403"]
 
 
 def test_capacity_refusal_and_delete(tiny_engine):
     with live_server(tiny_engine, max_sessions=2) as srv:
+
         async def main():
             a, b, c = StreamClient(srv.url), StreamClient(srv.url), StreamClient(srv.url)
             await a.create_session()
@@ -102,6 +102,7 @@ def test_capacity_refusal_and_delete(tiny_engine):
 
 def test_idle_sessions_are_evicted(tiny_engine, small_frames, tmp_path):
     with live_server(tiny_engine, idle_timeout_s=0.6, state_dir=tmp_path) as srv:
+
         async def main():
             c = StreamClient(srv.url)
             await c.create_session()
@@ -132,6 +133,7 @@ def test_snapshot_and_restore_across_restart(tiny_engine, small_frames, tmp_path
     rec = Recording()
 
     with live_server(tiny_engine, state_dir=tmp_path) as srv:
+
         async def first_half():
             c = StreamClient(srv.url)
             created = await c.create_session({"encoding": "full", "frame_policy": "queue"})
@@ -152,6 +154,7 @@ def test_snapshot_and_restore_across_restart(tiny_engine, small_frames, tmp_path
     assert all(created.token.encode() not in p.read_bytes() for p in (tmp_path / f"{created.id}.d").iterdir())
 
     with live_server(tiny_engine, state_dir=tmp_path) as srv:
+
         async def second_half():
             c = StreamClient(srv.url)
             c.attach(created.id, created.token)
@@ -176,6 +179,7 @@ def test_snapshot_and_restore_across_restart(tiny_engine, small_frames, tmp_path
 
 def test_snapshot_needs_a_state_dir(tiny_engine, small_frames):
     with live_server(tiny_engine) as srv:
+
         async def main():
             c = StreamClient(srv.url)
             await c.create_session()
@@ -202,8 +206,14 @@ def test_health_metrics_docs_and_static_client(tiny_engine, small_frames, tmp_pa
         assert page.status_code == 200 and "npm ci &amp;&amp; npm run build" in page.text
         assert httpx.get(f"{srv.url}/docs").status_code == 200
         paths = httpx.get(f"{srv.url}/openapi.json").json()["paths"]
-        assert {"/v1/sessions", "/v1/sessions/{session_id}", "/v1/sessions/{session_id}/export/{kind}",
-                "/healthz", "/readyz", "/metrics"} <= set(paths)
+        assert {
+            "/v1/sessions",
+            "/v1/sessions/{session_id}",
+            "/v1/sessions/{session_id}/export/{kind}",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        } <= set(paths)
 
         async def main():
             c = StreamClient(srv.url)
@@ -213,9 +223,15 @@ def test_health_metrics_docs_and_static_client(tiny_engine, small_frames, tmp_pa
 
         run(main())
         m = httpx.get(f"{srv.url}/metrics").text
-        for line in ("spann3r_frames_received_total 3.0", "spann3r_frames_processed_total 3.0",
-                     "spann3r_batch_size_count", "spann3r_step_seconds_bucket", "spann3r_queue_depth 0.0",
-                     'spann3r_device_memory_bytes{kind="resident"}', "spann3r_decode_seconds_count 3.0"):
+        for line in (
+            "spann3r_frames_received_total 3.0",
+            "spann3r_frames_processed_total 3.0",
+            "spann3r_batch_size_count",
+            "spann3r_step_seconds_bucket",
+            "spann3r_queue_depth 0.0",
+            'spann3r_device_memory_bytes{kind="resident"}',
+            "spann3r_decode_seconds_count 3.0",
+        ):
             assert line in m, line
 
     (tmp_path / "index.html").write_text("<title>live view</title>")
@@ -251,9 +267,11 @@ def test_not_ready_while_the_model_is_missing(tmp_path):
 
 def test_cors_origins(tiny_engine):
     with live_server(tiny_engine, cors_origins=["https://viewer.example"]) as srv:
+
         def preflight(origin):
-            return httpx.options(f"{srv.url}/v1/sessions", headers={
-                "Origin": origin, "Access-Control-Request-Method": "POST"}).headers
+            return httpx.options(
+                f"{srv.url}/v1/sessions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+            ).headers
 
         assert preflight("https://viewer.example").get("access-control-allow-origin") == "https://viewer.example"
         assert "access-control-allow-origin" not in preflight("https://evil.example")
@@ -268,15 +286,37 @@ def test_tls_serves_https_and_wss(tiny_engine, small_frames, tmp_path):
     if openssl is None:
         pytest.skip("openssl not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with live_server(tiny_engine, tls_cert=cert, tls_key=key) as srv:
         url = srv.url.replace("http://", "https://")
 
         async def main():
             c = StreamClient(url, verify_tls=False)
-            messages = [m async for m in stream(url, small_frames[:2], client=c, encoding="jpeg",
-                                                settings={"frame_policy": "queue"})]
+            messages = [
+                m
+                async for m in stream(
+                    url, small_frames[:2], client=c, encoding="jpeg", settings={"frame_policy": "queue"}
+                )
+            ]
             await c.close()
             return c.session, messages
 

@@ -52,15 +52,17 @@ def assert_same_reconstruction(ours, ref, batched=False):
     np.testing.assert_array_equal(ours.mem_tokens, ref.mem_tokens)
     np.testing.assert_array_equal(ours.pose_valid, ref.pose_valid)
     # the tiny model's focal is ~1e-3 px and ill-conditioned: batched rounding moves it by a few 1e-5 px
-    assert ours.focal == (pytest.approx(ref.focal, rel=1e-6, abs=0) if not batched else
-                          pytest.approx(ref.focal, abs=1e-4))
+    assert ours.focal == (
+        pytest.approx(ref.focal, rel=1e-6, abs=0) if not batched else pytest.approx(ref.focal, abs=1e-4)
+    )
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "png"])
 def test_stream_equals_offline_reconstruct(server, tiny_engine, frames_A, encoding):
     frames = frames_A[:5]
-    messages, names = run(collect(server.url, frames, {"encoding": "full", "frame_policy": "queue",
-                                                       "preview": False}, encoding))
+    messages, names = run(
+        collect(server.url, frames, {"encoding": "full", "frame_policy": "queue", "preview": False}, encoding)
+    )
     assert isinstance(messages[0], HelloMsg) and messages[0].model.synthetic and messages[0].model.notice
     assert isinstance(messages[-1], FinishedMsg) and messages[-1].frames == 5
     answers = answers_by_seq(messages)
@@ -74,8 +76,9 @@ def test_stream_equals_offline_reconstruct(server, tiny_engine, frames_A, encodi
 
 def test_float16_output_close_to_float32(server, tiny_engine, small_frames):
     frames = small_frames[:3]
-    messages, names = run(collect(server.url, frames, {"encoding": "full", "dtype": "float16",
-                                                       "frame_policy": "queue"}))
+    messages, names = run(
+        collect(server.url, frames, {"encoding": "full", "dtype": "float16", "frame_policy": "queue"})
+    )
     ours, ref = record(messages, names), reconstruct(tiny_engine, frames)
     assert messages[1].final is None and messages[2].final.map.pts3d.dtype == "float16"
     np.testing.assert_allclose(ours.pts3d, ref.pts3d, rtol=1e-3, atol=1e-3 * np.abs(ref.pts3d).max())
@@ -86,8 +89,12 @@ def test_concurrent_sessions_equal_each_alone(server, tiny_engine, small_frames)
     sequences = [small_frames[:5], small_frames[::-1][:5], small_frames[1::2]]
 
     async def main():
-        return await asyncio.gather(*(collect(server.url, seq, {"encoding": "full", "frame_policy": "queue",
-                                                                "preview": False}) for seq in sequences))
+        return await asyncio.gather(
+            *(
+                collect(server.url, seq, {"encoding": "full", "frame_policy": "queue", "preview": False})
+                for seq in sequences
+            )
+        )
 
     outcomes = run(main())
     batches = [r.timings["batch"] for msgs, _ in outcomes for r in msgs if isinstance(r, ResultMsg)]
@@ -135,8 +142,7 @@ def test_queue_policy_drops_new_frames_when_full(server, small_frames):
 
 
 def test_every_nth_policy(server, small_frames):
-    messages = run(_burst(server.url, small_frames, {"frame_policy": "every_nth", "every_n": 3,
-                                                     "queue_size": 8}, 7))
+    messages = run(_burst(server.url, small_frames, {"frame_policy": "every_nth", "every_n": 3, "queue_size": 8}, 7))
     answers = answers_by_seq(messages)
     assert [s for s in range(7) if isinstance(answers[s][0], ResultMsg)] == [0, 3, 6]
     assert all(answers[s][0].reason == "every_nth" for s in (1, 2, 4, 5))
@@ -156,8 +162,7 @@ def test_compact_encoding_then_switch_to_full(server, tiny_engine, small_frames)
 
     async def main():
         async with StreamClient(server.url) as c:
-            await c.create_session({"encoding": "compact", "stride": 2, "conf_thresh": 0.05,
-                                    "frame_policy": "queue"})
+            await c.create_session({"encoding": "compact", "stride": 2, "conf_thresh": 0.05, "frame_policy": "queue"})
             await c.connect()
             out = []
             for i, (_, rgb) in enumerate(frames):
@@ -185,8 +190,7 @@ def test_compact_encoding_then_switch_to_full(server, tiny_engine, small_frames)
         assert len(got["points"]) + f.map.clipped == keep.sum()
         if f.map.clipped == 0:
             np.testing.assert_allclose(got["points"], pts[keep], atol=scale / 2 + 1e-6)
-    assert all(r.final.map.encoding == "full" and r.final.map.pts3d.dtype == "float16"
-               for r in results if r.seq >= 3)
+    assert all(r.final.map.encoding == "full" and r.final.map.pts3d.dtype == "float16" for r in results if r.seq >= 3)
 
 
 def test_watch_token_receives_results_but_cannot_send(server, small_frames):
@@ -300,8 +304,15 @@ def test_exports_hold_every_confident_final_point(server, small_frames):
 
     async def main():
         c = StreamClient(server.url)
-        messages = [m async for m in stream(server.url, small_frames[:4], client=c, settings={
-            "encoding": "full", "frame_policy": "queue", "conf_thresh": 0.01})]
+        messages = [
+            m
+            async for m in stream(
+                server.url,
+                small_frames[:4],
+                client=c,
+                settings={"encoding": "full", "frame_policy": "queue", "conf_thresh": 0.01},
+            )
+        ]
         kinds = ("cloud.ply", "cloud.glb", "trajectory.json", "transforms.json", "scene.mcap")
         files = {k: await c.export(k) for k in kinds}
         stats = await c.stats()
@@ -332,7 +343,8 @@ def test_exports_hold_every_confident_final_point(server, small_frames):
             by_topic.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
     clouds = by_topic["/spann3r/points"]
     assert len(clouds) == 4
-    mcap_xyz = np.concatenate([np.frombuffer(m.data.tobytes(), "<f4").reshape(-1, m.point_step // 4)[:, :3]
-                               for m in clouds])
+    mcap_xyz = np.concatenate(
+        [np.frombuffer(m.data.tobytes(), "<f4").reshape(-1, m.point_step // 4)[:, :3] for m in clouds]
+    )
     np.testing.assert_array_equal(mcap_xyz, xyz)
     assert len(by_topic.get("/spann3r/camera/pose", [])) == int(rec.pose_valid.sum())

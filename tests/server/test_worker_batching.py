@@ -49,8 +49,9 @@ def test_superseded_frames_during_the_fill_wait_never_break_a_batch(tiny_engine,
     with live_server(tiny_engine, max_batch=4, max_wait_ms=60) as srv:
         messages, processed = run(stream_at_rate(srv.url, images, n))
     answers = answers_by_seq(messages)
-    assert sorted(answers) == list(range(n)) and all(len(a) == 1 for a in answers.values()), \
-        [s for s in range(n) if len(answers.get(s, [])) != 1]
+    assert sorted(answers) == list(range(n)) and all(len(a) == 1 for a in answers.values()), [
+        s for s in range(n) if len(answers.get(s, [])) != 1
+    ]
     assert not [m for m in messages if isinstance(m, ErrorMsg)]
     results = [m for m in messages if isinstance(m, ResultMsg)]
     assert len(results) + sum(isinstance(m, DroppedMsg) for m in messages) == n

@@ -84,8 +84,10 @@ def test_extreme_aspect_frames_and_uploads_are_refused_over_a_live_server(tiny_e
         tall = png(w, h)
         parts = [("files", ("a.png", png(320, 240), "image/png")), ("files", ("tall.png", tall, "image/png"))]
         r = httpx.post(f"{srv.url}/v1/jobs", files=parts, timeout=60)
-    assert [(m.code, m.seq) for m in bad if isinstance(m, ErrorMsg)] == [("bad_aspect_ratio", 1),
-                                                                         ("bad_aspect_ratio", 2)]
+    assert [(m.code, m.seq) for m in bad if isinstance(m, ErrorMsg)] == [
+        ("bad_aspect_ratio", 1),
+        ("bad_aspect_ratio", 2),
+    ]
     assert [m.frame_index for m in bad if isinstance(m, ResultMsg)] == [0]  # the session goes on
     assert not [m for m in ok if isinstance(m, (ErrorMsg, DroppedMsg))]
     assert [m.frame_index for m in ok if isinstance(m, ResultMsg)] == list(range(len(good)))

@@ -28,10 +28,28 @@ def free_port() -> int:
 def serve(state: Path) -> tuple[subprocess.Popen, str]:
     """``spann3r serve`` (tiny model) in a subprocess on ``state``; returns once it is ready."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "spann3r.cli", "serve", "--model", "tiny", "--weights", "synthetic",
-                             "--port", str(port), "--state-dir", str(state), "--log-level", "warning"],
-                            env={**os.environ, "SPANN3R_MAX_FPS": "1000"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spann3r.cli",
+            "serve",
+            "--model",
+            "tiny",
+            "--weights",
+            "synthetic",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "SPANN3R_MAX_FPS": "1000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -57,6 +75,7 @@ def test_a_reset_stream_is_never_restored_after_sigkill(small_frames, tmp_path):
     state = tmp_path / "state"
     proc, url = serve(state)
     try:
+
         async def snapshot_finish_reset():
             c = StreamClient(url)
             created = await c.create_session({"frame_policy": "queue", "encoding": "compact"})

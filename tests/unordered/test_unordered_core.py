@@ -38,14 +38,32 @@ def progress_log():
 
 @pytest.fixture(scope="module")
 def result_D(tiny_engine, frames_D, progress_log):
-    return reconstruct_unordered(tiny_engine, frames_D, pair_batch=4, candidate_batch=3, keep_pairs=[(1, 0), (0, 1)],
-                                 progress=lambda *a: progress_log.append(a))
+    return reconstruct_unordered(
+        tiny_engine,
+        frames_D,
+        pair_batch=4,
+        candidate_batch=3,
+        keep_pairs=[(1, 0), (0, 1)],
+        progress=lambda *a: progress_log.append(a),
+    )
 
 
 # ----------------------------------------------------------------------------- pure rules
 def test_complete_pair_list_is_the_official_symmetrised_graph(golden_dir):
-    assert complete_pair_list(4) == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2),
-                                     (0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+    assert complete_pair_list(4) == [
+        (1, 0),
+        (2, 0),
+        (2, 1),
+        (3, 0),
+        (3, 1),
+        (3, 2),
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (0, 3),
+        (1, 3),
+        (2, 3),
+    ]
     golden = np.load(golden_dir / "golden_D.npz")["pair_list"]
     assert complete_pair_list(6) == [tuple(p) for p in golden.tolist()]
     assert len(set(complete_pair_list(9))) == pair_count(9) == 72
@@ -135,8 +153,13 @@ def test_equals_streaming_on_the_chosen_order(result_D, tiny_engine, frames_D):
     assert rel_err(np.stack([p.conf for p in result_D.previews]), np.stack([p.conf for p in previews])) < REL
     assert (rec.colors == np.stack([f.colors for f in finals])).all()
     for ours, theirs in zip(rec.traces, traces):
-        assert (ours.skipped, ours.pruned, ours.mem_tokens, ours.wm, ours.lm) == \
-               (theirs.skipped, theirs.pruned, theirs.mem_tokens, theirs.wm, theirs.lm)
+        assert (ours.skipped, ours.pruned, ours.mem_tokens, ours.wm, ours.lm) == (
+            theirs.skipped,
+            theirs.pruned,
+            theirs.mem_tokens,
+            theirs.wm,
+            theirs.lm,
+        )
         if theirs.similarity is None:
             assert ours.similarity is None
         else:
