@@ -62,7 +62,7 @@ class StreamError(RuntimeError):
 @dataclass
 class FrameOutput:
     index: int  # frame index in its stream
-    kind: str  # "final" | "preview"
+    kind: Literal["final", "preview"]
     pts3d: np.ndarray  # [H, W, 3] float32, global frame (camera of frame 0)
     conf: np.ndarray  # [H, W] float32
     colors: np.ndarray  # [H, W, 3] uint8
@@ -184,16 +184,17 @@ class Engine:
         e_new = enc[active]
         pos_a = pos[active]
         # memory read per stream (view 1 = fused; at a stream's first step, its own encoder tokens)
-        view1, zeroed = [], []
+        views: list[torch.Tensor] = []
+        zeroed: list[torch.Tensor | None] = []
         for s, e in zip(states, e_prev):
             if s.query is None:
-                view1.append(e)
+                views.append(e)
                 zeroed.append(None)
             else:
                 fused, frac = s.memory.read(s.query)
-                view1.append(fused)
+                views.append(fused)
                 zeroed.append(frac)
-        view1 = torch.stack(view1)
+        view1 = torch.stack(views)
         dec1, dec2 = m.decode(view1, pos_a, e_new, pos_a)
         res1 = m.head(1, m.hooked(dec1))
         hooked2 = m.hooked(dec2)
@@ -212,7 +213,8 @@ class Engine:
             pts2, conf2 = res2.pts3d.cpu().numpy(), res2.conf.cpu().numpy()
         for i, (b, s) in enumerate(zip(active, states)):
             step = s.frames - 1
-            z = None if zeroed[i] is None else float(zeroed[i])
+            frac = zeroed[i]
+            z = None if frac is None else float(frac)
             s.query = k2[i]
             r = results[b]
             r.final = FrameOutput(step, "final", pts1[i], conf1[i], s.prev_colors)
@@ -238,6 +240,7 @@ class Engine:
         if state.last_preview is not None:
             p = state.last_preview
             return FrameOutput(last, "final", p.pts3d, p.conf, p.colors)
+        assert state.pending_head2 is not None and state.prev_colors is not None  # set by every step without preview
         res = self.model.head(2, state.pending_head2)  # float32 whatever the precision
         state.pending_head2 = None
         return FrameOutput(last, "final", res.pts3d[0].cpu().numpy(), res.conf[0].cpu().numpy(), state.prev_colors)

@@ -133,9 +133,9 @@ def decode_and_prepare(
 ) -> PreparedFrame:
     """Image bytes → model input, the one path of every network input (stream frames and job uploads): the
     header is checked before any pixel is decoded. Raises ImageError (with a code)."""
-    check_image_header(data, fmt, width, height, max_pixels, max_aspect)
+    w, h = check_image_header(data, fmt, width, height, max_pixels, max_aspect)
     if fmt == "rgb8":
-        rgb = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+        rgb = np.frombuffer(data, np.uint8).reshape(h, w, 3)
     else:
         rgb = decode_image(data)
         check_image_size(rgb.shape[1], rgb.shape[0], max_pixels, max_aspect)  # the header may have lied

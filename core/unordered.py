@@ -43,10 +43,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from math import ceil
+from typing import Any
 
 import numpy as np
 import torch
 
+from .config import MemoryConfig
 from .engine import Engine, FrameOutput, MemoryTrace, memorize
 from .memory import SpatialMemory
 from .model import Spann3R
@@ -86,7 +88,7 @@ class UnorderedResult:
     pair_outputs: dict[tuple[int, int], PairOutput] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, Any]:
         """The ordered mode's npz layout plus ``order``, ``pair_conf`` and the selection scores."""
         out = self.reconstruction.arrays()
         out.update(
@@ -304,6 +306,7 @@ class UnorderedSteps:
         keep_pairs: Iterable[tuple[int, int]] = (),
         with_poses: bool = True,
     ):
+        self.memory_cfg: MemoryConfig | None
         if isinstance(engine_or_model, Engine):
             self.model, self.memory_cfg = engine_or_model.model, engine_or_model.memory_cfg
         else:
@@ -326,15 +329,16 @@ class UnorderedSteps:
         # encode
         self._tokens: list[torch.Tensor] = []
         self._positions: list[torch.Tensor] = []
-        self.enc = self.pos = None  # [N, P, C], [N, P, 2] once every image is encoded
+        self.enc: torch.Tensor  # [N, P, C], set once every image is encoded
+        self.pos: torch.Tensor  # [N, P, 2]
         # pairs
         self._pairs = complete_pair_list(n)
         self._keep_pairs = set(keep_pairs)
         self.pair_conf = np.zeros((n, n), dtype=np.float32)
         self.pair_outputs: dict[tuple[int, int], PairOutput] = {}
-        self.initial_pair: tuple[int, int] | None = None
+        self.initial_pair: tuple[int, int]  # set when the pair scores are complete
         # views (greedy ordering)
-        self.memory: SpatialMemory | None = None
+        self.memory: SpatialMemory  # created with the initial pair
         self.order: list[int] = []
         self.remaining: list[int] = []
         self.nbv_best = np.full(max(n - 2, 0), np.nan, dtype=np.float32)
@@ -409,11 +413,13 @@ class UnorderedSteps:
                 self._step_view1, self._step_zeroed = self.enc[placed], None
                 self._step_candidates = [self.initial_pair[1]]
             else:
+                assert self._query is not None  # every step after step 0 has the previous step's K2
                 view1, zeroed = self.memory.read(self._query)  # fused = read(query) + query
                 self._step_view1, self._step_zeroed = view1, float(zeroed)
                 self._step_candidates = list(self.remaining)
             self._step_next, self._step_scores, self._step_best = 0, [], None
         chunk = self._step_candidates[self._step_next : self._step_next + self.candidate_batch]
+        assert self._step_view1 is not None
         scores, best = decode_candidates(
             self.model, self._step_view1, self.pos[placed], self.enc, self.pos, chunk, self.candidate_batch
         )
@@ -463,7 +469,8 @@ class UnorderedSteps:
         self._step_view1 = self._step_best = None
         if self._step == self.n - 1:
             self.stage = "done"
-            self.enc = self.pos = self.memory = self._query = None  # device memory goes back before finish()
+            del self.enc, self.pos, self.memory  # device memory goes back before finish()
+            self._query = None
 
     # ------------------------------------------------------------------ result
     def finish(self) -> UnorderedResult:

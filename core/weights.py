@@ -16,12 +16,16 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from .config import ModelConfig
 from .model import Spann3R
+
+if TYPE_CHECKING:
+    from .engine import Engine, Precision
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +223,8 @@ def load_engine(
     device: str = "cpu",
     model: str = "official",
     threads: int | None = None,
-    precision: str = "auto",
-):
+    precision: Precision | Literal["auto"] = "auto",
+) -> tuple[Engine, LoadedWeights]:
     """The streaming engine with its weights loaded: the one loader of ``spann3r reconstruct/eval`` and the service.
 
     Returns ``(Engine, LoadedWeights)``. ``model`` is a ``ModelConfig`` preset name; ``threads`` sets torch's CPU

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -123,7 +124,7 @@ def _ws_base(request: Request, settings: ServeSettings) -> str:
 # --------------------------------------------------------------------------------------------- routes
 
 api = APIRouter(prefix="/v1", tags=["sessions"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
     404: {"model": ErrorBody},
@@ -240,7 +241,7 @@ async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)
 
 
 jobs_api = APIRouter(prefix="/v1", tags=["jobs"])
-UPLOAD_ERRORS = {
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     400: {"model": ErrorBody},
     413: {"model": ErrorBody},

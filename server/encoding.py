@@ -5,6 +5,8 @@ Encoding runs off the event loop (in the post-processing pool); decoding is for 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .protocol import Array, CompactMap, FrameData, FullMap, Pose, SessionSettings
@@ -28,7 +30,7 @@ def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> flo
 
 
 def encode_map(
-    pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float | None
+    pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
 ) -> FullMap | CompactMap:
     if settings.encoding == "full":
         dt = np.float16 if settings.dtype == "float16" else np.float32
@@ -54,7 +56,7 @@ def encode_map(
 def encode_frame(
     index: int,
     seq: int,
-    kind: str,
+    kind: Literal["final", "preview"],
     pts3d: np.ndarray,
     conf: np.ndarray,
     colors: np.ndarray,
@@ -62,7 +64,7 @@ def encode_frame(
     valid: bool,
     focal: float | None,
     settings: SessionSettings,
-    scale: float | None,
+    scale: float,
 ) -> FrameData:
     pose = Pose.model_construct(
         c2w=[float(x) for x in np.asarray(c2w).reshape(-1)] if valid else None, valid=bool(valid)

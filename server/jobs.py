@@ -75,7 +75,8 @@ class Job:
         self.folder, self.session, self.conf_thresh = folder, session, conf_thresh
         self.manager = manager
         self.state = "queued"
-        self.created, self.ended = time.monotonic(), None
+        self.created = time.monotonic()
+        self.ended: float | None = None
         self.units_done = 0
         self.error: JobError | None = None
         self.order: list[int] | None = None
@@ -90,6 +91,7 @@ class Job:
         return self.state in ("queued", "running") and self.steps is not None and not self.steps.done
 
     def run_unit(self) -> None:
+        assert self.steps is not None  # the worker asks has_work() first
         self.steps.run_unit()  # model thread; the event loop reads only plain counters of ``steps``
 
     def unit_done(self, error: BaseException | None, seconds: float) -> None:
@@ -230,6 +232,7 @@ class JobManager:
                 log.error("job %s: unit failed", job.id, exc_info=error)
             message = str(error) if code == "unordered" else f"model work failed: {error.__class__.__name__}"
             return self._end(job, "failed", JobError(code=code, message=message))
+        assert job.steps is not None  # ended jobs returned above
         job.units_done = job.steps.units_done
         job.state = "running"
         if job.steps.done:
@@ -240,6 +243,7 @@ class JobManager:
     async def _finish(self, job: Job) -> None:
         """Poses, the npz and the export cloud, in the post-processing pool (the model thread is not needed)."""
         loop = asyncio.get_running_loop()
+        assert job.steps is not None
         try:
             result = await loop.run_in_executor(self.worker.post_pool, job.steps.finish)
             export = await loop.run_in_executor(self.worker.post_pool, self._write_result, job, result)
@@ -255,7 +259,8 @@ class JobManager:
         if job.state != "finishing":  # cancelled meanwhile: the result may have landed after the folder went
             await asyncio.to_thread(shutil.rmtree, job.folder, True)
             return
-        job.export, job.focal = export, float(result.reconstruction.focal)
+        job.export = export
+        job.focal = float(result.reconstruction.focal)
         job.order, job.frame_names = result.order.tolist(), list(result.reconstruction.names)
         self._end(job, "done")
 
@@ -299,6 +304,7 @@ class JobManager:
         self._require_done(job)
         kind = ExportKind(name)
         names = [f"images/{n}" for n in job.frame_names]
+        assert job.export is not None and job.focal is not None  # a done job has its result
         return await asyncio.to_thread(export_bytes, job.export, job.focal, kind, names)
 
     def result_file(self, job: Job) -> Path:

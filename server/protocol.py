@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import reprlib
 import sys
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal, Union, get_args
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 import msgpack
 import numpy as np
@@ -56,7 +56,8 @@ class Array(_Msg):
     def of(cls, a: np.ndarray) -> Array:
         a = np.ascontiguousarray(a)
         dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-        return cls.model_construct(dtype=np.dtype(dtype).name, shape=list(a.shape), data=a.astype(dtype).tobytes())
+        name = np.dtype(dtype).name  # one of the Literal's names for every dtype the protocol sends
+        return cls.model_construct(dtype=name, shape=list(a.shape), data=a.astype(dtype).tobytes())  # type: ignore[arg-type]
 
     def to_numpy(self) -> np.ndarray:
         dt = np.dtype(self.dtype).newbyteorder("<")
@@ -143,18 +144,21 @@ def _all_optional(model: type[BaseModel], name: str, base: type[BaseModel], doc:
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
         kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        fields[field_name] = (kind | None, Field(None, description=info.description))
+        fields[field_name] = (Union[kind, None], Field(None, description=info.description))  # noqa: UP007
     return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
 
 
 # Derived, so a bound changed in SessionSettings cannot be forgotten here. compact_scale cannot be set back to
 # None ("auto") with a patch: None means "keep".
-SessionSettingsPatch = _all_optional(
-    SessionSettings,
-    "SessionSettingsPatch",
-    _SettingsPatchBase,
-    "Partial update of ``SessionSettings``: fields left out keep their value.",
-)
+if TYPE_CHECKING:  # type checkers see the base; the class itself is derived at run time
+    SessionSettingsPatch = _SettingsPatchBase
+else:
+    SessionSettingsPatch = _all_optional(
+        SessionSettings,
+        "SessionSettingsPatch",
+        _SettingsPatchBase,
+        "Partial update of ``SessionSettings``: fields left out keep their value.",
+    )
 
 
 class Limits(_Msg):
@@ -211,7 +215,7 @@ class PingMsg(_Inbound):
 
 
 CLIENT_MESSAGES: tuple[type[_Msg], ...] = (FrameMsg, ControlMsg, PingMsg)
-ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]  # noqa: UP007 (from a tuple)
+ClientMessage = Annotated[Union[CLIENT_MESSAGES], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
 
 # --------------------------------------------------------------------------------------------- server → client
 
@@ -424,7 +428,7 @@ SERVER_MESSAGES: tuple[type[_Msg], ...] = (
     ErrorMsg,
     JobMsg,
 )
-ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]  # noqa: UP007 (from a tuple)
+ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
 
 # WebSocket close codes the server uses (4000-4999: application codes). Every CLOSE_* name below is exported
 # to the clients (CLOSE_CODES), so add new ones here.
@@ -548,7 +552,7 @@ def capped(text: str) -> str:
     return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[: MAX_ERROR_MESSAGE_CHARS - 3] + "..."
 
 
-def errors_summary(errors: Sequence[dict], skip_loc: int = 0) -> str:
+def errors_summary(errors: Sequence[Mapping[str, Any]], skip_loc: int = 0) -> str:
     """``where: what (n problem(s))`` of the first of pydantic's errors, quoting only short prefixes of the input
     (the input itself is never quoted)."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid"}

@@ -60,7 +60,7 @@ class FrameIdentity:
     final the step produced (frame index − 1; None for index 0)."""
 
     seq: int
-    ts: float
+    ts: float | None  # the client's capture time, echoed
     prev_seq: int | None
     received: float  # time.perf_counter() at arrival
 
@@ -149,10 +149,12 @@ def result_bytes(
     pose_of = {id(o): p for o, p in zip(step_outputs(res), poses)}
     final = preview = export = None
     if res.final is not None:
+        assert cal is not None  # a step with maps waited for its stream's calibration
         pose = pose_of[id(res.final)]
         final = frame_data(res.final, frame.prev_seq if frame.prev_seq is not None else -1, pose, cal, settings)
         export = export_item(res.final, pose, settings.conf_thresh)
     if res.preview is not None:
+        assert cal is not None
         preview = frame_data(res.preview, frame.seq, pose_of[id(res.preview)], cal, settings)
     msg = ResultMsg.model_construct(
         type="result",

@@ -37,15 +37,34 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(settings.device)
         self._engine, self._weights = engine, weights
-        self.worker: Worker | None = None
-        self.manager: SessionManager | None = None
-        self.jobs: JobManager | None = None
+        self._worker: Worker | None = None
+        self._manager: SessionManager | None = None
+        self._jobs: JobManager | None = None
         self.load_error: str | None = None
         self._loader: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
-        return self.manager is not None and self.jobs is not None and self.worker is not None and self.worker.alive
+        return self._manager is not None and self._jobs is not None and self._worker is not None and self._worker.alive
+
+    # The parts exist once the model is loaded; before that, using them is a 503 (NotReady), never an AttributeError.
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            raise NotReady(self.load_error or "the model is still loading")
+        return self._worker
+
+    @property
+    def manager(self) -> SessionManager:
+        if self._manager is None:
+            raise NotReady(self.load_error or "the model is still loading")
+        return self._manager
+
+    @property
+    def jobs(self) -> JobManager:
+        if self._jobs is None:
+            raise NotReady(self.load_error or "the model is still loading")
+        return self._jobs
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -65,11 +84,11 @@ class Service:
             await worker.start()
             manager = SessionManager(self.settings, worker, self.metrics)
             self.metrics.queue_depth.set_function(lambda: worker.queue_depth(manager.sessions.values()))
-            self.worker = worker
+            self._worker = worker
             await manager.start()
             jobs = JobManager(self.settings, worker, self.metrics)
             await jobs.start()
-            self.manager, self.jobs = manager, jobs
+            self._manager, self._jobs = manager, jobs
             log.info(
                 "ready: %s model, %s weights on %s (worker %s)",
                 preset,
@@ -84,9 +103,9 @@ class Service:
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        if self.jobs is not None:
-            await self.jobs.stop()
-        if self.manager is not None:
-            await self.manager.stop()
-        if self.worker is not None:
-            await self.worker.stop()
+        if self._jobs is not None:
+            await self._jobs.stop()
+        if self._manager is not None:
+            await self._manager.stop()
+        if self._worker is not None:
+            await self._worker.stop()

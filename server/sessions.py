@@ -38,6 +38,7 @@ from .snapshots import SessionPersistence, SessionRecord, StoredSession, read_se
 from .store import SessionStore, open_store
 
 if TYPE_CHECKING:
+    from ..core.preprocess import PreparedFrame
     from .connection import Connection
     from .metrics import Metrics
     from .protocol import FrameMsg
@@ -72,7 +73,7 @@ class RawFrame:
 @dataclass
 class ReadyFrame:
     raw: RawFrame
-    prepared: object  # core.preprocess.PreparedFrame
+    prepared: PreparedFrame
     decode_s: float
     ready_at: float
     background_units: int = 0  # the worker's count of job units done when this frame became ready
@@ -264,6 +265,7 @@ class Session:
         prev_seq = self.seq_by_index.get(index - 1)
         self.seq_by_index = {index: frame.raw.seq}
         self.in_model = True
+        assert self.calibration is not None  # attached with the stream
         return StepTicket(frame, index, prev_seq, self.generation, self.settings, self.stream, self.calibration)
 
     def step_done(self, ok: bool) -> None:

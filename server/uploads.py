@@ -23,8 +23,12 @@ import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 from ..core.sources import IMAGE_SUFFIXES
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty archive
@@ -84,11 +88,11 @@ class _PartWriter:
         self.header_field = b""
         self.headers: dict[bytes, bytes] = {}
         self.header_value = b""
-        self.file = None
+        self.file: BinaryIO | None = None
         self.ended = False
         self.error: UploadRefused | None = None
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": self._field,
@@ -165,8 +169,8 @@ async def receive_body(
         raise UploadRefused(
             413, "too_large", f"upload of {content_length} bytes exceeds the limit of {limits.max_bytes}"
         )
-    ctype, options = parse_options_header(content_type or "")
-    ctype = ctype.decode("latin-1").lower()
+    raw_type, options = parse_options_header(content_type or "")
+    ctype = raw_type.decode("latin-1").lower()
     received = 0
 
     async def bounded():

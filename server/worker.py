@@ -84,7 +84,7 @@ class Worker:
         self.job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="job-decode")
         self.post_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="post")
         self._ready: dict[str, Session] = {}  # sessions with a decoded frame, by id, in the order they got it
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # not bound to a loop until first awaited
         self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.step_started: float | None = None
@@ -95,7 +95,6 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._schedule(), name="worker-scheduler")
 
     async def stop(self) -> None:
@@ -213,9 +212,9 @@ class Worker:
             error = FrameRejected("internal", f"decoding failed: {exc.__class__.__name__}")
         dt = time.perf_counter() - t0
         counts = s.decode_done(raw)  # a superseded frame's drop was reported when it was superseded
-        if not counts or error is not None:
+        if not counts or error is not None or prepared is None:
             self._advance(s)
-            if counts:
+            if counts and error is not None:
                 await self.reject(s, raw.seq, error.code, error.message)
             return
         self.metrics.decode_seconds.observe(dt)
@@ -227,7 +226,9 @@ class Worker:
     def _candidates(self) -> list[Candidate]:
         for sid in [sid for sid, s in self._ready.items() if s.ready is None or s.closed]:
             del self._ready[sid]
-        return [Candidate(s.id, s.ready_since, s.busy, s.posting) for s in self._ready.values()]
+        return [
+            Candidate(s.id, s.ready_since, s.busy, s.posting) for s in self._ready.values() if s.ready_since is not None
+        ]
 
     def _background_waiting(self) -> bool:
         return self._pick_background() is not None
@@ -252,7 +253,9 @@ class Worker:
         if isinstance(decision, Wait):
             await self._wait(decision.until)
         elif isinstance(decision, RunUnit):
-            await self._run_unit(self._pick_background())
+            work = self._pick_background()
+            if work is not None:
+                await self._run_unit(work)
             self._batches_since_unit = 0
         else:
             await self._run_claimed(self._claim(decision))
@@ -271,8 +274,8 @@ class Worker:
     def _claim(self, decision: RunBatch) -> list[tuple[Session, StepTicket]]:
         """Take the decided sessions' frames into a batch, at once (no await between decision and claim)."""
         claimed = []
-        for sid in decision.keys:
-            s = self._ready.pop(sid)
+        for key in decision.keys:
+            s = self._ready.pop(str(key))
             ticket = s.claim_step()
             if ticket is not None:
                 claimed.append((s, ticket))
@@ -436,6 +439,8 @@ class Worker:
             return await self.reject(s, None, "not_finishable", str(exc))
         seq = s.seq_by_index.get(out.index, -1)
         frames = s.frames_processed
+
+        assert cal is not None  # a stream that ran two frames has its calibration future
 
         async def produce() -> bytes:
             c = await cal
