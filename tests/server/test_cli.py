@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import httpx
@@ -58,6 +59,14 @@ def test_bad_weights_fail_in_one_line(tmp_path):
     assert "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def write_frames(folder: Path, frames) -> Path:
+    """(name, RGB) frames as image files in a new folder, for the commands that read folders."""
+    folder.mkdir()
+    for name, rgb in frames:
+        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
 @pytest.fixture
 def served(tmp_path):
     """``spann3r serve`` in a subprocess (tiny model, state dir, settings partly from the environment)."""
@@ -90,10 +99,7 @@ def served(tmp_path):
 
 def test_stream_command_writes_what_reconstruct_writes(served, small_frames, tmp_path):
     url, proc, state = served
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name, rgb in small_frames[:5]:
-        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    frames = write_frames(tmp_path / "frames", small_frames[:5])
     streamed = subprocess.run(
         [
             *SPANN3R,
@@ -178,10 +184,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_stream_needs_neither_torch_nor_the_server_packages(served, small_frames, tmp_path):
     url, _, _ = served
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name, rgb in small_frames[:3]:
-        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    frames = write_frames(tmp_path / "frames", small_frames[:3])
     r = subprocess.run(
         [
             sys.executable,
@@ -213,10 +216,7 @@ def test_stream_command_records_mcap_equal_to_its_npz(served, small_frames, tmp_
     from rosbags.highlevel import AnyReader
 
     url, _, _ = served
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name, rgb in small_frames[:3]:
-        cv2.imwrite(str(frames / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    frames = write_frames(tmp_path / "frames", small_frames[:3])
     r = subprocess.run(
         [
             *SPANN3R,
