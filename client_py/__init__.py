@@ -6,8 +6,18 @@ if __name__ != "spann3r.client":  # imported as a top-level folder, e.g. from th
         "by its folder name would load a second copy of every class"
     )
 
-from .client import ServiceError, StreamClient, encode_image, stream
+from .client import ResumeGap, ServiceError, StreamClient, encode_image, reconnecting_stream, stream
 from .record import Recording
 from .sources import is_live, iter_source
 
-__all__ = ["Recording", "ServiceError", "StreamClient", "encode_image", "is_live", "iter_source", "stream"]
+__all__ = [
+    "Recording",
+    "ResumeGap",
+    "ServiceError",
+    "StreamClient",
+    "encode_image",
+    "is_live",
+    "iter_source",
+    "reconnecting_stream",
+    "stream",
+]
