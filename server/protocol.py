@@ -366,7 +366,8 @@ class ErrorMsg(_Msg):
 
 JobStateName = Literal["queued", "running", "finishing", "done", "failed", "cancelled"]
 JobStage = Literal["encode", "pairs", "views", "poses"]
-JobDownload = Literal["result.npz", "cloud.ply", "cloud.glb", "trajectory.json", "transforms.json"]
+# server/jobs.py's JobDownloadName serves exactly these (a test keeps them equal)
+JobDownload = Literal["result.npz", "cloud.ply", "cloud.glb", "trajectory.json", "transforms.json", "scene.mcap"]
 
 
 class JobError(_Msg):

@@ -116,7 +116,7 @@ class StepTicket:
     generation: int
     settings: SessionSettings
     stream: object  # core.engine.StreamState
-    calibration: asyncio.Future
+    calibration: asyncio.Future | None  # the stream's, attached with it
 
 
 class Session:
@@ -265,7 +265,6 @@ class Session:
         prev_seq = self.seq_by_index.get(index - 1)
         self.seq_by_index = {index: frame.raw.seq}
         self.in_model = True
-        assert self.calibration is not None  # attached with the stream
         return StepTicket(frame, index, prev_seq, self.generation, self.settings, self.stream, self.calibration)
 
     def step_done(self, ok: bool) -> None:

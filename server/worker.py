@@ -392,6 +392,7 @@ class Worker:
         async def produce() -> bytes:
             try:
                 t0 = time.perf_counter()
+                assert t.calibration is not None  # attached with the stream the step ran
                 cal, poses = await self._cameras(t.calibration, res, t.settings, rf.prepared.source_size)
                 timings["pose_s"] = time.perf_counter() - t0
                 if poses:

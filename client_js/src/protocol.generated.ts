@@ -442,7 +442,7 @@ export interface JobStatus {
   /**
    * 'done': files at /v1/jobs/{id}/result/{name}
    */
-  downloads?: ('result.npz' | 'cloud.ply' | 'cloud.glb' | 'trajectory.json' | 'transforms.json')[];
+  downloads?: ('result.npz' | 'cloud.ply' | 'cloud.glb' | 'trajectory.json' | 'transforms.json' | 'scene.mcap')[];
   error?: JobError | null;
   /**
    * seconds since the job was created

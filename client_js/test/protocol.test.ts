@@ -91,7 +91,7 @@ test('client messages encode to what the Python side builds', () => {
   // optional fields left undefined are omitted (the server refuses unknown keys, not missing ones)
   const minimal = decode(encodeClientMessage({ type: 'frame', seq: 1, format: 'jpeg', data: new Uint8Array(1) })) as Record<string, unknown>;
   assert.deepEqual(Object.keys(minimal).sort(), ['data', 'format', 'seq', 'type']);
-  const control = decode(encodeClientMessage({ type: 'control', action: 'settings', settings: { frame_policy: null, queue_size: null, every_n: null, encoding: 'compact', dtype: null, conf_thresh: null, stride: 2, compact_scale: null, preview: null } }));
+  const control = decode(encodeClientMessage({ type: 'control', action: 'settings', settings: { frame_policy: null, queue_size: null, every_n: null, encoding: 'compact', dtype: null, conf_thresh: null, stride: 2, compact_scale: null, preview: null, intrinsics: null, pose_method: null } }));
   assert.deepEqual(control, decode(fixture('client_control.msgpack')));
 });
 

@@ -165,11 +165,13 @@ def test_stream_frames_are_answered_while_a_job_runs(tiny_engine, files_D, small
     """Units of one image / pair / candidate: a stream frame never waits for more than one unit, and the stream
     is served from start to end while the job is still running; then the job is cancelled."""
     with live_server(tiny_engine, job_batch=1, max_jobs=1) as srv:
-        parts = [("files", (f.name, f.read_bytes(), "image/png")) for f in files_D[:5]]
+        # all six images: a job of 47 units outlasts the five stream frames with a wide margin (the job gets a unit
+        # whenever the worker would otherwise idle between two frames, so a shorter one can end first)
+        parts = [("files", (f.name, f.read_bytes(), "image/png")) for f in files_D]
         r = httpx.post(f"{srv.url}/v1/jobs", files=parts, timeout=60)
         assert r.status_code == 201, r.text
         job = r.json()
-        assert job["input_names"] == [f.name for f in files_D[:5]] and job["units_total"] == 5 + 20 + 7
+        assert job["input_names"] == [f.name for f in files_D] and job["units_total"] == 6 + 30 + 11
         # one job at a time here (max_jobs=1), and no result before it is done
         again = httpx.post(f"{srv.url}/v1/jobs", files=parts[:2], timeout=60)
         assert again.status_code == 503 and again.json()["code"] == "capacity"

@@ -372,3 +372,11 @@ def test_known_intrinsics_are_accepted_by_settings_and_patches():
         )
     )
     assert msg.settings.apply(P.SessionSettings()).intrinsics == ok
+
+
+def test_job_downloads_are_the_ones_the_server_serves():
+    import typing
+
+    from spann3r.server.jobs import JobDownloadName
+
+    assert set(typing.get_args(P.JobDownload)) == {d.value for d in JobDownloadName}
