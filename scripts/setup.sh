@@ -21,17 +21,13 @@ fi
 if [ -f client_js/package.json ] && command -v npm >/dev/null; then
   (cd client_js && (npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error) && npm run build --silent)
 fi
-if [ "$WITH_TEST" = 1 ] && ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
-fi
-if [ "$WITH_TEST" = 1 ] && ! command -v redis-server >/dev/null; then  # durable-session tests (--state-url redis://)
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  fi
+# Debian packages the tests start themselves: Chromium (browser tests), redis-server (the Redis session store)
+apt_install() {
+  local run=()
+  [ "$(id -u)" = 0 ] || run=(sudo)
+  "${run[@]}" apt-get update -qq && "${run[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if [ "$WITH_TEST" = 1 ]; then
+  command -v chromium >/dev/null || apt_install chromium
+  command -v redis-server >/dev/null || apt_install redis-server
 fi
