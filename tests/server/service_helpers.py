@@ -81,3 +81,56 @@ def answers_by_seq(messages) -> dict[int, list]:
         if isinstance(m, (ResultMsg, DroppedMsg)) or (isinstance(m, ErrorMsg) and m.seq is not None):
             out.setdefault(m.seq, []).append(m)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_subprocess(*flags: str, port: int | None = None, env: dict[str, str] | None = None):
+    """``spann3r serve`` (tiny model, synthetic weights) in a subprocess on 127.0.0.1; returns ``(process, url)``
+    once /readyz answers. ``env`` adds to (and overrides) the environment; frames are not rate-limited by default."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    import pytest
+
+    port = port or free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "spann3r.cli",
+        "serve",
+        "--model",
+        "tiny",
+        "--weights",
+        "synthetic",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "SPANN3R_MAX_FPS": "1000", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)

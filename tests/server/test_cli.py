@@ -3,29 +3,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 import pytest
+from service_helpers import free_port, serve_subprocess
 
 from spann3r.cli.serve import settings_from_args
 from spann3r.server.settings import ServeSettings
 
 SPANN3R = [sys.executable, "-m", "spann3r.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_flags_and_environment(monkeypatch, capsys):
@@ -70,27 +61,8 @@ def write_frames(folder: Path, frames) -> Path:
 @pytest.fixture
 def served(tmp_path):
     """``spann3r serve`` in a subprocess (tiny model, state dir, settings partly from the environment)."""
-    port = free_port()
-    env = {**os.environ, "SPANN3R_MAX_FPS": "40", "SPANN3R_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen(
-        [*SPANN3R, "serve", "--model", "tiny", "--weights", "synthetic", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read()}")
-        time.sleep(0.2)
+    env = {"SPANN3R_MAX_FPS": "40", "SPANN3R_STATE_DIR": str(tmp_path / "state")}
+    proc, url = serve_subprocess(env=env)
     yield url, proc, tmp_path / "state"
     if proc.poll() is None:
         proc.kill()

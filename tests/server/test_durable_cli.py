@@ -11,8 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from service_helpers import free_port
 from test_durable_sessions import kill, serve, stored_frames
-from test_worker_snapshots import free_port
 
 from spann3r.server.store import FolderStore
 

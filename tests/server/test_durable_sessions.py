@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-from service_helpers import run
-from test_worker_snapshots import free_port
+from service_helpers import free_port, run, serve_subprocess
 
 from spann3r.client import Recording, StreamClient, stream
 from spann3r.core.config import MemoryConfig
@@ -131,42 +128,7 @@ def test_incremental_captures_restore_the_whole_stream(tiny_model, small_frames)
 
 # ---------------------------------------------------------------------------------------------- SIGKILL
 def serve(flags: list[str], port: int | None = None) -> tuple[subprocess.Popen, str]:
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spann3r.cli",
-            "serve",
-            "--model",
-            "tiny",
-            "--weights",
-            "synthetic",
-            "--port",
-            str(port),
-            "--persist-every",
-            str(PERSIST_EVERY),
-            "--log-level",
-            "warning",
-            *flags,
-        ],
-        env={**os.environ, "SPANN3R_MAX_FPS": "1000"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.2)
+    return serve_subprocess("--persist-every", str(PERSIST_EVERY), *flags, port=port)
 
 
 def kill(proc: subprocess.Popen) -> None:

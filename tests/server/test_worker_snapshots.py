@@ -3,65 +3,20 @@ killed with SIGKILL (no shutdown snapshot) and restarted on the same state dir d
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
-from service_helpers import run
+from service_helpers import run, serve_subprocess
 
 from spann3r.client import StreamClient
 from spann3r.server.protocol import AckMsg, FinishedMsg, ResultMsg
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(state: Path) -> tuple[subprocess.Popen, str]:
     """``spann3r serve`` (tiny model) in a subprocess on ``state``; returns once it is ready."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spann3r.cli",
-            "serve",
-            "--model",
-            "tiny",
-            "--weights",
-            "synthetic",
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "SPANN3R_MAX_FPS": "1000"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"spann3r serve did not become ready:\n{proc.stdout.read()}")
-        time.sleep(0.2)
+    return serve_subprocess("--state-dir", str(state))
 
 
 async def receive_until(c: StreamClient, done) -> list:
