@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
+from .backfill import send_backfill
 from .protocol import (
     CLOSE_PROTOCOL_VIOLATION,
     CLOSE_REPLACED,
@@ -51,6 +52,8 @@ class Connection:
         self.violations = 0
         self.skipped = 0
         self.bytes_sent = 0
+        self._empty = asyncio.Event()  # set whenever the writer has sent everything queued
+        self._empty.set()
         self._writer = asyncio.create_task(self._write())
 
     async def _write(self) -> None:
@@ -63,11 +66,16 @@ class Connection:
                 self.bytes_sent += len(data)
             except Exception:  # the peer went away; the receive loop notices too
                 self.closed = True
+                self._empty.set()
                 return
+            if self.queue.empty():
+                self._empty.set()
+        self._empty.set()  # closing: nobody waits for a queue that will never be sent
 
     async def send(self, data: bytes) -> None:
         """Queue a message; waits while the queue is full (back-pressure on this session only)."""
         if not self.closed:
+            self._empty.clear()
             await self.queue.put(data)
 
     def send_nowait(self, data: bytes) -> None:
@@ -76,8 +84,15 @@ class Connection:
             return
         try:
             self.queue.put_nowait(data)
+            self._empty.clear()
         except asyncio.QueueFull:
             self.skipped += 1
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far has been sent (or the connection closed)."""
+        while not self.closed and not self.queue.empty():
+            self._empty.clear()
+            await self._empty.wait()
 
     async def close(self, code: int, reason: str) -> None:
         """Flush what is queued (briefly), then close with ``code``."""
@@ -94,6 +109,7 @@ class Connection:
 
     async def stop(self) -> None:
         self.closed = True
+        self._empty.set()
         self._writer.cancel()
 
 
@@ -131,6 +147,10 @@ async def serve_connection(ws: WebSocket, session: Session, role: str, service: 
             )
         )
     )
+    # a watcher joining a running session first gets the scene so far, alongside the live results
+    backfill = asyncio.create_task(send_backfill(conn, session)) if role == "watch" else None
+    if backfill is not None:
+        backfill.add_done_callback(_log_failure)
     try:
         while not conn.closed:
             message = await ws.receive()
@@ -153,7 +173,14 @@ async def serve_connection(ws: WebSocket, session: Session, role: str, service: 
     finally:
         session.detach_stream_conn(conn)  # an orphan from now on: released after orphan_grace_s
         session.watchers.discard(conn)
+        if backfill is not None:
+            backfill.cancel()
         await conn.stop()
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sending a backfill failed", exc_info=task.exception())
 
 
 async def _violation(conn: Connection, service: Service, err: ProtocolError) -> None:

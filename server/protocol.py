@@ -314,6 +314,29 @@ class ResultMsg(_Msg):
     )
 
 
+class BackfillFrame(_Msg):
+    """One earlier frame of a backfill: a downsampled share of its final's confident points, and its camera."""
+
+    index: int = Field(description="frame index in the stream (the index of its final)")
+    positions: Array = Field(description="[N, 3] float32, global frame")
+    colors: Array = Field(description="[N, 3] uint8 RGB")
+    pose: Pose
+
+
+class BackfillMsg(_Msg):
+    """The scene so far, for a watcher that joined a running session: after ``hello``, before or between live
+    results, the finals of every earlier frame (confident points only, downsampled; no confidences: every point
+    passed the session's ``conf_thresh``) and the trajectory, in chunks of whole frames. Sent only to that
+    watcher, one chunk at a time, so it never holds up the live results."""
+
+    type: Literal["backfill"] = "backfill"
+    chunk: int = Field(description="this chunk's number, from 0")
+    chunks: int = Field(description="chunks in this backfill; the last one has chunk == chunks - 1")
+    frames: list[BackfillFrame]
+    keep_every: int = Field(description="each frame's points are every keep_every-th of what the server keeps")
+    focal: float | None = Field(description="focal length in pixels of the 224x224 image (as in FrameData)")
+
+
 class DroppedMsg(_Msg):
     type: Literal["dropped"] = "dropped"
     seq: int
@@ -428,6 +451,7 @@ SERVER_MESSAGES: tuple[type[_Msg], ...] = (
     PongMsg,
     ErrorMsg,
     JobMsg,
+    BackfillMsg,
 )
 ServerMessage = Annotated[Union[SERVER_MESSAGES], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
 

@@ -7,7 +7,8 @@
  */
 export type Spann3RStreamingProtocolV1 = ClientMessage | ServerMessage | RestBody;
 export type ClientMessage = FrameMsg | ControlMsg | PingMsg;
-export type ServerMessage = HelloMsg | ResultMsg | DroppedMsg | FinishedMsg | AckMsg | PongMsg | ErrorMsg | JobMsg;
+export type ServerMessage =
+  HelloMsg | ResultMsg | DroppedMsg | FinishedMsg | AckMsg | PongMsg | ErrorMsg | JobMsg | BackfillMsg;
 export type RestBody =
   | SessionSettingsPatch
   | Limits
@@ -22,6 +23,7 @@ export type RestBody =
   | Pose
   | JobError
   | JobStatus
+  | BackfillFrame
   | SessionCreated
   | SessionStats
   | ErrorBody
@@ -460,6 +462,44 @@ export interface JobError {
   code: string;
   message: string;
 }
+/**
+ * The scene so far, for a watcher that joined a running session: after ``hello``, before or between live
+ * results, the finals of every earlier frame (confident points only, downsampled; no confidences: every point
+ * passed the session's ``conf_thresh``) and the trajectory, in chunks of whole frames. Sent only to that
+ * watcher, one chunk at a time, so it never holds up the live results.
+ */
+export interface BackfillMsg {
+  type: 'backfill';
+  /**
+   * this chunk's number, from 0
+   */
+  chunk: number;
+  /**
+   * chunks in this backfill; the last one has chunk == chunks - 1
+   */
+  chunks: number;
+  frames: BackfillFrame[];
+  /**
+   * each frame's points are every keep_every-th of what the server keeps
+   */
+  keep_every: number;
+  /**
+   * focal length in pixels of the 224x224 image (as in FrameData)
+   */
+  focal: number | null;
+}
+/**
+ * One earlier frame of a backfill: a downsampled share of its final's confident points, and its camera.
+ */
+export interface BackfillFrame {
+  /**
+   * frame index in the stream (the index of its final)
+   */
+  index: number;
+  positions: Array;
+  colors: Array;
+  pose: Pose;
+}
 export interface SessionCreated {
   id: string;
   /**
@@ -566,6 +606,7 @@ export const SERVER_MESSAGE_TYPES = [
   'pong',
   'error',
   'job',
+  'backfill',
 ] as const;
 /** `code` of every error message. */
 export const ERROR_CODES = [
