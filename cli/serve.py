@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
+import tempfile
 import typing
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
 from ..core.errors import USER_ERRORS as CORE_USER_ERRORS
-from ..server.app import create_app
+from ..server.app import create_app, uvicorn_config
 from ..server.service import load_engine_for
 from ..server.settings import ServeSettings
 from .errors import UserError
@@ -69,26 +73,40 @@ def settings_from_args(args: argparse.Namespace):
         raise UserError(f"--{'-'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
 
 
-def uvicorn_config(app, settings):
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        # the app refuses messages above max_message_bytes with an error; far larger ones are cut off here
-        ws_max_size=2 * settings.max_message_bytes,
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=30,
-        proxy_headers=True,
-    )
-
-
 def run(args) -> int:
 
     settings = settings_from_args(args)
+    if settings.cluster or settings.ray_address:
+        return run_cluster(settings)
     # load before listening: a missing or broken checkpoint fails here in one line, not behind /readyz
     engine, weights = load_engine_for(settings)
     uvicorn.Server(uvicorn_config(create_app(settings, engine, weights), settings)).run()
+    return 0
+
+
+def run_cluster(settings: ServeSettings) -> int:
+    """``serve --cluster N`` (a local Ray with N workers, this process the ingress) or ``serve --ray-address
+    HOST:PORT`` (an ingress for the workers already on that cluster, plus ``--cluster`` more). docs/cluster.md."""
+    if importlib.util.find_spec("ray") is None:  # not imported here: init_ray sets Ray's address switch first
+        raise UserError("--cluster and --ray-address need Ray: pip install 'spann3r-service[cluster]'")
+    from ..server.cluster import WorkerPool, init_ray, start_workers, worker_ids
+    from ..server.gateway import create_gateway
+    from ..server.store import open_store
+
+    if settings.state_dir is None and settings.state_url is None:
+        # failover restores sessions from the store: a local cluster without one keeps it in a temporary folder
+        state = Path(tempfile.mkdtemp(prefix="spann3r-state-"))
+        log.warning("no --state-dir or --state-url: session state of this cluster is kept in %s", state)
+        settings = settings.model_copy(update={"state_dir": state})
+    store = open_store(settings.state_dir, settings.state_url)
+    assert store is not None
+    init_ray(settings, num_cpus=max(os.cpu_count() or 1, settings.cluster * (settings.threads or 1)))
+    workers = []
+    if settings.cluster:
+        existing = worker_ids()
+        first = 1 + max((int(w[1:]) for w in existing if w[1:].isdigit()), default=-1)
+        log.info("starting %d workers (w%d…) on Ray", settings.cluster, first)
+        workers = start_workers(settings, settings.cluster, first)  # held: they live as long as this process
+    uvicorn.Server(uvicorn_config(create_gateway(settings, store, WorkerPool(store)), settings)).run()
+    del workers
     return 0

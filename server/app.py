@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -515,3 +516,20 @@ def create_app(
             return NO_CLIENT_PAGE
 
     return app
+
+
+def uvicorn_config(app, settings: ServeSettings, **overrides) -> uvicorn.Config:
+    """How every spann3r HTTP server runs under uvicorn (single process, cluster worker, gateway)."""
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        # the app refuses messages above max_message_bytes with an error; far larger ones are cut off here
+        ws_max_size=2 * settings.max_message_bytes,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=30,
+        proxy_headers=True,
+    )
+    return uvicorn.Config(app, **(options | overrides))

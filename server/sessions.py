@@ -9,6 +9,7 @@ is touched on the event loop only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -35,7 +36,7 @@ from .protocol import (
     pack,
 )
 from .snapshots import SessionPersistence, SessionRecord, StoredSession, read_session
-from .store import SessionStore, open_store
+from .store import Owner, OwnershipLost, SessionStore, open_store
 
 if TYPE_CHECKING:
     from ..core.preprocess import PreparedFrame
@@ -468,17 +469,24 @@ class Session:
 
 
 class SessionManager:
-    """All sessions of one worker: creation (within capacity), lookup, idle eviction, snapshots."""
+    """All sessions of one worker: creation (within capacity), lookup, idle eviction, snapshots.
+
+    As a worker of a cluster (``cluster_worker``), every session it holds is claimed in the store's directory
+    (store.py: owner + epoch) and every write is fenced with that claim; at start it restores nothing, and takes
+    over a dead worker's sessions only when told to (``adopt``)."""
 
     def __init__(self, settings: ServeSettings, worker: Worker, metrics: Metrics):
         self.settings, self.worker, self.metrics = settings, worker, metrics
         self.sessions: dict[str, Session] = {}
         self._evictor: asyncio.Task | None = None
         self.store: SessionStore | None = open_store(settings.state_dir, settings.state_url)
+        if settings.cluster_worker and self.store is None:
+            raise ValueError("a cluster worker needs a state store (--state-dir or --state-url)")
+        self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self.store is not None:
+        if self.store is not None and not self.settings.cluster_worker:
             await self.restore_all()
         self._evictor = asyncio.create_task(self._evict_loop(), name="session-evictor")
 
@@ -503,9 +511,9 @@ class SessionManager:
                 self.retry_after_s(),
             )
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
-        s.persistence = self._persistence(s.id)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
         try:
+            s.persistence = await self._persistence(s, claim_from=None)
             await self.worker.open_stream(s)
             if s.persistence is not None:  # a crash before its first periodic commit must not lose the session
                 await self.snapshot(s)
@@ -536,6 +544,8 @@ class SessionManager:
         self.metrics.active_sessions.set(len(self.sessions))
         if not keep_files and s.persistence is not None:
             await s.persistence.invalidate(s.generation + 1)
+            if s.persistence.fence is not None and not s.persistence.lost:
+                await self._release(s.id, s.persistence.fence)
         log.info("session %s removed (%s)", s.id, reason)
 
     @property
@@ -580,12 +590,39 @@ class SessionManager:
         return max(1, math.ceil(min(due) - time.monotonic() + self._evict_tick_s))
 
     # ------------------------------------------------------------------ persistence (snapshots.py, store.py)
-    def _persistence(self, session_id: str, stored: StoredSession | None = None) -> SessionPersistence | None:
+    async def _persistence(
+        self, s: Session, claim_from: Owner | None, stored: StoredSession | None = None
+    ) -> SessionPersistence | None:
+        """The session's persistence; a cluster worker first claims the session (from ``claim_from``, the
+        previous owner; None: a new session)."""
         if self.store is None:
             return None
+        fence = None
+        if self.settings.cluster_worker:
+            fence = await asyncio.to_thread(self.store.claim, s.id, self.settings.worker_id, claim_from)
         return SessionPersistence(
-            self.store, session_id, self.settings.persist_every, None if stored is None else stored.record
+            self.store,
+            s.id,
+            self.settings.persist_every,
+            None if stored is None else stored.record,
+            fence=fence,
+            on_lost=lambda: self._spawn(self._let_go(s)),
         )
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _let_go(self, s: Session) -> None:
+        """Another worker took the session over (this one was presumed dead): close it here, store untouched; its
+        clients reconnect and reach the new owner."""
+        await self.remove(s, CLOSE_SHUTDOWN, "session moved to another worker", "shutdown", keep_files=True)
+
+    async def _release(self, session_id: str, fence: Owner) -> None:
+        assert self.store is not None
+        with contextlib.suppress(OwnershipLost):  # taken over meanwhile: the new owner's record stays
+            await asyncio.to_thread(self.store.release, session_id, fence)
 
     async def snapshot(self, s: Session) -> int:
         """Persist the session now (stream state, record, export buffer); returns the bytes written."""
@@ -604,7 +641,8 @@ class SessionManager:
             except Exception as exc:
                 log.error("cannot restore session %s: %s", session_id, exc)
 
-    async def restore(self, session_id: str) -> Session:
+    async def restore(self, session_id: str, claim_from: Owner | None = None) -> Session:
+        """Bring back a stored session (a cluster worker claims it from ``claim_from`` first)."""
         assert self.store is not None
         stored = await asyncio.to_thread(read_session, self.store, session_id)
         s = Session.from_record(
@@ -614,9 +652,24 @@ class SessionManager:
             self.settings.max_fps,
             asyncio.get_running_loop().create_future(),
         )
-        s.persistence = self._persistence(s.id, stored)
+        s.persistence = await self._persistence(s, claim_from, stored)
         await self.worker.restore_stream(s, stored.head, stored.rows)
         self.sessions[s.id] = s
         self.metrics.active_sessions.set(len(self.sessions))
         log.info("session %s restored (%d frames)", s.id, s.frames_processed)
         return s
+
+    async def adopt(self, session_id: str, previous: Owner) -> Session:
+        """Take over a session of a dead worker (cluster failover): claim it from ``previous`` (``OwnershipLost``
+        when another worker was faster), restore it from the store. A session with no stored state (finished or
+        reset and never persisted since) cannot come back: its directory entry is released and ``KeyError``
+        raised, so routers answer "no such session" rather than a stream the client did not have."""
+        assert self.store is not None
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise CapacityError(f"worker {self.settings.worker_id} holds its maximum of sessions")
+        try:
+            return await self.restore(session_id, claim_from=previous)
+        except KeyError:
+            fence = await asyncio.to_thread(self.store.claim, session_id, self.settings.worker_id, previous)
+            await self._release(session_id, fence)
+            raise

@@ -117,6 +117,24 @@ class ServeSettings(BaseSettings):
         description="with a state store: persist each streaming session every this "
         "many frames (off the model thread), so a crash loses at most that many",
     )
+    # cluster (server/cluster.py, docs/cluster.md)
+    cluster: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="start this many worker actors on a Ray cluster (a local one unless ray_address is set) and "
+        "serve them behind this process (the ingress); 0: the embedded single process",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="join this Ray cluster (HOST:PORT of its GCS) as an ingress for the workers already running there "
+        "(and those --cluster starts)",
+    )
+    cluster_worker: bool = Field(
+        False,
+        description="run as a worker actor of a cluster (set by the cluster itself): sessions are claimed in the "
+        "store's directory, not restored at start",
+    )
     static_dir: Path | None = Field(
         None, description="browser client build to serve at / (default: the page built into the package, server/page)"
     )

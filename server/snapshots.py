@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ import numpy as np
 from ..core.snapshot import StreamCapture
 from .exports import ExportBuffer
 from .results import Calibration
-from .store import SessionStore
+from .store import Owner, OwnershipLost, SessionStore
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -179,8 +179,19 @@ class SessionPersistence:
     """One session's persisted state: what the store holds (event loop side) and its commits, one at a time,
     in the order their states were captured."""
 
-    def __init__(self, store: SessionStore, session_id: str, every: int, restored: SessionRecord | None = None):
+    def __init__(
+        self,
+        store: SessionStore,
+        session_id: str,
+        every: int,
+        restored: SessionRecord | None = None,
+        fence: Owner | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ):
         self.store, self.session_id, self.every = store, session_id, every
+        # in a cluster: the claim every write is fenced with, and what to do once another worker took over
+        self.fence, self.on_lost = fence, on_lost
+        self.lost = False
         r = restored
         self.frames = r.frames_processed if r else 0  # frames of the latest captured state
         self.position: tuple[int, int] | None = None  # memory row position of the latest capture (None: all rows)
@@ -247,7 +258,7 @@ class SessionPersistence:
         async with self.lock:
             if results_sent is not None:
                 await asyncio.wait([asyncio.ensure_future(results_sent)])
-            if point.generation < self.min_generation:
+            if point.generation < self.min_generation or self.lost:
                 return 0
             if self.broken and capture.start != 0:
                 return 0
@@ -258,6 +269,9 @@ class SessionPersistence:
             t0 = time.perf_counter()
             try:
                 n = await asyncio.to_thread(self._write, record, capture, name, export_name, segment)
+            except OwnershipLost:
+                self._ownership_lost()
+                return 0
             except Exception:
                 self.broken = True
                 log.exception("persisting session %s failed", self.session_id)
@@ -283,7 +297,7 @@ class SessionPersistence:
             RECORD: record.to_json(),
         }
         live = set(record.rows) | set(record.export)
-        n = self.store.commit(self.session_id, put, self.committed - live)
+        n = self.store.commit(self.session_id, put, self.committed - live, fence=self.fence)
         self.committed = live
         return n
 
@@ -292,6 +306,19 @@ class SessionPersistence:
         queued before this call still run first, then are deleted)."""
         self.min_generation = max(self.min_generation, generation)
         async with self.lock:
-            await asyncio.to_thread(self.store.delete, self.session_id)
+            if self.lost:
+                return
+            try:
+                await asyncio.to_thread(self.store.delete, self.session_id, self.fence)
+            except OwnershipLost:
+                return self._ownership_lost()
             self.frames, self.position, self.rows, self.committed = 0, None, [], set()
             self.export = ExportProgress()
+
+    def _ownership_lost(self) -> None:
+        """Another worker claimed the session (this one was presumed dead): write nothing more, and let go."""
+        if not self.lost:
+            self.lost = True
+            log.warning("session %s: taken over by another worker; this copy stops", self.session_id)
+            if self.on_lost is not None:
+                self.on_lost()
