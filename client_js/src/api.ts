@@ -1,5 +1,11 @@
 /** REST side of the service (docs/protocol.md, "Sessions"). */
-import type { ErrorBody, SessionCreated, SessionSettingsPatch, SessionStats } from './protocol.ts';
+import type { ErrorBody, ModelInfo, SessionCreated, SessionSettingsPatch, SessionStats } from './protocol.ts';
+
+/** What /readyz says when the model is loaded (the page learns about the weights from it before any session). */
+export interface ReadyInfo {
+  status: string;
+  model: ModelInfo;
+}
 
 export class ServerUnreachable extends Error {}
 
@@ -55,12 +61,13 @@ export class Api {
     return new Blob(chunks as BlobPart[], { type });
   }
 
-  async ready(): Promise<boolean> {
+  /** The server's model when it is ready; null while it loads or cannot be reached. */
+  async readyInfo(): Promise<ReadyInfo | null> {
     try {
       const r = await fetch(`${this.base}/readyz`, { cache: 'no-store' });
-      return r.ok;
+      return r.ok ? ((await r.json()) as ReadyInfo) : null;
     } catch {
-      return false;
+      return null;
     }
   }
 

@@ -7,6 +7,7 @@ import { LiveSession, type Banner } from './session.ts';
 import { CameraError, CameraSource } from './sources/camera.ts';
 import { ReplaySource } from './sources/replay.ts';
 import type { FrameSource } from './sources/source.ts';
+import type { ModelInfo } from './protocol.ts';
 import { formatBytes, formatCount } from './stats.ts';
 import { forgetSession, loadSession, saveSession, type StoredSession } from './storedSession.ts';
 import type { ColorMode } from './viewer/pointMaterial.ts';
@@ -124,9 +125,10 @@ export class App {
   // ------------------------------------------------------------------ server
 
   private async checkServer(): Promise<void> {
-    const ok = await this.api.ready();
-    if (ok) {
+    const info = await this.api.readyInfo();
+    if (info) {
       this.clearBanner('server');
+      this.showModelNotice(info.model);
       return;
     }
     // /readyz answers 503 while the model loads; no answer at all means the server is down
@@ -145,6 +147,12 @@ export class App {
         : `Cannot reach the server at ${this.serverLabel}. Is \`spann3r serve\` running? Retrying…`,
     });
     setTimeout(() => void this.checkServer(), 3000);
+  }
+
+  /** Untrained weights are said on first load, before anything streams (a session's hello says it again). */
+  private showModelNotice(model: ModelInfo): void {
+    if (!model.synthetic) return;
+    this.showBanner({ key: 'synthetic', level: 'warning', text: model.notice || 'The server runs synthetic (untrained) weights: the geometry is meaningless.' });
   }
 
   // ------------------------------------------------------------------ starting and stopping
@@ -235,6 +243,27 @@ export class App {
     this.renderLife();
   }
 
+  /** Stop before the stream had the two frames a finish needs: there is nothing to keep, so the session is
+   * deleted now rather than held until the server's idle timeout, and the page goes back to idle. */
+  private async releaseUnfinished(session: LiveSession): Promise<void> {
+    const [id, token] = [this.sessionId, this.token];
+    this.session = null;
+    this.sessionId = this.token = null;
+    session.close();
+    this.clearBanner('error-not_finishable');
+    $('session-panel').hidden = true;
+    let released = true;
+    if (id && token) await this.api.deleteSession(id, token).catch(() => (released = false));
+    this.showBanner({
+      key: 'finished',
+      level: released ? 'info' : 'warning',
+      text: released
+        ? 'Stopped before a second frame: nothing to keep, so the session was released.'
+        : 'Stopped before a second frame; the server could not be told, so it releases the session when it times out.',
+    });
+    this.renderLife();
+  }
+
   /** Before another session starts: the current one is finished and released, never silently left held. */
   private async endSession(): Promise<void> {
     this.stopSource();
@@ -305,6 +334,13 @@ export class App {
       this.renderLife();
     };
     session.onLife = (life) => this.lifeChanged(life);
+    session.onError = (code) => {
+      if (code === 'not_finishable' && this.finishRequested && this.session === session) void this.releaseUnfinished(session);
+    };
+    // the whole scene so far just arrived (a late watcher): show all of it
+    session.onBackfilled = () => {
+      if (this.viewer.viewMode === 'orbit') this.viewer.frameAll();
+    };
     this.session = session;
     session.start();
     this.renderLife();
@@ -562,6 +598,7 @@ export class App {
       bytesPerResult: s?.stats.bytesPerResult.value ?? null,
       renderedFrames: this.viewer.renderedFrames,
       synthetic: s?.hello?.model.synthetic ?? null,
+      backfill: s?.backfill ?? null,
       finished: s?.finished ?? false,
       replayFrames: this.lastReplay?.frameTotal ?? null,
       banners: [...this.banners.entries()].map(([key, el]) => ({ key, level: el.dataset.level, text: el.querySelector('.text')?.textContent ?? '' })),

@@ -5,6 +5,7 @@
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import type {
   Array as WireArray,
+  BackfillFrame,
   ClientMessage,
   CompactMap,
   FrameData,
@@ -167,6 +168,21 @@ function decodeFull(map: FullMap, stride: number): FramePoints {
     }
   }
   return { count, positions, conf, colors };
+}
+
+/** The confidence drawn for backfilled points, which carry none: the least a point must have had to pass the
+ * session's filter, (conf - 1) / conf > conf_thresh. A slider above the session's threshold hides them. */
+export function backfillConfidence(confThresh: number): number {
+  return 1 / (1 - Math.min(Math.max(confThresh, 0), 0.999));
+}
+
+/** One backfilled frame → points for the viewer, every point at confidence `conf`. */
+export function decodeBackfillFrame(frame: BackfillFrame, conf: number): FramePoints {
+  const positions = floatData(frame.positions);
+  const colors = arrayData(frame.colors) as Uint8Array;
+  const count = frame.positions.shape[0] ?? 0;
+  if (positions.length !== count * 3 || colors.length !== count * 3) throw new WireError('backfill arrays disagree on the point count');
+  return { count, positions, conf: new Float32Array(count).fill(conf), colors };
 }
 
 /** Size of the map's payload on the wire (for the overlay's bytes-per-frame). */

@@ -5,8 +5,8 @@
 import { Backoff } from './backoff.ts';
 import { lifeAfterClose, type SessionLife } from './lifecycle.ts';
 import { StreamConnection, type ConnectionState, type SocketFactory } from './connection.ts';
-import { decodeMap, type DecodeOptions } from './protocol.ts';
-import type { FrameData, HelloMsg, ServerMessage, SessionSettings } from './protocol.ts';
+import { backfillConfidence, decodeBackfillFrame, decodeMap, type DecodeOptions } from './protocol.ts';
+import type { BackfillMsg, FrameData, HelloMsg, ServerMessage, SessionSettings } from './protocol.ts';
 import type { EncodedFrame } from './sources/frameEncoder.ts';
 import type { FrameSink } from './sources/source.ts';
 import { Ewma, RateMeter, nowSeconds, type Clock } from './stats.ts';
@@ -17,7 +17,16 @@ export interface ReconstructionView {
   addFrame(frameIndex: number, points: FramePoints): WriteReport;
   setPose(frameIndex: number, cameraToWorld: number[], focal?: number, width?: number, height?: number): void;
   reset(): void;
+  /** whether the view holds points of this frame (a backfill never replaces what the live stream drew) */
+  hasFrame(frameIndex: number): boolean;
   readonly pointsShown: number;
+}
+
+/** How far the scene-so-far backfill of a late watcher has come. */
+export interface BackfillProgress {
+  chunks: number;
+  received: number;
+  frames: number;
 }
 
 export type BannerLevel = 'info' | 'warning' | 'error';
@@ -95,6 +104,12 @@ export class LiveSession implements FrameSink {
   onState: (state: ConnectionState) => void = () => {};
   /** after every message that changed something the overlay shows */
   onUpdate: () => void = () => {};
+  /** an error the server answered (after its banner was shown): the page decides what it means for the session */
+  onError: (code: string) => void = () => {};
+  /** the backfill's last chunk was drawn: the whole scene so far is in the view */
+  onBackfilled: () => void = () => {};
+  /** null until a backfill starts (only a watcher joining a running session gets one) */
+  backfill: BackfillProgress | null = null;
   private nextSeq = 0;
   /** seq → performance-clock send time */
   private inFlight = new Map<number, number>();
@@ -279,6 +294,10 @@ export class LiveSession implements FrameSink {
         this.stats.rejected++;
         if (msg.code === 'bad_seq' && this.hello) this.nextSeq = Math.max(this.nextSeq, (this.hello.last_seq ?? -1) + 1);
         this.onBanner({ key: `error-${msg.code}`, level: 'error', text: `Server: ${msg.message} (${msg.code})` });
+        this.onError(msg.code);
+        break;
+      case 'backfill':
+        this.applyBackfill(msg);
         break;
       case 'pong':
         break;
@@ -292,6 +311,25 @@ export class LiveSession implements FrameSink {
     if (frame.pose.valid && frame.pose.c2w) {
       this.view.setPose(frame.index, frame.pose.c2w, frame.focal ?? undefined, 224, 224);
     }
+  }
+
+  /** The scene so far, drawn chunk by chunk as it arrives. A frame the live stream already drew keeps its live
+   * points (they are denser and carry real confidences). */
+  private applyBackfill(msg: BackfillMsg): void {
+    const conf = backfillConfidence(this.settings?.conf_thresh ?? 0);
+    for (const frame of msg.frames) {
+      if (this.view.hasFrame(frame.index)) continue;
+      this.view.addFrame(frame.index, decodeBackfillFrame(frame, conf));
+      if (frame.pose.valid && frame.pose.c2w) this.view.setPose(frame.index, frame.pose.c2w, msg.focal ?? undefined, 224, 224);
+    }
+    const frames = (this.backfill?.frames ?? 0) + msg.frames.length;
+    this.backfill = { chunks: msg.chunks, received: msg.chunk + 1, frames };
+    if (msg.chunk + 1 < msg.chunks) {
+      this.onBanner({ key: 'backfill', level: 'info', text: `Loading the scene so far: ${frames} frames (${msg.chunk + 1}/${msg.chunks})…` });
+      return;
+    }
+    this.onBanner({ key: 'backfill', clear: true });
+    this.onBackfilled();
   }
 
   private clearView(): void {

@@ -109,3 +109,19 @@ test('clear keeps the buffers; bounds follow the points', () => {
   assert.equal(attr(cloud, 'position'), before);
   assert.equal(cloud.writeFrame(5, frame(5, 10)).offset, 0);
 });
+
+test('robust bounds ignore a few far outliers that the plain bounds take in', () => {
+  const cloud = new GrowingPointCloud({ initialCapacity: 2048 });
+  const count = 1005;
+  const positions = new Float32Array(count * 3);
+  for (let i = 0; i < 1000; i++) for (let k = 0; k < 3; k++) positions[i * 3 + k] = ((i * (k + 3)) % 97) / 97 - 0.5;
+  for (let i = 1000; i < count; i++) positions[i * 3] = 1000 * (i - 999);
+  cloud.writeFrame(0, { count, positions, conf: new Float32Array(count).fill(2), colors: null });
+  assert.ok(cloud.boundingSphere().radius > 1000);
+  const robust = cloud.robustSphere();
+  assert.ok(robust.radius > 0.5 && robust.radius < 1, `radius ${robust.radius}`);
+  assert.ok(robust.center.length() < 0.1, 'centred on the box');
+  // points below the confidence threshold are not in view, so they do not count either
+  cloud.setConfidenceThreshold(3);
+  assert.equal(cloud.robustSphere().radius, cloud.boundingSphere().radius, 'nothing shown: the plain bounds');
+});

@@ -7,7 +7,7 @@ import type { SocketLike } from '../src/connection.ts';
 import { CloseCode } from '../src/protocol.ts';
 import { LiveSession, type Banner, type ReconstructionView } from '../src/session.ts';
 import { GrowingPointCloud, type FramePoints } from '../src/viewer/growingPointCloud.ts';
-import { fixture } from './helpers.ts';
+import { expected, fixture } from './helpers.ts';
 
 class FakeSocket implements SocketLike {
   binaryType = 'blob';
@@ -51,6 +51,9 @@ class CloudView implements ReconstructionView {
   resets = 0;
   addFrame(i: number, p: FramePoints) {
     return this.cloud.writeFrame(i, p);
+  }
+  hasFrame(i: number) {
+    return this.cloud.slot(i) !== undefined;
   }
   setPose(i: number, m: number[]) {
     this.poses.set(i, m);
@@ -208,4 +211,28 @@ test('the token travels as a subprotocol, never in the URL', () => {
   const { sockets } = setup();
   assert.equal(sockets[0].url, 'ws://server/v1/sessions/abc/ws');
   assert.deepEqual(sockets[0].protocols, ['spann3r.v1', 'spann3r.token.t0ken']);
+});
+
+test('a backfill draws the earlier frames it brings, keeps frames the live stream drew, and ends its banner', () => {
+  const { session, sockets, view } = setup('watch');
+  sockets[0].accept(fixtureMessage('hello.msgpack'));
+  // the live stream already drew frame 1 (3 points): the backfill's 6 points for it must not replace them
+  view.addFrame(1, { count: 3, positions: new Float32Array(9), conf: new Float32Array(3).fill(2), colors: null });
+  let done = 0;
+  session.onBackfilled = () => done++;
+  sockets[0].deliver(fixtureMessage('backfill.msgpack'));
+  const [f0] = expected.backfill.frames;
+  const slot0 = view.cloud.slot(0)!;
+  assert.equal(slot0.count, f0.count);
+  assert.equal(view.cloud.slot(1)!.count, 3, 'the live points of frame 1 stay');
+  // every backfilled point passed the session's filter: drawn at the least confidence that passes it
+  const confThresh = session.settings!.conf_thresh!;
+  const shown = view.cloud.pointsShown;
+  assert.equal(shown, f0.count + 3);
+  view.cloud.setConfidenceThreshold(1 / (1 - confThresh) + 1e-3);
+  assert.equal(view.cloud.pointsShown, 3, 'a stricter threshold hides the backfilled points');
+  assert.deepEqual(view.poses.get(0), f0.pose);
+  assert.equal(view.poses.has(1), false, 'an invalid pose draws no frustum');
+  assert.deepEqual(session.backfill, { chunks: 1, received: 1, frames: 2 });
+  assert.equal(done, 1);
 });

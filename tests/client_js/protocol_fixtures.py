@@ -109,6 +109,20 @@ def build() -> tuple[dict[str, bytes], dict]:
                     "conf": conf.astype(np.float32).tolist(), "colors": colors.reshape(-1).tolist()},
     }
 
+    # backfill: two earlier frames (the second with an invalid pose), float32 positions, no confidences
+    shares = []
+    for index, valid in ((0, True), (1, False)):
+        xyz = rng.normal(0.0, 0.5, size=(5 + index, 3)).astype(np.float32)
+        rgb = rng.integers(0, 256, size=xyz.shape, dtype=np.uint8)
+        shares.append(P.BackfillFrame(index=index, positions=P.Array.of(xyz), colors=P.Array.of(rgb),
+                                      pose=_pose(rng, valid=valid)))
+    backfill = P.BackfillMsg(chunk=0, chunks=1, frames=shares, keep_every=4, focal=211.5)
+    files["backfill.msgpack"] = P.pack(backfill)
+    expected["backfill"] = {"frames": [{"index": f.index, "count": f.positions.shape[0],
+                                        "positions": f.positions.to_numpy().reshape(-1).tolist(),
+                                        "colors": f.colors.to_numpy().reshape(-1).tolist(), "pose": f.pose.c2w}
+                                       for f in shares]}
+
     files["dropped.msgpack"] = P.pack(P.DroppedMsg(seq=3, reason="superseded"))
     files["error.msgpack"] = P.pack(P.ErrorMsg(code="bad_image", message="cannot decode image data", seq=17))
     files["finished.msgpack"] = P.pack(P.FinishedMsg(frames=2, final=None))

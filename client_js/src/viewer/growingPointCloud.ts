@@ -70,6 +70,7 @@ export class GrowingPointCloud {
   private confLo = Infinity;
   private confHi = -Infinity;
   private bounds = { min: new Vector3(Infinity, Infinity, Infinity), max: new Vector3(-Infinity, -Infinity, -Infinity) };
+  private changes = 0;
   /** how many times the arrays were reallocated (stays logarithmic in the number of points) */
   reallocations = 0;
   /** frames whose points were recycled because the budget was full */
@@ -110,6 +111,32 @@ export class GrowingPointCloud {
 
   slot(frameIndex: number): Readonly<FrameSlot> | undefined {
     return this.slots.get(frameIndex);
+  }
+
+  /** Bumped by every change of the points or the threshold (caches of derived values compare it). */
+  get version(): number {
+    return this.changes;
+  }
+
+  /**
+   * Bounds of the points shown, robust to outliers: per axis, the `tail` and 1 − `tail` quantiles of a sample of
+   * at most `sampleSize` points, as a sphere around that box. A few far points (the usual failure of a pointmap:
+   * sky, reflections, an untrained model) would otherwise set the whole view's scale.
+   */
+  robustSphere(target = new Sphere(), tail = 0.02, sampleSize = 20_000): Sphere {
+    const sample = this.samplePositions(sampleSize);
+    const n = sample[0].length;
+    if (n === 0) return this.boundingSphere(target);
+    const lo = new Vector3();
+    const hi = new Vector3();
+    for (let axis = 0; axis < 3; axis++) {
+      const values = sample[axis].sort();
+      lo.setComponent(axis, values[Math.floor(tail * (n - 1))]);
+      hi.setComponent(axis, values[Math.ceil((1 - tail) * (n - 1))]);
+    }
+    target.center.copy(lo).add(hi).multiplyScalar(0.5);
+    target.radius = Math.max(1e-6, lo.distanceTo(hi) / 2);
+    return target;
   }
 
   /** Bounds of every point written so far, as a sphere (framing the view, the depth colour range). */
@@ -163,6 +190,7 @@ export class GrowingPointCloud {
     this.shownTotal += slot.shown;
     this.heldTotal += count;
     this.geometry.setDrawRange(0, this.highWater);
+    this.changes++;
 
     let uploadBytes: number;
     if (grew) {
@@ -185,6 +213,7 @@ export class GrowingPointCloud {
       total += slot.shown;
     }
     this.shownTotal = total;
+    this.changes++;
   }
 
   /** Forgets every point; keeps the allocated buffers (a reset must not cost a reallocation). */
@@ -197,6 +226,7 @@ export class GrowingPointCloud {
     this.confLo = Infinity;
     this.confHi = -Infinity;
     this.geometry.setDrawRange(0, 0);
+    this.changes++;
   }
 
   /** Range of the confidences written since the last clear (the confidence colour map's range). Kept
@@ -210,6 +240,25 @@ export class GrowingPointCloud {
   }
 
   // ------------------------------------------------------------------ internals
+
+  /** x, y and z of up to `max` shown points, evenly spaced over the buffer (finite values only). */
+  private samplePositions(max: number): [Float32Array, Float32Array, Float32Array] {
+    const step = Math.max(1, Math.floor(this.highWater / max));
+    const axes: [number[], number[], number[]] = [[], [], []];
+    const t = this.threshold;
+    for (let i = 0; i < this.highWater; i += step) {
+      const c = this.conf[i];
+      if (!(c > HIDDEN_CONF && c >= t)) continue;
+      const x = this.positions[i * 3];
+      const y = this.positions[i * 3 + 1];
+      const z = this.positions[i * 3 + 2];
+      if (!Number.isFinite(x + y + z)) continue;
+      axes[0].push(x);
+      axes[1].push(y);
+      axes[2].push(z);
+    }
+    return [Float32Array.from(axes[0]), Float32Array.from(axes[1]), Float32Array.from(axes[2])];
+  }
 
   /** Makes room for `count` points at the cursor: grow by doubling, else wrap and recycle the oldest frames. */
   private reserve(count: number): { grew: boolean; recycled: number[] } {

@@ -38,7 +38,8 @@ export class Viewer {
   private points: Points;
   private mode: ViewMode = 'orbit';
   private framedOnce = false;
-  private sphere = new Sphere();
+  /** the cloud's robust bounds (world frame) and the cloud version they were computed for */
+  private robust = { sphere: new Sphere(), version: -1 };
   private frameRequested = false;
   private disposed = false;
   /** frames rendered; the e2e test reads it to know the canvas is alive */
@@ -109,6 +110,10 @@ export class Viewer {
     return report;
   }
 
+  hasFrame(frameIndex: number): boolean {
+    return this.cloud.slot(frameIndex) !== undefined;
+  }
+
   setPose(frameIndex: number, cameraToWorld: CameraToWorld, focal?: number, width?: number, height?: number): void {
     if (focal && width && height) this.trajectory.shape = { focal, width, height };
     this.trajectory.setPose(frameIndex, cameraToWorld);
@@ -139,10 +144,20 @@ export class Viewer {
     this.requestRender();
   }
 
-  /** Puts the whole cloud in view. */
+  /** The cloud's extent without its outliers (robust quantiles), in the scene's frame; cached per cloud change. */
+  private robustBounds(): Sphere {
+    if (this.robust.version !== this.cloud.version) {
+      this.world.updateMatrixWorld();
+      this.cloud.robustSphere(this.robust.sphere).applyMatrix4(this.world.matrixWorld);
+      this.robust.version = this.cloud.version;
+    }
+    return this.robust.sphere;
+  }
+
+  /** Puts the cloud in view: its robust bounds, so a few far outliers do not shrink the scene to a dot; the
+   * frustums and the point size follow the same scale. */
   frameAll(): void {
-    this.world.updateMatrixWorld();
-    const s = this.cloud.boundingSphere(this.sphere).clone().applyMatrix4(this.world.matrixWorld);
+    const s = this.robustBounds().clone();
     const centre = s.center;
     const dist = s.radius / Math.sin((this.camera.fov * Math.PI) / 360) * 1.1;
     // look from behind the first camera, slightly above: the way the scene was filmed
@@ -185,8 +200,7 @@ export class Viewer {
   }
 
   private updateDepthRange(): void {
-    this.world.updateMatrixWorld();
-    const s = this.cloud.boundingSphere(this.sphere).clone().applyMatrix4(this.world.matrixWorld);
+    const s = this.robustBounds();
     const d = this.camera.position.distanceTo(s.center);
     this.material.uniforms.depthRange.value.set(Math.max(0, d - s.radius), d + s.radius);
   }
