@@ -277,3 +277,75 @@ def test_without_a_fixed_rate_the_page_sends_as_fast_as_results_come_back(server
     assert overlay_values(r, "here / at server", "paced")[-1].startswith("0 / ")
     assert overlay_values(r, "skipped: server busy", "paced")
     assert_no_console_errors(r)
+
+
+def test_a_late_watcher_first_gets_the_scene_so_far(server, camera_y4m):
+    r = run_driver("late-watch", server.base, "--y4m", str(camera_y4m), "--min-results", "8")
+    early, late, streamer = r["notes"]["early"], r["notes"]["late"], r["notes"]["streamer"]
+    # the backfill came in chunks and covered the frames streamed before the late watcher joined
+    assert late["backfill"] and late["backfill"]["received"] == late["backfill"]["chunks"] >= 1, late["backfill"]
+    assert late["backfill"]["frames"] >= 6, late["backfill"]
+    assert early["backfill"] is None  # a watcher from the start needs none
+    # the late watcher holds about what the early one holds (same frames; the backfill as dense as the live maps)
+    assert late["frames"] >= early["frames"] - 1, (late["frames"], early["frames"])
+    assert 0.7 * early["pointsShown"] <= late["pointsShown"] <= 1.3 * early["pointsShown"], (
+        late["pointsShown"],
+        early["pointsShown"],
+    )
+    assert late["poses"] >= 0.7 * early["poses"], (late["poses"], early["poses"])
+    assert streamer["resultsReceived"] >= 8
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("late-finished.png"))) > 3000
+    assert not [b for b in late["banners"] if b["key"] == "backfill"]  # the progress banner went away
+    assert_no_console_errors(r)
+
+
+def test_fit_and_follow_frame_the_cloud_not_its_outliers(server):
+    r = run_driver("outliers", server.base)
+    fit, follow = r["notes"]["fit"], r["notes"]["follow"]
+    # the 1 m box fills a good part of the screen although a few points lie ~1 km away
+    assert fit["height"] > 0.25 and fit["width"] > 0.15, fit
+    assert fit["distance"] < 5, fit
+    # the frustums are scaled to the box (robust radius), not to the outliers: a few centimetres deep
+    assert fit["frustumScale"] < 0.2, fit
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("outliers-fit.png"))) > 3000
+    # Follow trails the newest camera at the same scale: the box stays in view, close by
+    assert follow["mode"] == "follow"
+    assert follow["distance"] < 5 and follow["height"] > 0.25, follow
+    assert point_pixels(next(p for p in r["screenshots"] if p.endswith("outliers-follow.png"))) > 3000
+    assert_no_console_errors(r)
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+
+
+def test_phone_banner_leaves_the_statistics_visible_and_settings_fit_their_card(server, camera_y4m):
+    r = run_driver("layout", server.base, "--y4m", str(camera_y4m))
+    first, streaming = r["notes"]["phoneFirstLoad"], r["notes"]["phoneStreaming"]
+    # on first load, before any session, the page says the weights are synthetic (from the server's /readyz)
+    assert first["sessionId"] is None
+    assert first["banner"] and "synthetic" in first["bannerText"].lower(), first
+    for when in (first, streaming):
+        assert when["banner"] and when["overlay"]["height"] > 0, when
+        assert not _overlap(when["banner"], when["overlay"]), when
+        assert when["banner"]["right"] <= 390 and when["overlay"]["right"] <= 390, when
+    settings = r["notes"]["settings"]
+    assert settings["viewport"] == 1280 and len(settings["fields"]) >= 7, settings
+    card = settings["card"]
+    for field in settings["fields"]:
+        assert card["left"] <= field["left"] and field["right"] <= card["right"], (field, card)
+    assert_no_console_errors(r)
+
+
+def test_stop_after_one_frame_releases_the_session(server, camera_y4m):
+    r = run_driver("stop-early", server.base, "--y4m", str(camera_y4m))
+    before, last = r["notes"]["before"], r["samples"]["stop-early"][-1]
+    assert before["resultsReceived"] == 1 and before["sessionId"]
+    # the server could not finish a one-frame stream; the page deleted the session instead of leaving it held
+    assert r["notes"]["sessionStatus"] == 404
+    assert last["sessionId"] is None and last["pill"]["state"] == "idle" and not last["cameraLive"]
+    banner = next(b for b in last["banners"] if b["key"] == "finished")
+    assert "released" in banner["text"], banner
+    assert not [b for b in last["banners"] if b["key"].startswith("error-")], last["banners"]
+    assert not last["storedSession"]
+    assert_no_console_errors(r)
