@@ -76,6 +76,8 @@ def require_api_key(request: Request, service: Service = Depends(get_service)) -
 
 def _session(service: Service, session_id: str, token: str | None, need: str) -> Session:
     s = service.manager.get(session_id)
+    if s is None and session_id in service.manager.arriving:
+        raise ApiError(503, "not_ready", "the session is arriving from another worker; retry", {"Retry-After": "1"})
     if s is None:
         raise ApiError(404, "not_found", "no such session (never created, deleted, or evicted)")
     role = session_role(s, token)
@@ -231,6 +233,8 @@ async def stream(ws: WebSocket, session_id: str, token: str | None = Query(None)
     if not service.ready:
         return await ws.close(1013, "the model is still loading")
     s = service.manager.get(session_id)
+    if s is None and session_id in service.manager.arriving:
+        return await ws.close(1013, "the session is arriving from another worker; reconnect")
     if s is None:
         return await ws.close(CLOSE_NOT_FOUND, "no such session")
     role = session_role(s, websocket_token(offered, ws.headers, token))

@@ -26,10 +26,12 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sessions import CapacityError
 from .settings import ServeSettings
 from .store import Owner, OwnershipLost, SessionStore
 
@@ -135,6 +137,9 @@ class WorkerActor:
         from .app import create_app, uvicorn_config
         from .service import load_engine_for
 
+        # each incarnation has its own worker id (``w0-<8 hex>``): a restarted actor holds no session, and the
+        # directory's owners name the incarnation that held them
+        settings = {**settings, "worker_id": f"{settings['worker_id']}-{uuid.uuid4().hex[:8]}"}
         self.settings = ServeSettings(**settings)
         engine, weights = load_engine_for(self.settings)
         self.app = create_app(self.settings, engine, weights)
@@ -173,7 +178,7 @@ class WorkerActor:
 
     def adopt(self, session_id: str, worker: str, epoch: int) -> str:
         """Take over a session of the dead ``worker`` (claim from it at ``epoch``, restore from the store).
-        Returns "adopted", "taken" (another worker was faster) or "lost" (no state to restore)."""
+        Returns "adopted", "taken" (another worker was faster), "lost" (no state to restore) or "full"."""
 
         async def run() -> str:
             try:
@@ -183,6 +188,8 @@ class WorkerActor:
                 return "taken"
             except KeyError:
                 return "lost"
+            except CapacityError:
+                return "full"
 
         return self._call(run())
 
@@ -196,19 +203,25 @@ def _node_address() -> str:
 # ------------------------------------------------------------------------------------------------ the gateway's view
 
 
+def actor_of(worker_id: str) -> str:
+    """The actor name part of a worker id ``<actor>-<incarnation>``."""
+    return worker_id.rsplit("-", 1)[0]
+
+
 @dataclass
 class WorkerView:
-    """What a gateway knows of one worker actor."""
+    """What a gateway knows of one worker actor (by its name, e.g. ``w0``) and its current incarnation."""
 
-    worker_id: str
+    name: str
     actor: Any
+    worker_id: str | None = None  # the current incarnation's id (``w0-<8 hex>``); None until it first answers
     url: str | None = None
     pid: int | None = None
-    live: bool = False
+    live: bool = False  # answered the last poll
+    dead: bool = False  # Ray reported it dead or restarting at the last poll
     ready: bool = False
     sessions: int = 0
     max_sessions: int = 0
-    seen: float = 0.0  # monotonic time of its last answer
 
     @property
     def free(self) -> int:
@@ -217,9 +230,8 @@ class WorkerView:
 
 @dataclass
 class FailoverReport:
-    worker_id: str
-    adopted: dict[str, str] = field(default_factory=dict)  # session id → new worker
-    lost: list[str] = field(default_factory=list)
+    adopted: dict[str, str] = field(default_factory=dict)  # session id → its new worker
+    lost: list[str] = field(default_factory=list)  # no state to restore: released
     seconds: float = 0.0
 
 
@@ -229,18 +241,25 @@ def pick_worker(workers: list[WorkerView]) -> WorkerView | None:
     return max(candidates, key=lambda w: (w.free, -w.sessions), default=None)
 
 
+def is_orphan(owner: Owner, workers: dict[str, WorkerView]) -> bool:
+    """A session whose owner is gone: its actor is dead, or now runs another incarnation (a restart: Ray brought it
+    back empty). An owner this gateway has not heard from yet is not judged."""
+    w = workers.get(actor_of(owner.worker))
+    return w is not None and (w.dead or (w.live and w.worker_id is not None and w.worker_id != owner.worker))
+
+
 class WorkerPool:
-    """The workers seen by one gateway: found by name in Ray, polled for liveness and load; a worker Ray reports
-    dead has its sessions moved to live ones (every gateway does this; the directory's claims let exactly one
-    move each session)."""
+    """The workers seen by one gateway: found by name in Ray and polled for liveness and load. After each poll the
+    directory is swept: the sessions of an owner that is gone (``is_orphan``) are adopted by live workers. Every
+    gateway sweeps; the directory's compare-and-set claims let exactly one move each session."""
 
     def __init__(self, store: SessionStore, poll_s: float = 0.25):
         self.store, self.poll_s = store, poll_s
-        self.workers: dict[str, WorkerView] = {}
+        self.workers: dict[str, WorkerView] = {}  # by actor name
         self.failovers: list[FailoverReport] = []
         self.on_failover: Callable[[FailoverReport], None] | None = None
         self._task: asyncio.Task | None = None
-        self._moving: set[str] = set()
+        self._sweeping = asyncio.Lock()
 
     async def start(self) -> None:
         await self.refresh()
@@ -253,9 +272,9 @@ class WorkerPool:
     def _discover(self) -> None:
         import ray
 
-        for wid in worker_ids():
-            if wid not in self.workers:
-                self.workers[wid] = WorkerView(wid, ray.get_actor(ACTOR_PREFIX + wid, namespace=NAMESPACE))
+        for name in worker_ids():
+            if name not in self.workers:
+                self.workers[name] = WorkerView(name, ray.get_actor(ACTOR_PREFIX + name, namespace=NAMESPACE))
 
     async def _poll(self) -> None:
         while True:
@@ -268,6 +287,7 @@ class WorkerPool:
     async def refresh(self) -> None:
         await asyncio.to_thread(self._discover)
         await asyncio.gather(*(self._ask(w) for w in list(self.workers.values())))
+        await self.sweep()
 
     async def _ask(self, w: WorkerView) -> None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -275,70 +295,69 @@ class WorkerPool:
         try:
             info = await asyncio.wait_for(w.actor.info.remote(), INFO_TIMEOUT_S)
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            was_live, w.live, w.ready = w.live, False, False
-            if was_live or self._owns_sessions(w.worker_id):
-                log.warning("worker %s is gone (%s)", w.worker_id, exc.__class__.__name__)
-                await self.failover(w.worker_id)
+            if not w.dead:
+                log.warning("worker %s is gone (%s)", w.worker_id or w.name, exc.__class__.__name__)
+            w.live, w.ready, w.dead = False, False, True
             return
-        except TimeoutError:  # slow is not dead: keep its sessions, give it no new ones
+        except TimeoutError:  # slow is not dead: its sessions stay, it gets no new ones
             w.ready = False
             return
-        w.url, w.pid, w.ready = info["url"], info["pid"], info["ready"]
-        w.sessions, w.max_sessions, w.live, w.seen = info["sessions"], info["max_sessions"], True, time.monotonic()
-
-    def _owns_sessions(self, worker_id: str) -> bool:
-        return any(o.worker == worker_id for o in self.store.owners().values())
+        if w.worker_id is not None and info["worker_id"] != w.worker_id:
+            log.warning("worker %s restarted as %s", w.worker_id, info["worker_id"])
+        w.worker_id, w.url, w.pid, w.ready = info["worker_id"], info["url"], info["pid"], info["ready"]
+        w.sessions, w.max_sessions, w.live, w.dead = info["sessions"], info["max_sessions"], True, False
 
     async def suspect(self, worker_id: str) -> None:
-        """A relay to the worker broke: ask it now rather than at the next poll."""
-        w = self.workers.get(worker_id)
+        """A relay to the worker broke: ask it now rather than at the next poll, and move what it lost."""
+        w = self.workers.get(actor_of(worker_id))
         if w is not None:
             await self._ask(w)
+            await self.sweep()
 
-    def live(self, worker_id: str) -> WorkerView | None:
-        w = self.workers.get(worker_id)
-        return w if w is not None and w.live and w.ready and w.url else None
+    def route(self, owner: Owner) -> WorkerView | None:
+        """The worker to send a session's requests to now: its owner, if that incarnation is up."""
+        w = self.workers.get(actor_of(owner.worker))
+        if w is None or not (w.live and w.ready and w.url) or w.worker_id != owner.worker:
+            return None
+        return w
 
     def pick(self) -> WorkerView | None:
         return pick_worker(list(self.workers.values()))
 
-    async def failover(self, dead: str) -> FailoverReport:
-        """Move the sessions the directory gives to ``dead`` onto live workers."""
-        report = FailoverReport(dead)
-        if dead in self._moving:
+    async def sweep(self) -> FailoverReport:
+        """Move every orphaned session onto a live worker."""
+        report = FailoverReport()
+        if self._sweeping.locked():
             return report
-        self._moving.add(dead)
-        t0 = time.perf_counter()
-        try:
+        async with self._sweeping:
             owners = await asyncio.to_thread(self.store.owners)
-            for session_id, owner in owners.items():
-                if owner.worker != dead:
-                    continue
+            orphans = {sid: o for sid, o in owners.items() if is_orphan(o, self.workers)}
+            if not orphans:
+                return report
+            t0 = time.perf_counter()
+            for session_id, owner in orphans.items():
                 target = self.pick()
                 if target is None:
-                    log.error("failover of %s: no live worker has room for session %s", dead, session_id)
+                    log.error("no live worker has room for session %s of %s", session_id, owner.worker)
                     continue
-                outcome = await target.actor.adopt.remote(session_id, owner.worker, owner.epoch)
+                try:
+                    outcome = await target.actor.adopt.remote(session_id, owner.worker, owner.epoch)
+                except Exception as exc:  # the target died too, or the store failed: the next sweep tries again
+                    log.warning("adopting session %s on %s failed: %s", session_id, target.name, exc)
+                    continue
+                if outcome == "full":
+                    target.sessions = target.max_sessions
                 if outcome == "adopted":
                     target.sessions += 1
-                    report.adopted[session_id] = target.worker_id
+                    report.adopted[session_id] = target.worker_id or target.name
                 elif outcome == "lost":
                     report.lost.append(session_id)
-        finally:
-            self._moving.discard(dead)
-        report.seconds = time.perf_counter() - t0
+            report.seconds = time.perf_counter() - t0
         if report.adopted or report.lost:
             log.warning(
-                "failover of %s: %d sessions moved, %d lost (%.2f s)",
-                dead,
-                len(report.adopted),
-                len(report.lost),
-                report.seconds,
+                "failover: %d sessions moved, %d lost (%.2f s)", len(report.adopted), len(report.lost), report.seconds
             )
             self.failovers.append(report)
             if self.on_failover is not None:
                 self.on_failover(report)
         return report
-
-    def owner_of(self, session_id: str) -> Owner | None:
-        return self.store.owner(session_id)

@@ -63,7 +63,7 @@ class GatewayMetrics:
         self.broken_relays = Counter(
             "spann3r_gateway_broken_relays", "relays whose worker went away without a close", registry=r
         )
-        self.failovers = Counter("spann3r_gateway_failovers", "dead workers whose sessions moved", registry=r)
+        self.failovers = Counter("spann3r_gateway_failovers", "sweeps that moved orphaned sessions", registry=r)
         self.sessions_moved = Counter("spann3r_gateway_sessions_moved", "sessions moved by failovers", registry=r)
         self.failover_seconds = Histogram(
             "spann3r_gateway_failover_seconds", "moving a dead worker's sessions", registry=r
@@ -98,8 +98,10 @@ class Gateway:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
         self._tasks: set[asyncio.Task] = set()
 
-    def _suspect(self, worker_id: str) -> None:
+    def _suspect(self, worker_id: str | None) -> None:
         """Have the pool ask the worker now (a relay or request to it failed)."""
+        if worker_id is None:
+            return
         task = asyncio.ensure_future(self.pool.suspect(worker_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -112,7 +114,7 @@ class Gateway:
         owner = await asyncio.to_thread(self.store.owner, session_id)
         if owner is None:
             return None, "not_found"
-        w = self.pool.live(owner.worker)
+        w = self.pool.route(owner)
         return (w, None) if w is not None else (None, "moving")
 
     # ------------------------------------------------------------------ HTTP
@@ -151,7 +153,7 @@ class Gateway:
         worker answers 401 and every other one 404."""
         if not (len(job_id) == 32 and set(job_id) <= JOB_ID_CHARS):
             return None
-        for w in [v for v in self.pool.workers.values() if self.pool.live(v.worker_id)]:
+        for w in [v for v in self.pool.workers.values() if v.live and v.ready and v.url]:
             assert w.url is not None
             try:
                 r = await self.http.get(f"{w.url}/v1/jobs/{job_id}")
@@ -278,13 +280,14 @@ def create_gateway(settings: ServeSettings, store: SessionStore, pool: WorkerPoo
         return {
             "workers": [
                 {
+                    "name": w.name,
                     "worker_id": w.worker_id,
                     "live": w.live,
                     "ready": w.ready,
                     "sessions": w.sessions,
                     "max_sessions": w.max_sessions,
                 }
-                for w in sorted(pool.workers.values(), key=lambda v: v.worker_id)
+                for w in sorted(pool.workers.values(), key=lambda v: v.name)
             ],
             "failovers": len(pool.failovers),
         }

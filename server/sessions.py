@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# results kept per session to send again to a stream connection that replaces another (a reconnect): a connection
+# that broke (a network drop, a dead gateway in a cluster) may have swallowed those already sent, while the stream
+# has moved past them. The clients' default window is 4 frames in flight, so at most that many are missing.
+REPLAY_RESULTS = 4
 CAPACITY_RETRY_AFTER_S = 30  # Retry-After of a capacity refusal when no session is due for release
 
 
@@ -168,6 +172,7 @@ class Session:
         self.orphaned_since: float | None = None  # when its stream connection went away (none since)
         self.watchers: set[Connection] = set()
         self.out_tail: asyncio.Future | None = None
+        self.recent: deque[bytes] = deque(maxlen=REPLAY_RESULTS)  # the latest results sent, for a reconnect
 
     @property
     def finished(self) -> bool:
@@ -199,6 +204,7 @@ class Session:
         self.last_seq = None  # a new stream: any seq goes again (a reset unbricks a huge seq)
         self.seq_by_index, self.ready_since = {}, None
         self.export = ExportBuffer(self.max_export_points)
+        self.recent.clear()
 
     def request_finish(self) -> None:
         self.phase = StreamPhase.FINISHING
@@ -360,10 +366,12 @@ class Session:
             metrics.frames_dropped.labels(reason).inc()
             await self.broadcast(pack(DroppedMsg(seq=seq, reason=reason)))
 
-    def chain(self, produce) -> asyncio.Future:
+    def chain(self, produce, replayable: bool = False) -> asyncio.Future:
         """Send what the coroutine ``produce()`` returns after everything chained before it has been sent.
-        Producers run concurrently (poses of consecutive frames in parallel); sending stays in order."""
+        Producers run concurrently (poses of consecutive frames in parallel); sending stays in order. A
+        ``replayable`` message (a result) is kept among the ``recent`` ones a reconnecting stream gets again."""
         prev = self.out_tail
+        generation = self.generation
 
         async def run():
             data = None
@@ -374,6 +382,8 @@ class Session:
             if prev is not None:
                 await asyncio.wait([prev])  # wait, never re-raise: one failure must not stall the chain
             if data is not None and not self.closed:
+                if replayable and generation == self.generation:
+                    self.recent.append(data)
                 await self.broadcast(data)
 
         self.out_tail = asyncio.ensure_future(run())
@@ -483,6 +493,7 @@ class SessionManager:
         if settings.cluster_worker and self.store is None:
             raise ValueError("a cluster worker needs a state store (--state-dir or --state-url)")
         self._tasks: set[asyncio.Task] = set()
+        self.arriving: set[str] = set()  # being restored (adopted): not here yet, but not unknown either
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -513,7 +524,7 @@ class SessionManager:
         s = Session(settings, self.settings.max_export_points, self.settings.max_fps)
         self.sessions[s.id] = s  # reserve the slot before awaiting: concurrent creations respect the limit
         try:
-            s.persistence = await self._persistence(s, claim_from=None)
+            s.persistence = self._persistence(s, await self._claim(s.id, None))
             await self.worker.open_stream(s)
             if s.persistence is not None:  # a crash before its first periodic commit must not lose the session
                 await self.snapshot(s)
@@ -590,16 +601,18 @@ class SessionManager:
         return max(1, math.ceil(min(due) - time.monotonic() + self._evict_tick_s))
 
     # ------------------------------------------------------------------ persistence (snapshots.py, store.py)
-    async def _persistence(
-        self, s: Session, claim_from: Owner | None, stored: StoredSession | None = None
+    async def _claim(self, session_id: str, claim_from: Owner | None) -> Owner | None:
+        """A cluster worker's claim of a session in the directory (from ``claim_from``, the previous owner; None: a
+        new session); None for a single process."""
+        if self.store is None or not self.settings.cluster_worker:
+            return None
+        return await asyncio.to_thread(self.store.claim, session_id, self.settings.worker_id, claim_from)
+
+    def _persistence(
+        self, s: Session, fence: Owner | None, stored: StoredSession | None = None
     ) -> SessionPersistence | None:
-        """The session's persistence; a cluster worker first claims the session (from ``claim_from``, the
-        previous owner; None: a new session)."""
         if self.store is None:
             return None
-        fence = None
-        if self.settings.cluster_worker:
-            fence = await asyncio.to_thread(self.store.claim, s.id, self.settings.worker_id, claim_from)
         return SessionPersistence(
             self.store,
             s.id,
@@ -642,34 +655,41 @@ class SessionManager:
                 log.error("cannot restore session %s: %s", session_id, exc)
 
     async def restore(self, session_id: str, claim_from: Owner | None = None) -> Session:
-        """Bring back a stored session (a cluster worker claims it from ``claim_from`` first)."""
+        """Bring back a stored session. A cluster worker claims it from ``claim_from`` first, so the state it reads
+        is final (the previous owner is fenced out), and releases its directory entry when there is no state
+        (``KeyError``). Until the session is in, it is ``arriving``: requests for it are told to retry, not that
+        it does not exist."""
         assert self.store is not None
-        stored = await asyncio.to_thread(read_session, self.store, session_id)
-        s = Session.from_record(
-            stored.record,
-            stored.export,
-            self.settings.max_export_points,
-            self.settings.max_fps,
-            asyncio.get_running_loop().create_future(),
-        )
-        s.persistence = await self._persistence(s, claim_from, stored)
-        await self.worker.restore_stream(s, stored.head, stored.rows)
-        self.sessions[s.id] = s
+        self.arriving.add(session_id)
+        try:
+            fence = await self._claim(session_id, claim_from)
+            try:
+                stored = await asyncio.to_thread(read_session, self.store, session_id)
+            except KeyError:
+                if fence is not None:
+                    await self._release(session_id, fence)
+                raise
+            s = Session.from_record(
+                stored.record,
+                stored.export,
+                self.settings.max_export_points,
+                self.settings.max_fps,
+                asyncio.get_running_loop().create_future(),
+            )
+            s.persistence = self._persistence(s, fence, stored)
+            await self.worker.restore_stream(s, stored.head, stored.rows)
+            self.sessions[s.id] = s
+        finally:
+            self.arriving.discard(session_id)
         self.metrics.active_sessions.set(len(self.sessions))
         log.info("session %s restored (%d frames)", s.id, s.frames_processed)
         return s
 
     async def adopt(self, session_id: str, previous: Owner) -> Session:
         """Take over a session of a dead worker (cluster failover): claim it from ``previous`` (``OwnershipLost``
-        when another worker was faster), restore it from the store. A session with no stored state (finished or
-        reset and never persisted since) cannot come back: its directory entry is released and ``KeyError``
-        raised, so routers answer "no such session" rather than a stream the client did not have."""
-        assert self.store is not None
-        if len(self.sessions) >= self.settings.max_sessions:
+        when another worker was faster) and restore it. A session with no stored state (finished or reset and
+        never persisted since) cannot come back: ``KeyError``, and its directory entry is gone, so routers answer
+        "no such session" rather than bring back a stream the client did not have."""
+        if len(self.sessions) + len(self.arriving) >= self.settings.max_sessions:
             raise CapacityError(f"worker {self.settings.worker_id} holds its maximum of sessions")
-        try:
-            return await self.restore(session_id, claim_from=previous)
-        except KeyError:
-            fence = await asyncio.to_thread(self.store.claim, session_id, self.settings.worker_id, previous)
-            await self._release(session_id, fence)
-            raise
+        return await self.restore(session_id, claim_from=previous)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +86,50 @@ def tiny_engine(tiny_model):
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port, in a temporary folder, without persistence of its own."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server, or scripts/setup.sh --test)")
+    port, folder = _free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    from spann3r.server.store import RedisStore
+
+    store = RedisStore(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            store.client.ping()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def small_frames(frames_A) -> list[tuple[str, np.ndarray]]:
+    """Set A's frames at 320x240: same scene, quicker to decode and encode on the wire."""
+    import cv2
+
+    return [(n, cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)) for n, rgb in frames_A]

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -30,37 +28,6 @@ PERSIST_EVERY = 3
 
 
 # ---------------------------------------------------------------------------------------------- stores
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    """A real ``redis-server`` on a free loopback port, in a temporary folder, without persistence of its own."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server, or scripts/setup.sh --test)")
-    port, folder = free_port(), tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    store = RedisStore(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            store.client.ping()
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
 @pytest.fixture(params=["folder", "redis"])
 def store_flags(request, tmp_path) -> tuple[list[str], SessionStore]:
     """serve flags of one store, and the same store opened here (to look inside)."""
