@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
@@ -144,6 +145,17 @@ class StreamClient:
         )
         self.token = token
 
+    async def use_server(self, url: str) -> None:
+        """Reach the service at another address from now on (another ingress of a cluster): the same session and
+        tokens, its WebSocket at the same path there."""
+        await self.http.aclose()
+        self.url = url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.url, verify=self.verify_tls, timeout=self.http.timeout)
+        if self.session is not None:
+            ws_base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+            path = urlsplit(self.session.stream_url).path
+            self.session = self.session.model_copy(update={"stream_url": ws_base + path})
+
     async def stats(self) -> SessionStats:
         r = await self._check(await self.http.get(f"/v1/sessions/{self._created().id}", headers=self._auth()))
         return SessionStats.model_validate(r.json())
@@ -266,7 +278,8 @@ class StreamClient:
 
 def _answers_frame(msg, names: dict) -> bool:
     """Every frame gets exactly one of these: its result, a drop notice, or an error naming its seq."""
-    return isinstance(msg, (ResultMsg, DroppedMsg)) or (isinstance(msg, ErrorMsg) and msg.seq in names)
+    # a reconnect first gets the latest results again (of frames sent before it): those answer nothing here
+    return isinstance(msg, (ResultMsg, DroppedMsg, ErrorMsg)) and msg.seq in names
 
 
 async def _aiter(frames: Iterable | AsyncIterable) -> AsyncIterator:
@@ -430,9 +443,11 @@ async def reconnecting_stream(
     api_key: str | None = None,
     verify_tls: bool = True,
     client: StreamClient | None = None,
+    fallback_urls: Sequence[str] = (),
 ) -> AsyncIterator[Any]:
     """``stream`` that survives the server going away: it reconnects with exponential backoff (``backoff``: first
-    and longest wait, in seconds) for up to ``reconnect_timeout`` seconds each time, and carries on from where the
+    and longest wait, in seconds) for up to ``reconnect_timeout`` seconds each time, trying ``url`` and the
+    ``fallback_urls`` (other ingresses of a cluster) in turn, and carries on from where the
     session resumed (the hello's ``last_seq``; a server restarted on its store resumes from its latest persisted
     state). Frame seqs are positions in the source. A file source passes ``resend_from(position)`` (the frames from
     ``position`` on) and is sent again from the resume point, so the results are those of an uninterrupted run; for
@@ -442,6 +457,7 @@ async def reconnecting_stream(
     client = client or StreamClient(url, api_key, verify_tls)
     source = _ResumableSource(frames, resend_from)
     names: dict[int, str] = {}  # every connection's ``client.names``: seq → frame name
+    answered: set[int] = set()  # seqs whose result was yielded: a reconnect sends the latest results again
     try:
         if client.session is None:
             await client.create_session(settings)
@@ -461,6 +477,10 @@ async def reconnecting_stream(
                         if gap is not None:
                             yield gap
                         continue
+                    if isinstance(msg, ResultMsg):
+                        if msg.seq in answered:
+                            continue
+                        answered.add(msg.seq)
                     if isinstance(msg, FinishedMsg) or (isinstance(msg, ErrorMsg) and msg.code == "not_finishable"):
                         client.names = names | client.names
                         yield msg
@@ -485,6 +505,10 @@ async def reconnecting_stream(
                 )
             await asyncio.sleep(wait)
             wait = min(wait * 2, backoff[1])
+            if fallback_urls:
+                servers = [u.rstrip("/") for u in (url, *fallback_urls)]
+                at = servers.index(client.url) if client.url in servers else -1
+                await client.use_server(servers[(at + 1) % len(servers)])
     finally:
         if own:
             await client.close()

@@ -118,7 +118,9 @@ async def serve_connection(ws: WebSocket, session: Session, role: str, service: 
     settings, worker = service.settings, service.worker
     assert worker is not None  # the route serves connections only once the service is ready
     conn = Connection(ws, role, service.metrics.send_seconds)
+    replay: list[bytes] = []
     if role == "stream":
+        replay = list(session.recent)  # what a replaced connection may not have delivered (sessions.REPLAY_RESULTS)
         old = session.attach_stream_conn(conn)
         if old is not None:
             await old.close(CLOSE_REPLACED, "replaced by a newer connection to this session")
@@ -147,6 +149,8 @@ async def serve_connection(ws: WebSocket, session: Session, role: str, service: 
             )
         )
     )
+    for result in replay:
+        await conn.send(result)
     # a watcher joining a running session first gets the scene so far, alongside the live results
     backfill = asyncio.create_task(send_backfill(conn, session)) if role == "watch" else None
     if backfill is not None:

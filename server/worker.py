@@ -323,7 +323,7 @@ class Worker:
             }
             self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
-            sent = s.chain(self._result_producer(s, t, res, timings))
+            sent = s.chain(self._result_producer(s, t, res, timings), replayable=True)
             if captured is not None and s.persistence is not None:  # committed off the model thread
                 capture, seconds = captured
                 s.persistence.submit(s, capture, seconds, StreamPoint(t.index + 1, rf.raw.seq, t.generation), sent)
@@ -450,7 +450,7 @@ class Worker:
             s.add_export(gen, export)
             return data
 
-        s.chain(produce)
+        s.chain(produce, replayable=True)
 
     def queue_depth(self, sessions) -> int:
         return sum(s.waiting for s in sessions)
