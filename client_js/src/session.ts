@@ -67,6 +67,8 @@ export class LiveStats {
   rejected = 0;
   lastFrameIndex = -1;
   framesReceivedTotal = 0;
+  /** frames a restarted server lost (it resumed the session from an older persisted state): seqs first..last */
+  resumeGaps: { first: number; last: number }[] = [];
 
   constructor(clock?: Clock) {
     // 5 s: a CPU server answers well under 1 result/s, and a 2 s window would flicker between 0 and 0.5
@@ -88,6 +90,24 @@ export class LiveStats {
     this.droppedServer = {};
     this.lastFrameIndex = -1;
     this.framesReceivedTotal = 0;
+    this.resumeGaps = [];
+  }
+}
+
+/** Results already taken: a reconnect first gets the latest results again (the server's replay), and those must
+ * not count twice. Only the latest few matter: a replay is never older than the in-flight window. */
+class RecentSeqs {
+  private readonly seqs = new Set<number>();
+  constructor(private readonly limit = 256) {}
+  /** false when ``seq`` was seen already */
+  add(seq: number): boolean {
+    if (this.seqs.has(seq)) return false;
+    this.seqs.add(seq);
+    if (this.seqs.size > this.limit) this.seqs.delete(this.seqs.values().next().value as number);
+    return true;
+  }
+  clear(): void {
+    this.seqs.clear();
   }
 }
 
@@ -111,6 +131,7 @@ export class LiveSession implements FrameSink {
   /** null until a backfill starts (only a watcher joining a running session gets one) */
   backfill: BackfillProgress | null = null;
   private nextSeq = 0;
+  private readonly resultSeqs = new RecentSeqs();
   /** seq → performance-clock send time */
   private inFlight = new Map<number, number>();
   private clock: Clock;
@@ -232,6 +253,21 @@ export class LiveSession implements FrameSink {
     this.onState(state);
   }
 
+  /** The server was restarted and resumed the session from its latest persisted state: the frames this page sent
+   * after ``lastSeq`` are not in it any more. A camera cannot send them again; say so, and go on. */
+  private reportResumeGap(lastSeq: number, framesProcessed: number): void {
+    const first = lastSeq + 1;
+    const last = this.nextSeq - 1;
+    if (last < first) return;
+    this.stats.resumeGaps.push({ first, last });
+    const n = last - first + 1;
+    this.onBanner({
+      key: 'resume-gap',
+      level: 'warning',
+      text: `The server restarted and resumed this session at frame ${framesProcessed}: ${n} frame${n === 1 ? '' : 's'} sent before (seq ${first}–${last}) were lost. The view keeps what it showed; new frames extend the restored stream.`,
+    });
+  }
+
   private handleMessage(msg: ServerMessage, bytes: number): void {
     switch (msg.type) {
       case 'hello':
@@ -239,6 +275,7 @@ export class LiveSession implements FrameSink {
         this.settings = msg.settings;
         this.finished = msg.finished;
         // resume: seq must stay above everything the session accepted, across reconnects
+        if (msg.resume && this.options.role === 'stream') this.reportResumeGap(msg.resume.last_seq ?? -1, msg.resume.frames_processed);
         if (msg.last_seq !== null && msg.last_seq !== undefined) this.nextSeq = Math.max(this.nextSeq, msg.last_seq + 1);
         if (msg.model.synthetic) {
           this.onBanner({
@@ -251,6 +288,7 @@ export class LiveSession implements FrameSink {
         this.setLife(msg.finished ? 'finished' : 'streaming');
         break;
       case 'result': {
+        if (!this.resultSeqs.add(msg.seq)) break; // a replayed result this page has already drawn
         const sentAt = this.inFlight.get(msg.seq);
         this.inFlight.delete(msg.seq);
         this.stats.received.mark();
@@ -335,6 +373,7 @@ export class LiveSession implements FrameSink {
   private clearView(): void {
     this.view.reset();
     this.stats.reset();
+    this.resultSeqs.clear();
   }
 }
 

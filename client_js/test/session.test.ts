@@ -161,6 +161,35 @@ test('a dropped connection is reopened with backoff and resumes above the last a
   assert.match(banners.at(-1)!.text, /restarting/);
 });
 
+test('a session resumed by a restarted server shows the frames it lost, and a replayed result counts once', () => {
+  const { session, sockets, timers, banners, view } = setup();
+  sockets[0].accept(fixtureMessage('hello.msgpack', { role: 'stream', last_seq: null }));
+  for (let i = 0; i < 2; i++) session.push(jpeg);
+  sockets[0].deliver(fixtureMessage('result_full_f32.msgpack', { seq: 0 }));
+  sockets[0].deliver(fixtureMessage('result_full_f32.msgpack', { seq: 1 }));
+  for (let i = 0; i < 2; i++) session.push(jpeg); // seqs 2, 3: in flight when the server dies
+  sockets[0].drop(1012);
+  timers.shift()!.fn();
+  // restored from the state persisted after seq 0: seqs 1..3 are not in the stream any more
+  sockets[1].accept(
+    fixtureMessage('hello.msgpack', { role: 'stream', last_seq: 0, frames_processed: 1, resume: { frames_processed: 1, last_seq: 0 } }),
+  );
+  assert.deepEqual(session.stats.resumeGaps, [{ first: 1, last: 3 }]);
+  const gap = banners.find((b) => b.key === 'resume-gap');
+  assert.ok(gap && gap.level === 'warning' && /3 frames .*seq 1–3.* lost/.test(gap.text), gap?.text);
+  session.push(jpeg);
+  assert.equal(sockets[1].sent[0].seq, 4, 'a live source goes on above what it sent');
+  // a plain reconnect (no restore) replays the latest results: drawn and counted once
+  const before = { received: session.resultsReceived, points: view.cloud.pointCount };
+  sockets[1].drop(1006);
+  timers.shift()!.fn();
+  sockets[2].accept(fixtureMessage('hello.msgpack', { role: 'stream', last_seq: 4, frames_processed: 2 }));
+  sockets[2].deliver(fixtureMessage('result_full_f32.msgpack', { seq: 1 }));
+  assert.equal(session.resultsReceived, before.received);
+  assert.equal(view.cloud.pointCount, before.points);
+  assert.equal(session.stats.resumeGaps.length, 1, 'no gap without a restore');
+});
+
 for (const [code, pattern] of [[4408, /evicted/], [4404, /no longer exists/], [4409, /took over/], [4401, /token/]] as const) {
   test(`close code ${code} ends the session with a clear message and no retry`, () => {
     const { session, sockets, timers, banners } = setup();
