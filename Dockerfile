@@ -34,9 +34,11 @@ COPY server/ server/
 COPY client_py/ client_py/
 COPY cli/ cli/
 COPY --from=client /src/server/page server/page
+# EXTRAS=server,cluster adds Ray (docker/compose.cluster.yaml, deploy/kuberay/): docker build --build-arg EXTRAS=...
+ARG EXTRAS=server
 # DL3013 asks to pin registry packages; this installs the project itself (its dependencies are ranges by design)
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[server]" \
+RUN pip install --no-cache-dir ".[${EXTRAS}]" \
     && useradd --create-home --uid 10001 spann3r \
     && mkdir -p /state /weights /cache \
     && chown spann3r:spann3r /state /cache
