@@ -156,16 +156,50 @@ def summary(outs: list[dict], seconds: float, warmup: float, t0: float) -> dict:
     }
 
 
+def _busy_s() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
 def measure(urls: list[str], sessions: int, seconds: float, warmup: float, imgs, gateway: psutil.Process | None):
+    """Results/s and latency; the CPU of the whole machine per result (every process: clients, ingress, Ray,
+    workers), and of the gateway process alone when there is one."""
     cpu0 = gateway.cpu_times() if gateway else None
+    busy0 = _busy_s()
     t0 = time.monotonic()
     outs = run_load(urls, sessions, seconds, imgs)
     s = summary(outs, seconds, warmup, t0)
+    results = sum(len(o["results"]) for o in outs)
+    s["machine_cpu_ms_per_result"] = round(1000 * (_busy_s() - busy0) / results, 2)
     if gateway is not None and cpu0 is not None:
         cpu1 = gateway.cpu_times()
-        results = sum(len(o["results"]) for o in outs)
         s["gateway_cpu_ms_per_result"] = round(1000 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / results, 2)
     return s
+
+
+def start_serve_ingress(settings_json: dict, port: int, max_connections: int) -> str:
+    """The same gateway app (server/gateway.py) as a Ray Serve ingress deployment (one replica), for comparison:
+    requests go through Serve's proxy actor to the replica, which relays to the worker as the gateway does."""
+    from ray import serve
+
+    def build():
+        from spann3r.server.cluster import WorkerPool
+        from spann3r.server.gateway import create_gateway
+        from spann3r.server.settings import ServeSettings
+        from spann3r.server.store import open_store
+
+        settings = ServeSettings(**settings_json)
+        store = open_store(settings.state_dir, settings.state_url)
+        assert store is not None
+        return create_gateway(settings, store, WorkerPool(store))
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # each WebSocket is one ongoing request for its whole life: size the limit to the connections (default 5)
+    deployment = serve.deployment(
+        serve.ingress(build)(), max_ongoing_requests=max_connections, ray_actor_options={"num_cpus": 0}
+    )
+    serve.run(deployment.bind(), name="spann3r", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions-per-worker", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=4.0)
+    p.add_argument("--serve", action="store_true", help="also measure a Ray Serve ingress (2 workers)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -218,6 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_workers(url, 2)
         report["two_workers"] = measure([url], 2 * n, args.seconds, args.warmup, imgs, gw)
         print("2 workers, through the gateway: ", report["two_workers"], flush=True)
+        if args.serve:
+            serve_url = start_serve_ingress(settings.model_dump(mode="json"), free_port(), 4 * n)
+            wait_for_workers(serve_url, 2)
+            report["two_workers_serve"] = measure([serve_url], 2 * n, args.seconds, args.warmup, imgs, None)
+            print("2 workers, through Ray Serve:   ", report["two_workers_serve"], flush=True)
+            from ray import serve
+
+            serve.shutdown()
 
         killed: dict = {}
 
