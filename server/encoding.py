@@ -21,10 +21,43 @@ def confident(conf: np.ndarray, conf_thresh: float) -> np.ndarray:
         return (conf - 1) / conf > conf_thresh
 
 
+def finite_points(pts3d: np.ndarray) -> np.ndarray:
+    """[..., 3] → [...] bool, all three coordinates finite (``np.isfinite(pts3d).all(-1)``, without numpy's slow
+    reduction over a length-3 last axis)."""
+    x, y, z = (np.isfinite(pts3d[..., i]) for i in range(3))
+    return x & y & z
+
+
+def kept_pixels(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> np.ndarray:
+    """Flat (row-major) indices of the pixels whose point is finite and confident: the selection of the compact
+    encoding and of ``core.export.fuse``."""
+    keep = confident(conf, conf_thresh)
+    keep &= finite_points(pts3d)
+    return np.flatnonzero(keep)
+
+
+def take_pixels(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``a`` [H, W, ...] at flat pixel indices → [len(index), ...], as ``a[mask]`` gives for the mask of ``index``
+    (a gather along one axis: numpy's boolean indexing of rows is several times slower)."""
+    return np.take(a.reshape(-1, *a.shape[2:]), index, axis=0)
+
+
+def to_float16(a: np.ndarray) -> np.ndarray:
+    """``a.astype(np.float16)``: a float32 array through torch's vectorised conversion (numpy converts element by
+    element, ~20x slower), bit for bit the same on every finite value and infinity (IEEE round to nearest even;
+    NaN stays NaN, a signalling NaN's payload may differ); other dtypes through numpy."""
+    if a.dtype != np.float32:
+        return a.astype(np.float16)
+    import torch  # clients import this module to decode: torch only where the server encodes
+
+    return torch.from_numpy(np.ascontiguousarray(a)).half().numpy()
+
+
 def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> float:
     """Model units per int16 step, from a first output: its largest confident |coordinate| × headroom."""
-    keep = confident(conf, conf_thresh) & np.isfinite(pts3d).all(-1)
-    pts = pts3d[keep] if keep.any() else pts3d[np.isfinite(pts3d).all(-1)]
+    finite = finite_points(pts3d)
+    keep = confident(conf, conf_thresh) & finite
+    pts = pts3d[keep] if keep.any() else pts3d[finite]
     extent = float(np.abs(pts).max()) if pts.size else 0.0
     return (extent if extent > 0 else 1.0) * SCALE_HEADROOM / INT16_MAX
 
@@ -33,23 +66,30 @@ def encode_map(
     pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
 ) -> FullMap | CompactMap:
     if settings.encoding == "full":
-        dt = np.float16 if settings.dtype == "float16" else np.float32
+        half = settings.dtype == "float16"
         return FullMap.model_construct(
-            encoding="full", pts3d=Array.of(pts3d.astype(dt)), conf=Array.of(conf.astype(dt)), colors=Array.of(colors)
+            encoding="full",
+            pts3d=Array.of(to_float16(pts3d) if half else pts3d.astype(np.float32)),
+            conf=Array.of(to_float16(conf) if half else conf.astype(np.float32)),
+            colors=Array.of(colors),
         )
     s = settings.stride
     pts3d, conf, colors = pts3d[::s, ::s], conf[::s, ::s], colors[::s, ::s]
-    keep = confident(conf, settings.conf_thresh) & np.isfinite(pts3d).all(-1)
-    q = np.rint(pts3d[keep] / scale)
-    inside = (np.abs(q) <= INT16_MAX).all(-1)
+    index = kept_pixels(pts3d, conf, settings.conf_thresh)
+    q = np.rint(take_pixels(pts3d, index) / scale)
+    clipped = 0
+    if q.size and not np.abs(q).max() <= INT16_MAX:  # rare: points beyond the int16 range (or NaN: scale 0)
+        inside = (np.abs(q) <= INT16_MAX).all(-1)
+        clipped = int((~inside).sum())
+        index, q = index[inside], q[inside]
     return CompactMap.model_construct(
         encoding="compact",
         scale=float(scale),
         stride=s,
-        clipped=int((~inside).sum()),
-        positions=Array.of(q[inside].astype(np.int16)),
-        colors=Array.of(colors[keep][inside]),
-        conf=Array.of(conf[keep][inside].astype(np.float16)),
+        clipped=clipped,
+        positions=Array.of(q.astype(np.int16)),
+        colors=Array.of(take_pixels(colors, index)),
+        conf=Array.of(to_float16(take_pixels(conf, index))),
     )
 
 

@@ -16,9 +16,8 @@ import numpy as np
 
 from ..core.camera import CameraPose, estimate_focal, solve_poses
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
-from ..core.export import fuse
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
-from .encoding import choose_scale, encode_frame
+from .encoding import choose_scale, encode_frame, kept_pixels, take_pixels
 from .protocol import FinishedMsg, FrameData, MemoryInfo, PoseMethod, ResultMsg, SessionSettings, pack
 
 FAILED_CALIBRATION_SCALE = 1e-3  # compact scale when frame 0's calibration fails
@@ -126,7 +125,10 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
 
 
 def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
-    xyz, rgb = fuse(out.pts3d[None], out.conf[None], out.colors[None], conf_thresh)
+    """``core.export.fuse`` of the one map (its confident finite points), with the encoder's faster gathers."""
+    index = kept_pixels(out.pts3d, out.conf, conf_thresh)
+    xyz = take_pixels(out.pts3d, index).astype(np.float32, copy=False)
+    rgb = take_pixels(out.colors, index).astype(np.uint8, copy=False)
     return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
 
 
