@@ -287,18 +287,25 @@ def _workspace(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 @functools.lru_cache(maxsize=8)
 def _jacobian_maps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor([_JX, _JY], dtype=dtype, device=device)
+    """[14, 11]: d nx / d(ω, τ) and d ny / d(ω, τ) over the monomials (rows 0-11), then (ex, ey) (rows 12-13)."""
+    J = torch.zeros(14, _N_MONOMIALS + 2, dtype=dtype)
+    J[:12, :_N_MONOMIALS] = torch.tensor(_JX + _JY, dtype=dtype)
+    J[12:, _N_MONOMIALS:] = torch.eye(2, dtype=dtype)
+    return J.to(device)
 
 
 def _normal_equations(gram: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gram matrix of (φ, ex, ey) [B, 11, 11] → H [B, 6, 6] and g [B, 6] of the pixel reprojection error
-    Σ irls |K₂ e|², K₂ e = pixel residual: H = Σ_ab G_ab J_a S J_bᵀ, g = Σ_ab G_ab J_a s_b with G = K₂ᵀK₂."""
-    J = _jacobian_maps(gram.dtype, gram.device)  # [2, 6, 9]: d(nx, ny) / d(ω, τ) over the monomials
-    S, s = gram[:, :_N_MONOMIALS, :_N_MONOMIALS], gram[:, :_N_MONOMIALS, _N_MONOMIALS:]  # [B, 9, 9], [B, 9, 2]
+    Σ irls |K₂ e|², K₂ e = pixel residual: H = Σ_ab G_ab J_a S J_bᵀ, g = Σ_ab G_ab J_a s_b with G = K₂ᵀK₂.
+    Both from one product J Γ Jᵀ (J: the two maps stacked, [12, 9] on the monomials, and the identity on (ex, ey)),
+    a few ops where a four-operand einsum plans its contraction on every call."""
+    B = gram.shape[0]
+    J = _jacobian_maps(gram.dtype, gram.device)  # [14, 11]: block-diag(J_x; J_y, I₂)
     K2 = K[:, :2, :2]
     G = K2.transpose(1, 2) @ K2  # [B, 2, 2]
-    H = torch.einsum("bxy,xik,bkl,yjl->bij", G, J, S, J)
-    g = torch.einsum("bxy,xik,bky->bi", G, J, s)
+    M = J @ gram @ J[:12].T  # [B, 14, 12]: rows (J_x S, J_y S, sᵀ), columns J_xᵀ, J_yᵀ
+    H = (M[:, :12].view(B, 2, 6, 2, 6) * G[:, :, None, :, None]).sum((1, 3))
+    g = (M[:, 12:].view(B, 2, 2, 6) * G[..., None]).sum((1, 2))  # s_b = rows 12 + b, G symmetric
     return H, g
 
 
@@ -390,12 +397,20 @@ def _ransac_batch(pts: torch.Tensor, keep: torch.Tensor, K: torch.Tensor) -> tup
 
 
 def _confidence_weights(pts: torch.Tensor, conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pointmaps [B, H, W, 3] with non-finite pixels zeroed, and weights log(conf) [B, H*W], 0 where not finite."""
+    """Pointmaps [B, H, W, 3] with non-finite pixels zeroed, and weights log(conf) [B, H*W], 0 where not finite.
+    A pixel is finite when its confidence and the sum of its coordinates are."""
     B = pts.shape[0]
+    w = conf.reshape(B, -1).clamp(min=1).log_()
+    # the usual case in one pass each (torch's isfinite is several passes): every value finite and no sum of three
+    # coordinates able to overflow; aminmax propagates NaN
+    lo, hi = torch.aminmax(pts)
+    c_lo, c_hi = torch.aminmax(conf)
+    if bool((lo > -1e38) & (hi < 1e38) & c_lo.isfinite() & c_hi.isfinite()):
+        return pts, w
     finite = pts.sum(-1).isfinite().reshape(B, -1) & conf.reshape(B, -1).isfinite()  # [B, N]
     if not bool(finite.all()):
         pts = pts.nan_to_num(0.0, 0.0, 0.0)
-    return pts, conf.reshape(B, -1).clamp(min=1).log_().masked_fill_(~finite, 0.0)
+    return pts, w.masked_fill_(~finite, 0.0)
 
 
 def _best_start(Xs, ns, ws, width: int, K, init, max_error_px: float) -> tuple[torch.Tensor, torch.Tensor]:
