@@ -91,6 +91,26 @@ def solve_cameras(maps: Sequence[FrameOutput], cal: Calibration, method: PoseMet
     return [CameraPose(c2w[i], bool(valid[i])) for i in range(len(maps))]
 
 
+def solve_step_cameras(
+    jobs: Sequence[tuple[Sequence[FrameOutput], Calibration | None, PoseMethod]],
+) -> list[list[CameraPose]]:
+    """Poses of the maps of several streams (one model step's sessions: maps, calibration, pose method each), in
+    one call of the batched solver per pose method, each map with its stream's camera."""
+    poses: list[list[CameraPose]] = [[] for _ in jobs]
+    for method in dict.fromkeys(m for maps, _, m in jobs if maps):
+        mine = [(i, o, cal) for i, (maps, cal, m) in enumerate(jobs) if m == method for o in maps]
+        assert all(cal is not None for _, _, cal in mine)  # a step with maps waited for its stream's calibration
+        c2w, valid = solve_poses(
+            np.stack([o.pts3d for _, o, _ in mine]),
+            np.stack([o.conf for _, o, _ in mine]),
+            np.stack([cal.K for _, _, cal in mine if cal is not None]),
+            method=method,
+        )
+        for k, (i, _, _) in enumerate(mine):
+            poses[i].append(CameraPose(c2w[k], bool(valid[k])))
+    return poses
+
+
 def memory_info(trace: MemoryTrace | None) -> MemoryInfo | None:
     if trace is None:
         return None

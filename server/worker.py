@@ -8,11 +8,12 @@ Threads, and what runs where (the event loop never waits on any of them):
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
 - job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
 - post pool: focal, PnP poses, encoding and msgpack of results (results.py), in parallel across frames and
-  sessions. Each post thread runs torch on one intra-op thread (``POST_TORCH_THREADS``): the poses are many small
-  ops, and a few post threads each fanning out to every core, next to the model thread's own team, oversubscribe
-  the CPU (OpenMP teams spin-waiting on each other: measured ~10x slower per pose on 2 cores). The model thread
-  keeps the process's intra-op thread count as it was when the worker was made (torch's setting is global and
-  read lazily by each thread, so both pools set theirs explicitly when their threads start).
+  sessions; the poses of all the maps of one model step (every session in its batch) in one batched solve. Each
+  post thread runs torch on one intra-op thread (``POST_TORCH_THREADS``): the poses are many small ops, and a few
+  post threads each fanning out to every core, next to the model thread's own team, oversubscribe the CPU (OpenMP
+  teams spin-waiting on each other: measured ~10x slower per pose on 2 cores). The model thread keeps the
+  process's intra-op thread count as it was when the worker was made (torch's setting is global and read lazily
+  by each thread, so both pools set theirs explicitly when their threads start).
 
 Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
 of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly
@@ -32,7 +33,6 @@ from typing import Protocol
 
 import torch
 
-from ..core.camera import CameraPose
 from ..core.engine import Engine, StepResult, StreamError
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
@@ -325,7 +325,8 @@ class Worker:
         self.metrics.step_latency.observe(step_s)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.frames_processed.inc(len(batch))
-        for (s, t), res, captured in zip(batch, outs, captures):
+        cameras = self._step_cameras([(t, res) for (_, t), res in zip(batch, outs)])
+        for (s, t), res, captured, cams in zip(batch, outs, captures, cameras):
             rf = t.frame
             timings = {
                 "queue_s": taken - rf.raw.received - rf.decode_s,
@@ -336,7 +337,7 @@ class Worker:
             }
             self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
-            sent = s.chain(self._result_producer(s, t, res, timings), replayable=True)
+            sent = s.chain(self._result_producer(s, t, res, timings, cams), replayable=True)
             if captured is not None and s.persistence is not None:  # committed off the model thread
                 capture, seconds = captured
                 s.persistence.submit(s, capture, seconds, StreamPoint(t.index + 1, rf.raw.seq, t.generation), sent)
@@ -379,34 +380,63 @@ class Worker:
             log.exception("background work: unit_done failed")
 
     # ------------------------------------------------------------------ post-processing (results.py)
-    async def _cameras(
-        self, cal: asyncio.Future, res: StepResult, settings: SessionSettings, source_size: tuple[int, int]
-    ) -> tuple[Calibration | None, list[CameraPose]]:
-        """Calibration and poses of a step's maps. Frame 0's final fixes the stream's calibration; every other
+    def _step_cameras(self, steps: list[tuple[StepTicket, StepResult]]) -> list[asyncio.Future]:
+        """Calibration and poses of the maps of every session of a model step, in one batched solve
+        (``results.solve_step_cameras``: the solver's cost is mostly per call). One future per session:
+        (its calibration, or None without maps; the poses of ``results.step_outputs``)."""
+        futures = [self._loop.create_future() for _ in steps]
+        # a stream whose calibration waits for a later step (frame 0's preview: its final comes next step) is solved
+        # on its own when it comes, holding no other session's result back; the others together, now
+        now: list[int] = []
+        later: list[int] = []
+        for i, (t, res) in enumerate(steps):
+            cal = t.calibration
+            waits = cal is not None and not cal.done() and (res.final is None or res.final.index != 0)
+            (later if waits and results.step_outputs(res) else now).append(i)
+        for group in [now] + [[i] for i in later]:
+            if group:
+                self._spawn(self._solve_step([steps[i] for i in group], [futures[i] for i in group]))
+        return futures
+
+    async def _solve_step(self, steps: list[tuple[StepTicket, StepResult]], futures: list[asyncio.Future]) -> None:
+        try:
+            cals = await asyncio.gather(*(self._calibration(t, res) for t, res in steps))
+            jobs = [(results.step_outputs(res), c, t.settings.pose_method) for (t, res), c in zip(steps, cals)]
+            poses = await self.on_post(results.solve_step_cameras, jobs) if any(m for m, _, _ in jobs) else []
+            for i, (f, c) in enumerate(zip(futures, cals)):
+                f.set_result((c, poses[i] if poses else []))
+        except Exception as exc:  # each producer reports it for its frame
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
+
+    async def _calibration(self, t: StepTicket, res: StepResult) -> Calibration | None:
+        """The stream's calibration, for a step with maps (None without): frame 0's final fixes it, every other
         map's pose waits for it."""
-        maps = results.step_outputs(res)
-        if not maps:
-            return None, []
+        if not results.step_outputs(res):
+            return None
+        cal = t.calibration
+        assert cal is not None  # attached with the stream the step ran
         if res.final is not None and res.final.index == 0 and not cal.done():
             try:
-                c = await self.on_post(results.calibrate, res.final, settings, source_size)
+                c = await self.on_post(results.calibrate, res.final, t.settings, t.frame.prepared.source_size)
             except Exception:
                 log.exception("calibration failed")
                 c = results.failed_calibration()
             if not cal.done():
                 cal.set_result(c)
-        c = await cal
-        return c, await self.on_post(results.solve_cameras, maps, c, settings.pose_method)
+        return await cal
 
-    def _result_producer(self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float]):
+    def _result_producer(
+        self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float], cameras: asyncio.Future
+    ):
         rf = t.frame
         frame = FrameIdentity(rf.raw.seq, rf.raw.msg.ts, t.prev_seq, rf.raw.received)
 
         async def produce() -> bytes:
             try:
                 t0 = time.perf_counter()
-                assert t.calibration is not None  # attached with the stream the step ran
-                cal, poses = await self._cameras(t.calibration, res, t.settings, rf.prepared.source_size)
+                cal, poses = await cameras
                 timings["pose_s"] = time.perf_counter() - t0
                 if poses:
                     self.metrics.pose_seconds.observe(timings["pose_s"])
