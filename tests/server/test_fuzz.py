@@ -25,10 +25,11 @@ The bounds, in the process's RSS, then measure the server: ``RSS_GROWTH_BOUND`` 
 starts to the end, at any length of run (20,000 examples: +226 and +233 MiB in two runs, reached within the first
 few thousand: the healthy session's model state, glibc's arenas grown to the message sizes in each thread, one
 batch of Hypothesis's cache); and over the second half of the run, ``RSS_LATE_SLACK`` plus ``RSS_PER_EXAMPLE`` per
-example (20,000 examples: +14 and +17 MiB over the second 10,000, bound 84). A leak of 8 KiB per message fails a
-20,000 example run (one of 32 KiB per protocol error failed 6,000 examples: +116 MiB over the second half); a short
-run catches only gross leaks by RSS, and every run checks that no ``Connection`` outlives its socket (one kept per
-connection fails the default run).
+example (20,000 examples: +14 and +17 MiB over the second 10,000, bound 84), in runs of at least ``2 * WARM_UP``
+examples: a shorter run's second half is still warming up (the default run's: +11 to +64 MiB in six runs; 2,000
+examples: +35). A leak of 8 KiB per message fails a 20,000 example run (one of 32 KiB per protocol error failed
+6,000 examples: +116 MiB over the second half); a short run catches only gross leaks by RSS, and every run checks
+that no ``Connection`` outlives its socket (one kept per connection fails the default run).
 
 Bounded for CI (about a minute on a small CPU, reproducible: seeded). A longer run:
 ``SPANN3R_FUZZ_EXAMPLES=20000 python -m pytest tests/server/test_fuzz.py -s`` (prints the numbers).
@@ -67,6 +68,7 @@ BATCH = 500  # examples per Hypothesis run: what Hypothesis keeps of a run is bo
 RSS_GROWTH_BOUND = 320 * 2**20  # whole run, any length
 RSS_LATE_SLACK = 64 * 2**20  # over the second half of the run: a constant ...
 RSS_PER_EXAMPLE = 2 * 2**10  # ... plus this per later example
+WARM_UP = 2000  # examples before RSS reaches its plateau (allocator arenas, the healthy session); see the docstring
 DOCUMENTED_CLOSES = set(P.CLOSE_CODES.values())
 
 
@@ -335,6 +337,7 @@ def test_fuzzed_messages_get_documented_answers_and_harm_nobody(server, tiny_jpe
     rss_end = process.memory_info().rss
     rss_growth, late_growth, late_examples = rss_end - rss_before, rss_end - rss_warm, EXAMPLES - warm_up
     late_bound = RSS_LATE_SLACK + RSS_PER_EXAMPLE * late_examples
+    late_checked = warm_up >= WARM_UP
     print(  # the numbers a long run (SPANN3R_FUZZ_EXAMPLES) is documented with; shown with pytest -s
         f"fuzz: {EXAMPLES} examples in {len(sizes)} runs, {time.monotonic() - t0:.0f} s, "
         f"answers {dict(fuzz.answers.most_common())}, errors {dict(fuzz.errors.most_common())}, "
@@ -342,7 +345,7 @@ def test_fuzzed_messages_get_documented_answers_and_harm_nobody(server, tiny_jpe
         f"healthy results {sum(isinstance(m, P.ResultMsg) for m in healthy.messages)}, "
         f"RSS growth {rss_growth / 2**20:.1f} MiB (bound {RSS_GROWTH_BOUND / 2**20:.0f}), "
         f"over the second half {late_growth / 2**20:.1f} MiB ({late_growth / max(1, late_examples):.0f} B/example, "
-        f"bound {late_bound / 2**20:.0f} MiB)"
+        + (f"bound {late_bound / 2**20:.0f} MiB)" if late_checked else f"unchecked: under {2 * WARM_UP} examples)")
     )
 
     assert healthy.error is None, repr(healthy.error)
@@ -353,6 +356,7 @@ def test_fuzzed_messages_get_documented_answers_and_harm_nobody(server, tiny_jpe
     assert not fuzz.long_errors, fuzz.long_errors[:3]
     assert set(fuzz.closes) <= DOCUMENTED_CLOSES, fuzz.closes
     assert rss_growth < RSS_GROWTH_BOUND, f"RSS grew by {rss_growth / 2**20:.0f} MiB"
-    assert late_growth < late_bound, f"RSS grew by {late_growth / 2**20:.0f} MiB over the second half"
+    if late_checked:
+        assert late_growth < late_bound, f"RSS grew by {late_growth / 2**20:.0f} MiB over the second half"
     assert live_connections(server) == 0  # every closed connection let go (per-connection leaks)
     assert httpx.get(f"{server.url}/healthz").status_code == 200
