@@ -8,12 +8,7 @@ Threads, and what runs where (the event loop never waits on any of them):
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
 - job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
 - post pool: focal, PnP poses, encoding and msgpack of results (results.py), in parallel across frames and
-  sessions; the poses of all the maps of one model step (every session in its batch) in one batched solve. Each
-  post thread runs torch on one intra-op thread (``POST_TORCH_THREADS``): the poses are many small ops, and a few
-  post threads each fanning out to every core, next to the model thread's own team, oversubscribe the CPU (OpenMP
-  teams spin-waiting on each other: measured ~10x slower per pose on 2 cores). The model thread keeps the
-  process's intra-op thread count as it was when the worker was made (torch's setting is global and read lazily
-  by each thread, so both pools set theirs explicitly when their threads start).
+  sessions; the poses of all the maps of one model step (every session in its batch) in one batched solve.
 
 Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
 of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly
@@ -31,8 +26,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-import torch
-
 from ..core.engine import Engine, StepResult, StreamError
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
@@ -47,8 +40,6 @@ from .settings import ServeSettings
 from .snapshots import CaptureRequest, StreamPoint
 
 log = logging.getLogger(__name__)
-
-POST_TORCH_THREADS = 1  # torch intra-op threads of each post-processing thread (see the module docstring)
 
 SYNTHETIC_NOTICE = (
     "UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
@@ -87,15 +78,10 @@ class Worker:
         self.settings, self.metrics = settings, metrics
         self.policy = SchedulePolicy(settings.max_batch, settings.max_wait_ms / 1000, settings.job_stream_batches)
         cpus = os.cpu_count() or 2
-        self.model_threads = torch.get_num_threads()  # the process's setting (load_engine's ``threads``)
-        self.model_exec = ThreadPoolExecutor(
-            1, thread_name_prefix="model", initializer=torch.set_num_threads, initargs=(self.model_threads,)
-        )
+        self.model_exec = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.decode_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="decode")
         self.job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="job-decode")
-        self.post_pool = ThreadPoolExecutor(
-            max(2, cpus), thread_name_prefix="post", initializer=torch.set_num_threads, initargs=(POST_TORCH_THREADS,)
-        )
+        self.post_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="post")
         self._ready: dict[str, Session] = {}  # sessions with a decoded frame, by id, in the order they got it
         self._wake = asyncio.Event()  # not bound to a loop until first awaited
         self._task: asyncio.Task | None = None
