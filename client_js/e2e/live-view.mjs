@@ -308,7 +308,7 @@ async function reloadScenario() {
   await shot(page, 'before');
   await page.reload();
   await page.waitForFunction(() => window.spann3rLive !== undefined);
-  const after = await until(page, 'reload-after', (s) => s.state === 'open' && s.pointsShown >= before.pointsShown && s.resultsReceived >= 2, 'the resumed session to catch up', 90_000);
+  const after = await until(page, 'reload-after', (s) => s.state === 'open' && s.pointsShown >= before.pointsShown && s.resultsReceived >= 2 && s.lastFrameIndex > before.lastFrameIndex, 'the resumed session to catch up', 90_000);
   report.notes.after = after;
   await shot(page, 'resumed');
   // Stream again while streaming: the old session is finished and deleted (not left held), a new one starts

@@ -99,6 +99,10 @@ def entities_so_far(path: Path) -> set[str]:
         return set(rows_by_entity(path))
     except ValueError:  # "No recording store found in RRD file"
         return set()
+    except RuntimeError as exc:  # read while rerun writes: the file ends inside a frame; read again later
+        if "exceeds file size" not in str(exc):
+            raise
+        return set()
 
 
 def test_logging_to_a_running_viewer(tmp_path, run_arrays):
