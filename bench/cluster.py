@@ -156,6 +156,13 @@ def summary(outs: list[dict], seconds: float, warmup: float, t0: float) -> dict:
     }
 
 
+def pin(pid: int, core: int) -> None:
+    """Keep a worker process (every thread it has, and so every thread it starts) on one core: a worker is given
+    one CPU, but its post-processing pool would otherwise spread it over every core."""
+    for t in psutil.Process(pid).threads():
+        os.sched_setaffinity(t.id, {core})
+
+
 def _busy_s() -> float:
     t = psutil.cpu_times()
     return t.user + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
@@ -208,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--serve", action="store_true", help="also measure a Ray Serve ingress (2 workers)")
+    p.add_argument("--no-pin", action="store_true", help="let each worker use every core")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -236,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "ray_node": ray.nodes()[0]["NodeManagerAddress"],
         "sessions_per_worker": args.sessions_per_worker,
+        "workers_pinned_to_a_core_each": not args.no_pin,
         "seconds": args.seconds,
     }
     handles = start_workers(settings, 1, 0)
+    if not args.no_pin:
+        pin(ray.get(handles[0].info.remote())["pid"], 0)
     gateway, url = start_gateway(ray.get_runtime_context().gcs_address, state)
     gw = psutil.Process(gateway.pid)
     try:
@@ -250,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         report["one_worker"] = measure([url], n, args.seconds, args.warmup, imgs, gw)
         print("1 worker, through the gateway:  ", report["one_worker"], flush=True)
         handles += start_workers(settings, 1, 1)
+        if not args.no_pin:
+            pin(ray.get(handles[1].info.remote())["pid"], 1 % (os.cpu_count() or 1))
         wait_for_workers(url, 2)
         report["two_workers"] = measure([url], 2 * n, args.seconds, args.warmup, imgs, gw)
         print("2 workers, through the gateway: ", report["two_workers"], flush=True)
