@@ -502,14 +502,26 @@ def create_app(
             {"code": "capacity", "detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)}
         )
 
+    add_body_limit_and_cors(app, settings)
+    app.include_router(api)
+    app.include_router(jobs_api)
+    app.include_router(health)
+    mount_page(app, settings)
+    return app
+
+
+def add_body_limit_and_cors(app: FastAPI, settings: ServeSettings) -> None:
+    """The request-body limit (job uploads enforce their own) and CORS, for every spann3r HTTP app."""
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/jobs"),))
     if settings.cors_origins:  # added last, so outermost: refusals (413) carry the CORS headers too
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    app.include_router(api)
-    app.include_router(jobs_api)
-    app.include_router(health)
+
+
+def mount_page(app: FastAPI, settings: ServeSettings) -> None:
+    """The browser client at / (after every other route: the mount catches what they do not), or a page saying
+    how to build it."""
     static = settings.static_dir or PAGE_DIR
     if (static / "index.html").is_file():
         app.mount("/", StaticFiles(directory=static, html=True), name="client")
@@ -518,8 +530,6 @@ def create_app(
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
         async def no_client():
             return NO_CLIENT_PAGE
-
-    return app
 
 
 def uvicorn_config(app, settings: ServeSettings, **overrides) -> uvicorn.Config:

@@ -25,9 +25,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocketDisconnect
@@ -35,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from .app import NO_CLIENT_PAGE, PAGE_DIR, BodySizeLimit, redact_tokens_in_logs
+from .app import add_body_limit_and_cors, mount_page, redact_tokens_in_logs
 from .cluster import FailoverReport, WorkerPool, WorkerView
 from .protocol import CLOSE_NOT_FOUND, CLOSE_SHUTDOWN, CLOSE_TRY_LATER, PROTOCOL_VERSION
 from .settings import ServeSettings
@@ -330,18 +328,6 @@ def create_gateway(settings: ServeSettings, store: SessionStore, pool: WorkerPoo
             return await ws.close(CLOSE_NOT_FOUND, "no such session")
         await gateway.relay(ws, w, session_id)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/jobs"),))
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
-        )
-    static = settings.static_dir or PAGE_DIR
-    if (static / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=static, html=True), name="client")
-    else:
-
-        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-        async def no_client():
-            return NO_CLIENT_PAGE
-
+    add_body_limit_and_cors(app, settings)
+    mount_page(app, settings)
     return app
