@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -96,6 +98,9 @@ def solve_pose(pts3d: np.ndarray, focal: float) -> CameraPose:
 #      well-conditioned normal equations, most of the confidence reprojecting within ``max_error_px``, a finite
 #      pose. Frames that fail it with enough points get one more try
 #      warm-started from OpenCV's PnP-RANSAC, and the same check decides.
+# A frame with a finite ``init`` (a stream's previous pose) first skips step 1 and takes ``warm_iterations`` coarse
+# steps from it: the linear starts and their scoring are a third of a cold solve, and a neighbouring frame's pose
+# is already close. Only if that fails the check does the frame go the cold way (with ``init`` as a candidate).
 
 POSE_METHODS = ("robust", "pnp_ransac")
 CPU_CHUNK = 8  # frames per robust solve on a CPU
@@ -431,6 +436,8 @@ def _best_start(Xs, ns, ws, width: int, K, init, max_error_px: float) -> tuple[t
     for i in range(len(candidates)):  # MSAC: squared error capped at max_error_px, as RANSAC scores
         res = _residuals(Xs, ns, ws, Rc[:, i], tc[:, i], K, scale_px=max_error_px)
         cost.append((ws * res.rho2.clamp(max=max_error_px**2).masked_fill(~res.in_front, max_error_px**2)).sum(1))
+    if init is not None:  # a non-finite init is no candidate (the frame is scored as if it had none)
+        cost[2] = cost[2].masked_fill(~init.flatten(1).isfinite().all(1), float("inf"))
     best = torch.stack(cost, 1).nan_to_num(float("inf")).argmin(1)
     return Rc[torch.arange(B), best], tc[torch.arange(B), best]
 
@@ -441,6 +448,7 @@ def _robust_solve(
     K,
     init,
     *,
+    warm: bool,
     coarse_iterations,
     fine_iterations,
     max_error_px,
@@ -448,7 +456,8 @@ def _robust_solve(
     min_inlier_weight,
     min_condition,
 ):
-    """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B]."""
+    """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B].
+    ``warm``: start from ``init`` (finite for every frame) instead of the best of the linear starts and it."""
     B, H, W, _ = pts.shape
     pts, w = _confidence_weights(pts, conf)
     K_ok = K.flatten(1).isfinite().all(1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
@@ -459,7 +468,11 @@ def _robust_solve(
     Xs = pts[:, ::step, ::step].reshape(B, -1, 3).transpose(1, 2).contiguous()  # [B, 3, n]
     ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
     ns = _normalised_pixels(K, H, W, step)
-    R, t = _best_start(Xs, ns, ws, len(range(0, W, step)), K, init, max_error_px)
+    if warm:
+        R = init[:, :3, :3].transpose(1, 2)  # world-to-camera of a camera-to-world init
+        t = -(R @ init[:, :3, 3:])[..., 0]
+    else:
+        R, t = _best_start(Xs, ns, ws, len(range(0, W, step)), K, init, max_error_px)
     if coarse_iterations:
         R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
 
@@ -467,6 +480,32 @@ def _robust_solve(
     R, t, res, H_last = _gauss_newton(X, _normalised_pixels(K, H, W), w, R, t, K, fine_iterations)
     valid = enough & _pose_validity(res, H_last, w, max_error_px, min_inlier_weight, min_condition)
     valid &= R.flatten(1).isfinite().all(1) & t.isfinite().all(1)
+    return R, t, valid, enough
+
+
+def _frames(index: torch.Tensor, B: int, pts, conf, K, init):
+    """The frames ``index`` of the solve's inputs (init may be None); all of them as they are, without a copy."""
+    if len(index) == B:
+        return pts, conf, K, init
+    return pts[index], conf[index], K[index], None if init is None else init[index]
+
+
+def _chunked(frames: tuple, settings: dict):
+    """``_robust_solve`` over the batch ``frames`` (pts, conf, K, init); on a CPU in chunks of ``CPU_CHUNK``
+    frames, which keep the per-pixel work (~20 MB) in cache; a GPU takes the batch at once."""
+    pts, conf, K, init = frames
+    chunk = CPU_CHUNK if pts.device.type == "cpu" else pts.shape[0]
+    parts = [  # (slices are views: no copy of the maps)
+        _robust_solve(
+            pts[i : i + chunk],
+            conf[i : i + chunk],
+            K[i : i + chunk],
+            None if init is None else init[i : i + chunk],
+            **settings,
+        )
+        for i in range(0, pts.shape[0], chunk)
+    ]
+    R, t, valid, enough = (torch.cat(x) for x in zip(*parts))
     return R, t, valid, enough
 
 
@@ -487,6 +526,7 @@ def solve_poses(
     method: str = "robust",
     fallback: bool = True,
     coarse_iterations: int = 4,
+    warm_iterations: int = 2,
     fine_iterations: int = 1,
     max_error_px: float = 8.0,
     min_points: int = 64,
@@ -501,7 +541,8 @@ def solve_poses(
     stream's previous pose) or None. ``method``: ``"robust"`` (default; see the section comment) or
     ``"pnp_ransac"`` (per frame, OpenCV, every finite point, confidence ignored: the official demo's estimator).
     ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC. Tuning:
-    ``coarse_iterations`` steps on every 4th row and column, then ``fine_iterations`` (≥ 1) on every pixel; valid
+    ``coarse_iterations`` steps on every 4th row and column (``warm_iterations`` from a finite ``init``, tried
+    first), then ``fine_iterations`` (≥ 1) on every pixel; valid
     needs ``min_points`` pixels with conf > 1, at least ``min_inlier_weight`` of the confidence within
     ``max_error_px`` and the normal equations' smallest / largest eigenvalue above ``min_condition``.
 
@@ -510,36 +551,39 @@ def solve_poses(
     """
     if method not in POSE_METHODS:
         raise ValueError(f"unknown pose method {method!r} (choose from {', '.join(POSE_METHODS)})")
-    if coarse_iterations < 0 or fine_iterations < 1:
+    if coarse_iterations < 0 or warm_iterations < 0 or fine_iterations < 1:
         raise ValueError(
-            f"need coarse_iterations >= 0 and fine_iterations >= 1, got {coarse_iterations}, {fine_iterations}"
+            "need coarse_iterations >= 0, warm_iterations >= 0 and fine_iterations >= 1, "
+            f"got {coarse_iterations}, {warm_iterations}, {fine_iterations}"
         )
     as_numpy = not isinstance(pts3d, torch.Tensor)
     pts, conf_t, K_t, init_t = _as_batch(pts3d, conf, K, init)
     if method == "pnp_ransac":
         c2w, valid = _ransac_batch(pts, pts.isfinite().all(-1), K_t)
     else:
-        settings = dict(
-            coarse_iterations=coarse_iterations,
+        settings: dict[str, Any] = dict(
             fine_iterations=fine_iterations,
             max_error_px=max_error_px,
             min_points=min_points,
             min_inlier_weight=min_inlier_weight,
             min_condition=min_condition,
         )
-        # on a CPU, chunks of 8 frames keep the per-pixel work (~20 MB) in cache; a GPU takes the batch at once
-        chunk = CPU_CHUNK if pts.device.type == "cpu" else pts.shape[0]
-        parts = [
-            _robust_solve(
-                pts[i : i + chunk],
-                conf_t[i : i + chunk],
-                K_t[i : i + chunk],
-                None if init_t is None else init_t[i : i + chunk],
-                **settings,
-            )
-            for i in range(0, pts.shape[0], chunk)
-        ]
-        R, t, valid, enough = (torch.cat(x) for x in zip(*parts))
+        cold = dict(settings, warm=False, coarse_iterations=coarse_iterations)
+        B = pts.shape[0]
+        R = torch.full((B, 3, 3), float("nan"), dtype=torch.float64, device=pts.device)
+        t = torch.full((B, 3), float("nan"), dtype=torch.float64, device=pts.device)
+        valid = torch.zeros(B, dtype=torch.bool, device=pts.device)
+        enough = torch.ones(B, dtype=torch.bool, device=pts.device)
+        todo = torch.ones(B, dtype=torch.bool, device=pts.device)  # frames still to solve the cold way
+        if init_t is not None:
+            w = init_t.flatten(1).isfinite().all(1).nonzero()[:, 0]
+            if len(w):
+                warm = dict(settings, warm=True, coarse_iterations=warm_iterations)
+                R[w], t[w], valid[w], enough[w] = _chunked(_frames(w, B, pts, conf_t, K_t, init_t), warm)
+                todo[w] = enough[w] & ~valid[w]
+        c = todo.nonzero()[:, 0]
+        if len(c):
+            R[c], t[c], valid[c], enough[c] = _chunked(_frames(c, B, pts, conf_t, K_t, init_t), cold)
         retry = enough & ~valid
         if fallback and bool(retry.any()):
             i = retry.nonzero()[:, 0]
@@ -547,9 +591,52 @@ def solve_poses(
             c2w_r, ok = _ransac_batch(pts[i], keep, K_t[i])
             if bool(ok.any()):
                 i, c2w_r = i[ok], c2w_r[ok]
-                R2, t2, valid2, _ = _robust_solve(pts[i], conf_t[i], K_t[i], c2w_r, **settings)
+                R2, t2, valid2, _ = _robust_solve(pts[i], conf_t[i], K_t[i], c2w_r, **cold)
                 R[i], t[i], valid[i] = R2, t2, valid2
         c2w = _to_c2w(R, t, valid)
     if as_numpy:
         return c2w.cpu().numpy(), valid.cpu().numpy()
     return c2w, valid
+
+
+# ----------------------------------------------------------------------------- a stream's poses over time
+@dataclass
+class PoseTrack:
+    """A stream's camera over time: its intrinsics at the model resolution, and the pose of its latest final that
+    had a valid one, which warm-starts the solves of its next maps (``solve_poses(init=)``). The offline
+    reconstruction and the service both go through ``solve_tracks``, so a stream's poses do not depend on where
+    it ran or on which other streams shared its solves."""
+
+    K: np.ndarray  # [3, 3]
+    last: np.ndarray | None = None  # [4, 4] camera-to-world of the latest final with a valid pose
+
+
+@dataclass(frozen=True)
+class TrackMap:
+    pts3d: np.ndarray  # [H, W, 3]
+    conf: np.ndarray  # [H, W]
+    final: bool  # the stream's next final (its pose moves the track on); a preview's does not
+
+
+def solve_tracks(jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]]) -> list[list[CameraPose]]:
+    """Poses of the maps of several streams (track, maps, pose method each), in one batched ``solve_poses`` call
+    per method, each map with its stream's K and warm-started from its stream's latest final pose; then each
+    track moves on to its new final's pose when valid."""
+    poses: list[list[CameraPose]] = [[] for _ in jobs]
+    for method in dict.fromkeys(m for _, maps, m in jobs if maps):
+        mine = [(i, track, m) for i, (track, maps, meth) in enumerate(jobs) if meth == method for m in maps]
+        nan = np.full((4, 4), np.nan)
+        c2w, valid = solve_poses(
+            np.stack([m.pts3d for _, _, m in mine]),
+            np.stack([m.conf for _, _, m in mine]),
+            np.stack([track.K for _, track, _ in mine]),
+            np.stack([nan if track.last is None else track.last for _, track, _ in mine]),
+            method=method,
+        )
+        for k, (i, _, _) in enumerate(mine):
+            poses[i].append(CameraPose(c2w[k], bool(valid[k])))
+    for (track, maps, _), got in zip(jobs, poses):
+        for m, pose in zip(maps, got):
+            if m.final and pose.valid:
+                track.last = pose.c2w
+    return poses

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .camera import estimate_focal, solve_poses
+from .camera import PoseTrack, TrackMap, estimate_focal, solve_tracks
 from .engine import Engine, FrameOutput, MemoryTrace, Session
 from .intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .preprocess import prepare
@@ -28,7 +28,7 @@ def assemble(
 
     ``K``: the camera at the model resolution (``core.intrinsics.model_intrinsics`` of known intrinsics); by
     default the focal estimated from frame 0 with the principal point at the centre. Poses are solved one frame
-    per call, as the service solves a stream's finals, so both give the same poses."""
+    per call, each warm-started from the latest valid one (``camera.solve_tracks``, as the service does)."""
     pts = np.stack([f.pts3d for f in finals])
     conf = np.stack([f.conf for f in finals])
     colors = np.stack([f.colors for f in finals])
@@ -38,9 +38,10 @@ def assemble(
     poses = np.full((n, 4, 4), np.nan, dtype=np.float64)
     valid = np.zeros(n, dtype=bool)
     if with_poses:
+        track = PoseTrack(K)
         for i in range(n):
-            c2w, ok = solve_poses(pts[i : i + 1], conf[i : i + 1], K, method=pose_method)
-            poses[i], valid[i] = c2w[0], ok[0]
+            (pose,) = solve_tracks([(track, [TrackMap(pts[i], conf[i], final=True)], pose_method)])[0]
+            poses[i], valid[i] = pose.c2w, pose.valid
     skipped = np.ones(n, dtype=bool)
     tokens = np.zeros(n, dtype=np.int32)
     for t in traces:

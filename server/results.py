@@ -1,12 +1,13 @@
 """The result builder: one model step's outputs → the bytes sent to clients, and the export buffer's items.
 
-Calibration (focal and the compact encoding's auto scale, fixed by a stream's frame 0), camera poses, encoding
-of the maps and the message. CPU work only, no session state and no asyncio: the worker runs these in its
-post-processing pool and applies what they return.
+Calibration (focal and the compact encoding's auto scale, fixed by a stream's frame 0) and camera poses, on the
+model thread right after each step (``step_cameras``: one batched solve for the whole step); encoding of the maps
+and the message in the worker's post-processing pool. No asyncio here: the worker applies what these return.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -14,11 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.camera import CameraPose, estimate_focal, solve_poses
+from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .encoding import choose_scale, encode_frame, kept_pixels, take_pixels
-from .protocol import FinishedMsg, FrameData, MemoryInfo, PoseMethod, ResultMsg, SessionSettings, pack
+from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
+
+log = logging.getLogger(__name__)
 
 FAILED_CALIBRATION_SCALE = 1e-3  # compact scale when frame 0's calibration fails
 
@@ -83,32 +86,73 @@ def failed_calibration() -> Calibration:
     return Calibration(camera_of(focal_intrinsics(float("nan"))), FAILED_CALIBRATION_SCALE)
 
 
-def solve_cameras(maps: Sequence[FrameOutput], cal: Calibration, method: PoseMethod) -> list[CameraPose]:
-    """Poses of a step's maps in the stream's frame, in one call of the batched solver (``core.camera``)."""
-    if not maps:
-        return []
-    c2w, valid = solve_poses(np.stack([m.pts3d for m in maps]), np.stack([m.conf for m in maps]), cal.K, method=method)
-    return [CameraPose(c2w[i], bool(valid[i])) for i in range(len(maps))]
+@dataclass
+class StreamCameras:
+    """A stream's cameras: its calibration, fixed by frame 0's final, and its pose track (``core.camera``:
+    every map warm-started from the stream's latest final pose). Changed only on the model thread, right after
+    each of the stream's steps (``step_cameras``), so its poses follow the stream's order whatever the batching."""
+
+    calibration: Calibration | None = None
+    track: PoseTrack | None = None
+
+    @classmethod
+    def restored(cls, calibration: Calibration | None, last_pose: list[list[float]] | None) -> StreamCameras:
+        if calibration is None:
+            return cls()
+        return cls(calibration, PoseTrack(calibration.K, None if last_pose is None else np.array(last_pose)))
+
+    def calibrate(self, final: FrameOutput, settings: SessionSettings, source_size: tuple[int, int]) -> None:
+        try:
+            cal = calibrate(final, settings, source_size)
+        except Exception:
+            log.exception("calibration failed")
+            cal = failed_calibration()
+        self.calibration, self.track = cal, PoseTrack(cal.K)
+
+    @property
+    def last_pose(self) -> list[list[float]] | None:
+        """The track's latest final pose, as the snapshot record keeps it."""
+        return None if self.track is None or self.track.last is None else self.track.last.tolist()
 
 
-def solve_step_cameras(
-    jobs: Sequence[tuple[Sequence[FrameOutput], Calibration | None, PoseMethod]],
-) -> list[list[CameraPose]]:
-    """Poses of the maps of several streams (one model step's sessions: maps, calibration, pose method each), in
-    one call of the batched solver per pose method, each map with its stream's camera."""
-    poses: list[list[CameraPose]] = [[] for _ in jobs]
-    for method in dict.fromkeys(m for maps, _, m in jobs if maps):
-        mine = [(i, o, cal) for i, (maps, cal, m) in enumerate(jobs) if m == method for o in maps]
-        assert all(cal is not None for _, _, cal in mine)  # a step with maps waited for its stream's calibration
-        c2w, valid = solve_poses(
-            np.stack([o.pts3d for _, o, _ in mine]),
-            np.stack([o.conf for _, o, _ in mine]),
-            np.stack([cal.K for _, _, cal in mine if cal is not None]),
-            method=method,
+@dataclass(frozen=True)
+class StepCameras:
+    """A step's cameras for its result: the stream's calibration (None before it has maps) and the poses of
+    ``step_outputs``, with this result's share of the batched solve's seconds."""
+
+    calibration: Calibration | None
+    poses: list[CameraPose]
+    seconds: float
+
+
+def step_cameras(
+    items: Sequence[tuple[StreamCameras, StepResult, SessionSettings, tuple[int, int]]],
+) -> list[StepCameras]:
+    """Model thread, right after a step: calibrate the streams whose frame 0's final just came, then the poses of
+    every map of the step (all its streams) in one batched solve per pose method. Items: each stream's cameras,
+    step result, settings and source image size."""
+    t0 = time.perf_counter()
+    jobs: list[tuple[PoseTrack, list[TrackMap], str]] = []
+    for cams, res, settings, source_size in items:
+        maps = step_outputs(res)
+        if not maps:
+            continue
+        if res.final is not None and res.final.index == 0 and cams.calibration is None:
+            cams.calibrate(res.final, settings, source_size)
+        if cams.track is None:  # cannot happen in order (frame 0's final comes first); never guess a camera
+            log.error("a step with maps but no calibration: its poses are reported invalid")
+            cal = failed_calibration()
+            cams.calibration, cams.track = cal, PoseTrack(cal.K)
+        jobs.append(
+            (cams.track, [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps], settings.pose_method)
         )
-        for k, (i, _, _) in enumerate(mine):
-            poses[i].append(CameraPose(c2w[k], bool(valid[k])))
-    return poses
+    solved = iter(solve_tracks(jobs) if jobs else [])
+    per_item = [next(solved) if step_outputs(res) else [] for _, res, _, _ in items]
+    seconds, n_maps = time.perf_counter() - t0, sum(len(p) for p in per_item)
+    return [
+        StepCameras(cams.calibration, p, seconds * len(p) / n_maps if n_maps else 0.0)
+        for (cams, *_), p in zip(items, per_item)
+    ]
 
 
 def memory_info(trace: MemoryTrace | None) -> MemoryInfo | None:

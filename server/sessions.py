@@ -35,10 +35,12 @@ from .protocol import (
     SessionStats,
     pack,
 )
+from .results import StreamCameras
 from .snapshots import SessionPersistence, SessionRecord, StoredSession, read_session
 from .store import Owner, OwnershipLost, SessionStore, open_store
 
 if TYPE_CHECKING:
+    from ..core.engine import StreamState
     from ..core.preprocess import PreparedFrame
     from .connection import Connection
     from .metrics import Metrics
@@ -120,8 +122,8 @@ class StepTicket:
     prev_seq: int | None  # seq of frame index − 1 (the final this step produces)
     generation: int
     settings: SessionSettings
-    stream: object  # core.engine.StreamState
-    calibration: asyncio.Future | None  # the stream's, attached with it
+    stream: StreamState
+    cameras: StreamCameras  # the stream's, attached with it
 
 
 class Session:
@@ -150,7 +152,7 @@ class Session:
         self.phase = StreamPhase.STREAMING
         self.last_seq: int | None = None
         self.seq_by_index: dict[int, int] = {}
-        self.calibration: asyncio.Future | None = None  # → Calibration, resolved by frame 0's final
+        self.cameras = StreamCameras()  # the stream's calibration and pose track (changed on the model thread)
         self.export = ExportBuffer(max_export_points)
         # frame intake (the policy acts on these three: undecoded, being decoded, decoded)
         self.buffer: deque[RawFrame] = deque()
@@ -188,18 +190,18 @@ class Session:
         return "created" if never_streamed else "streaming"
 
     # ------------------------------------------------------------------ stream life (event loop, no I/O)
-    def attach_stream(self, stream, calibration: asyncio.Future) -> None:
-        """The stream made (or restored) on the model thread, and the future of its calibration."""
-        self.stream, self.calibration = stream, calibration
+    def attach_stream(self, stream, cameras: StreamCameras) -> None:
+        """The stream made (or restored) on the model thread, and its cameras."""
+        self.stream, self.cameras = stream, cameras
 
     def change_settings(self, settings: SessionSettings) -> None:
         self.settings = settings
 
-    def reset_stream(self, stream, calibration: asyncio.Future) -> None:
+    def reset_stream(self, stream) -> None:
         """Start a new stream: counters, frame indices and export restart; results of the old one still in
         post-processing no longer count (generation)."""
         self.generation += 1
-        self.stream, self.calibration = stream, calibration
+        self.stream, self.cameras = stream, StreamCameras()
         self.frames_processed, self.phase, self._nth = 0, StreamPhase.STREAMING, 0
         self.last_seq = None  # a new stream: any seq goes again (a reset unbricks a huge seq)
         self.seq_by_index, self.ready_since = {}, None
@@ -272,7 +274,7 @@ class Session:
         prev_seq = self.seq_by_index.get(index - 1)
         self.seq_by_index = {index: frame.raw.seq}
         self.in_model = True
-        return StepTicket(frame, index, prev_seq, self.generation, self.settings, self.stream, self.calibration)
+        return StepTicket(frame, index, prev_seq, self.generation, self.settings, self.stream, self.cameras)
 
     def step_done(self, ok: bool) -> None:
         """The model step returned; a successful one starts its result's post-processing."""
@@ -425,14 +427,13 @@ class Session:
 
     @property
     def focal(self) -> float | None:
-        c = self.calibration
-        return c.result().focal if c is not None and c.done() and not c.exception() else None
+        c = self.cameras.calibration
+        return None if c is None else c.focal
 
-    def record(self, frames: int, last_seq: int | None) -> SessionRecord:
+    def record(self, frames: int, last_seq: int | None, last_pose: list[list[float]] | None) -> SessionRecord:
         """What the store keeps of the session with a stream state of ``frames`` frames, the last one ``last_seq``
         (snapshots.py holds the format). Frames accepted after it are not in that state: a restored session
         takes seqs above ``last_seq`` again."""
-        cal = self.calibration.result() if self.calibration is not None and self.calibration.done() else None
         return SessionRecord(
             id=self.id,
             token_hash=self.token_hash,
@@ -442,7 +443,8 @@ class Session:
             frames_processed=frames,
             last_seq=last_seq,
             seq_by_index={} if last_seq is None else {frames - 1: last_seq},
-            calibration=cal,
+            calibration=self.cameras.calibration,
+            last_pose=last_pose,
             frames_received=self.frames_received,
             frames_rejected=self.frames_rejected,
             dropped=dict(self.dropped),
@@ -450,9 +452,7 @@ class Session:
         )
 
     @classmethod
-    def from_record(
-        cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float, calibration: asyncio.Future
-    ) -> Session:
+    def from_record(cls, record: SessionRecord, export: dict, max_export_points: int, max_fps: float) -> Session:
         """A session as its snapshot left it (its stream is restored separately, on the model thread)."""
         s = cls(SessionSettings(**record.settings), max_export_points, max_fps, session_id=record.id)
         s.token = s.watch_token = ""  # only the hashes survive a restart
@@ -465,9 +465,7 @@ class Session:
             record.frames_rejected,
             dict(record.dropped),
         )
-        s.calibration = calibration
-        if record.calibration is not None:
-            calibration.set_result(record.calibration)
+        s.cameras = StreamCameras.restored(record.calibration, record.last_pose)
         s.export.load_arrays(export)
         s.export.decimation = record.export_decimation
         s.restored = True
@@ -674,7 +672,6 @@ class SessionManager:
                 stored.export,
                 self.settings.max_export_points,
                 self.settings.max_fps,
-                asyncio.get_running_loop().create_future(),
             )
             s.persistence = self._persistence(s, fence, stored)
             await self.worker.restore_stream(s, stored.head, stored.rows)

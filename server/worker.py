@@ -33,7 +33,7 @@ from ..core.weights import LoadedWeights
 from . import results
 from .metrics import Metrics
 from .protocol import AckMsg, ErrorMsg, FrameMsg, ModelInfo, SessionSettings, pack
-from .results import Calibration, FrameIdentity
+from .results import FrameIdentity, StreamCameras
 from .scheduler import Candidate, Decision, RunBatch, RunUnit, SchedulePolicy, Wait, schedule
 from .sessions import RawFrame, ReadyFrame, Session, StepTicket
 from .settings import ServeSettings
@@ -128,11 +128,11 @@ class Worker:
 
     # ------------------------------------------------------------------ streams
     async def open_stream(self, s: Session) -> None:
-        s.attach_stream(await self.on_model(self.engine.new_stream, s.settings.preview), self._loop.create_future())
+        s.attach_stream(await self.on_model(self.engine.new_stream, s.settings.preview), StreamCameras())
 
     async def restore_stream(self, s: Session, head: bytes, rows: list[bytes]) -> None:
         stream = await self.on_model(load_stream_parts, self.engine, head, rows)
-        s.attach_stream(stream, s.calibration or self._loop.create_future())
+        s.attach_stream(stream, s.cameras)  # as the session's record left them
 
     async def capture_stream(self, s: Session) -> tuple[StreamCapture, float, StreamPoint]:
         """The stream's state now, consistent with the session's counters and export buffer (frames are held
@@ -140,15 +140,15 @@ class Worker:
         assert s.persistence is not None
         try:
             with s.held():
-                capture, seconds = await self.on_model(_timed_capture, s.stream, CaptureRequest(s.persistence.position))
+                capture, seconds, last_pose = await self.on_model(
+                    _timed_capture, s.stream, s.cameras, CaptureRequest(s.persistence.position)
+                )
                 if s.out_tail is not None:
                     await asyncio.wait([s.out_tail])
                 frames = int(capture.meta["frames"])
-                return (
-                    capture,
-                    seconds,
-                    StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation, bool(capture.meta["finished"])),
-                )
+                finished = bool(capture.meta["finished"])
+                point = StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation, finished, last_pose)
+                return capture, seconds, point
         finally:
             self._wake.set()
 
@@ -159,7 +159,7 @@ class Worker:
                 if s.persistence is not None:  # a restart must not bring back the stream abandoned here
                     await s.persistence.invalidate(s.generation + 1)
                 stream = await self.on_model(self.engine.new_stream, s.settings.preview)
-                s.reset_stream(stream, self._loop.create_future())
+                s.reset_stream(stream)
         finally:
             self._wake.set()  # frames that became ready meanwhile
         s.send_ordered(pack(AckMsg(action="reset", settings=s.settings)))
@@ -293,11 +293,10 @@ class Worker:
     async def _run_batch(self, batch: list[tuple[Session, StepTicket]]) -> None:
         taken = time.perf_counter()
         units_before = self.background_units
-        jobs = [(t.stream, t.frame.prepared, t.settings.preview) for _, t in batch]
         wanted = [None if s.persistence is None else s.persistence.due(t.index + 1, s.finished) for s, t in batch]
         self.step_started = time.monotonic()
         try:
-            outs, captures = await self.on_model(self._step, jobs, wanted)
+            outs, cameras, captures = await self.on_model(self._step, [t for _, t in batch], wanted)
         except Exception as exc:
             log.exception("model step failed for %d frames", len(batch))
             for s, t in batch:
@@ -307,11 +306,10 @@ class Worker:
             return
         finally:
             self.step_started = None
-        step_s = time.perf_counter() - taken
+        step_s = time.perf_counter() - taken - sum(c.seconds for c in cameras)  # the poses are a stage of their own
         self.metrics.step_latency.observe(step_s)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.frames_processed.inc(len(batch))
-        cameras = self._step_cameras([(t, res) for (_, t), res in zip(batch, outs)])
         for (s, t), res, captured, cams in zip(batch, outs, captures, cameras):
             rf = t.frame
             timings = {
@@ -325,16 +323,22 @@ class Worker:
             s.step_done(ok=True)
             sent = s.chain(self._result_producer(s, t, res, timings, cams), replayable=True)
             if captured is not None and s.persistence is not None:  # committed off the model thread
-                capture, seconds = captured
-                s.persistence.submit(s, capture, seconds, StreamPoint(t.index + 1, rf.raw.seq, t.generation), sent)
+                capture, seconds, last_pose = captured
+                point = StreamPoint(t.index + 1, rf.raw.seq, t.generation, last_pose=last_pose)
+                s.persistence.submit(s, capture, seconds, point, sent)
             self._advance(s)
 
-    def _step(self, jobs, wanted: list[CaptureRequest | None]):
-        """The batch's step, then a copy of the streams due for persisting (before any later step moves them)."""
-        for stream, _, preview in jobs:
-            stream.preview = preview  # a settings change takes effect at the next step
-        outs = self.engine.step([(stream, frame) for stream, frame, _ in jobs])
-        return outs, [None if w is None else _timed_capture(stream, w) for (stream, _, _), w in zip(jobs, wanted)]
+    def _step(self, tickets: list[StepTicket], wanted: list[CaptureRequest | None]):
+        """Model thread: the batch's step, its cameras (calibration and poses of every map, one batched solve), then
+        a copy of the streams due for persisting (before any later step moves them)."""
+        for t in tickets:
+            t.stream.preview = t.settings.preview  # a settings change takes effect at the next step
+        outs = self.engine.step([(t.stream, t.frame.prepared) for t in tickets])
+        cameras = results.step_cameras(
+            [(t.cameras, res, t.settings, t.frame.prepared.source_size) for t, res in zip(tickets, outs)]
+        )
+        captures = [None if w is None else _timed_capture(t.stream, t.cameras, w) for t, w in zip(tickets, wanted)]
+        return outs, cameras, captures
 
     # ------------------------------------------------------------------ background work
     def add_background(self, work: BackgroundWork) -> None:
@@ -366,67 +370,20 @@ class Worker:
             log.exception("background work: unit_done failed")
 
     # ------------------------------------------------------------------ post-processing (results.py)
-    def _step_cameras(self, steps: list[tuple[StepTicket, StepResult]]) -> list[asyncio.Future]:
-        """Calibration and poses of the maps of every session of a model step, in one batched solve
-        (``results.solve_step_cameras``: the solver's cost is mostly per call). One future per session:
-        (its calibration, or None without maps; the poses of ``results.step_outputs``)."""
-        futures = [self._loop.create_future() for _ in steps]
-        # a stream whose calibration waits for a later step (frame 0's preview: its final comes next step) is solved
-        # on its own when it comes, holding no other session's result back; the others together, now
-        now: list[int] = []
-        later: list[int] = []
-        for i, (t, res) in enumerate(steps):
-            cal = t.calibration
-            waits = cal is not None and not cal.done() and (res.final is None or res.final.index != 0)
-            (later if waits and results.step_outputs(res) else now).append(i)
-        for group in [now] + [[i] for i in later]:
-            if group:
-                self._spawn(self._solve_step([steps[i] for i in group], [futures[i] for i in group]))
-        return futures
-
-    async def _solve_step(self, steps: list[tuple[StepTicket, StepResult]], futures: list[asyncio.Future]) -> None:
-        try:
-            cals = await asyncio.gather(*(self._calibration(t, res) for t, res in steps))
-            jobs = [(results.step_outputs(res), c, t.settings.pose_method) for (t, res), c in zip(steps, cals)]
-            poses = await self.on_post(results.solve_step_cameras, jobs) if any(m for m, _, _ in jobs) else []
-            for i, (f, c) in enumerate(zip(futures, cals)):
-                f.set_result((c, poses[i] if poses else []))
-        except Exception as exc:  # each producer reports it for its frame
-            for f in futures:
-                if not f.done():
-                    f.set_exception(exc)
-
-    async def _calibration(self, t: StepTicket, res: StepResult) -> Calibration | None:
-        """The stream's calibration, for a step with maps (None without): frame 0's final fixes it, every other
-        map's pose waits for it."""
-        if not results.step_outputs(res):
-            return None
-        cal = t.calibration
-        assert cal is not None  # attached with the stream the step ran
-        if res.final is not None and res.final.index == 0 and not cal.done():
-            try:
-                c = await self.on_post(results.calibrate, res.final, t.settings, t.frame.prepared.source_size)
-            except Exception:
-                log.exception("calibration failed")
-                c = results.failed_calibration()
-            if not cal.done():
-                cal.set_result(c)
-        return await cal
-
     def _result_producer(
-        self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float], cameras: asyncio.Future
+        self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float], cams: results.StepCameras
     ):
         rf = t.frame
         frame = FrameIdentity(rf.raw.seq, rf.raw.msg.ts, t.prev_seq, rf.raw.received)
 
         async def produce() -> bytes:
             try:
-                t0 = time.perf_counter()
-                cal, poses = await cameras
-                timings["pose_s"] = time.perf_counter() - t0
-                if poses:
-                    self.metrics.pose_seconds.observe(timings["pose_s"])
-                data, export = await self.on_post(results.result_bytes, frame, res, poses, cal, t.settings, timings)
+                timings["pose_s"] = cams.seconds
+                if cams.poses:
+                    self.metrics.pose_seconds.observe(cams.seconds)
+                data, export = await self.on_post(
+                    results.result_bytes, frame, res, cams.poses, cams.calibration, t.settings, timings
+                )
                 self.metrics.encode_seconds.observe(timings["encode_s"])
                 self.metrics.pack_seconds.observe(timings["pack_s"])
                 if export is not None:
@@ -457,34 +414,42 @@ class Worker:
         self._advance(s)
 
     async def _finish(self, s: Session) -> None:
-        gen, settings, cal = s.generation, s.settings, s.calibration
+        gen, settings, cameras = s.generation, s.settings, s.cameras
         if s.frames_processed < 2:  # waiting frames were rejected after all
             s.cancel_finish()
             return await self.reject(s, None, "not_finishable", "a stream needs at least two frames to finish")
         if s.persistence is not None:  # the stored state is the unfinished stream: never bring it back
             await s.persistence.invalidate(s.generation)
         try:
-            out = await self.on_model(self.engine.finish, s.stream)
+            out, cams = await self.on_model(self._finish_stream, s.stream, cameras, settings)
         except StreamError as exc:
             return await self.reject(s, None, "not_finishable", str(exc))
         seq = s.seq_by_index.get(out.index, -1)
         frames = s.frames_processed
-
-        assert cal is not None  # a stream that ran two frames has its calibration future
+        assert cams.calibration is not None  # a stream that ran two frames was calibrated by its first final
 
         async def produce() -> bytes:
-            c = await cal
-            poses = await self.on_post(results.solve_cameras, [out], c, settings.pose_method)
-            data, export = await self.on_post(results.finished_bytes, frames, out, seq, poses[0], c, settings)
+            data, export = await self.on_post(
+                results.finished_bytes, frames, out, seq, cams.poses[0], cams.calibration, settings
+            )
             s.add_export(gen, export)
             return data
 
         s.chain(produce, replayable=True)
 
+    def _finish_stream(self, stream, cameras: results.StreamCameras, settings: SessionSettings):
+        """Model thread: the last frame's final and its camera."""
+        out = self.engine.finish(stream)
+        (cams,) = results.step_cameras([(cameras, StepResult(out.index, out, None, None), settings, (0, 0))])
+        return out, cams
+
     def queue_depth(self, sessions) -> int:
         return sum(s.waiting for s in sessions)
 
 
-def _timed_capture(stream, wanted: CaptureRequest) -> tuple[StreamCapture, float]:
+def _timed_capture(
+    stream, cameras: results.StreamCameras, wanted: CaptureRequest
+) -> tuple[StreamCapture, float, list[list[float]] | None]:
+    """Model thread: a copy of the stream's state, the seconds it took, and its pose track at that point."""
     t0 = time.perf_counter()
-    return capture_stream(stream, wanted.since), time.perf_counter() - t0
+    return capture_stream(stream, wanted.since), time.perf_counter() - t0, cameras.last_pose

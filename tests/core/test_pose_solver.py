@@ -158,6 +158,55 @@ def test_warm_start_gives_the_same_answer():
         np.testing.assert_allclose(warm, cold, atol=1e-4)
 
 
+def nudged(c2w: np.ndarray, rng: np.random.Generator, degrees: float, metres: float) -> np.ndarray:
+    """Poses moved by a random rotation of ``degrees`` and a random shift of ``metres``, as between two frames."""
+    out = c2w.copy()
+    for i in range(len(out)):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        hat = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        a = math.radians(degrees)
+        out[i, :3, :3] = out[i, :3, :3] @ (np.eye(3) + math.sin(a) * hat + (1 - math.cos(a)) * hat @ hat)
+        shift = rng.normal(size=3)
+        out[i, :3, 3] += metres * shift / np.linalg.norm(shift)
+    return out
+
+
+@pytest.mark.parametrize("outliers", [0.0, 0.3])
+def test_warm_start_from_the_previous_frame_is_as_accurate_and_skips_the_linear_starts(outliers, monkeypatch):
+    """The service warm-starts each map from its stream's previous pose (a few degrees and centimetres away):
+    that path skips the linear starts and must be as accurate as the cold one, and as OpenCV's PnP-RANSAC."""
+    import spann3r.core.camera as camera
+
+    pts, conf, K, truth = scene_batch(6, seed=11, noise=0.005, outliers=outliers)
+    cold, valid = solve_poses(pts, conf, K, fallback=False)
+    assert valid.all()
+    starts: list[int] = []
+    best_start = camera._best_start
+    monkeypatch.setattr(camera, "_best_start", lambda *a, **k: starts.append(1) or best_start(*a, **k))
+    init = nudged(truth, np.random.default_rng(0), degrees=3.0, metres=0.05)
+    warm, ok = solve_poses(pts, conf, K, init=init, fallback=False)
+    assert ok.all() and starts == []  # every frame took the warm path
+    rot, trans = pose_errors(warm, truth)
+    cold_rot, cold_trans = pose_errors(cold, truth)
+    cv_rot, cv_trans = opencv_errors(pts, conf, K, truth)
+    assert rot.mean() <= 1.5 * cold_rot.mean() + 0.005 and trans.mean() <= 1.5 * cold_trans.mean() + 2e-4
+    assert rot.mean() <= 1.5 * cv_rot.mean() + 0.005 and trans.mean() <= 1.5 * cv_trans.mean() + 2e-4
+    assert rot.max() < 0.15 and trans.max() < 0.01
+
+
+def test_a_wrong_warm_start_falls_back_to_the_cold_solve():
+    """An init far from the truth (tracking lost, a jump) fails the check after its few steps; the frame is solved
+    again the cold way, with the init only as one candidate among the linear starts."""
+    pts, conf, K, truth = scene_batch(4, seed=12, outliers=0.1)
+    cold, valid = solve_poses(pts, conf, K, fallback=False)
+    assert valid.all()
+    far = nudged(truth, np.random.default_rng(1), degrees=70.0, metres=1.0)
+    warm, ok = solve_poses(pts, conf, K, init=far, fallback=False)
+    assert ok.all()
+    np.testing.assert_allclose(warm, cold, atol=1e-4)
+
+
 def test_torch_in_torch_out():
     pts, conf, K, _ = scene_batch(2, seed=4)
     c2w, valid = solve_poses(torch.from_numpy(pts), torch.from_numpy(conf), torch.from_numpy(K))

@@ -88,3 +88,45 @@ def test_known_intrinsics_set_the_focal_and_keep_the_poses():
     for c2w, true in zip(ours.poses, trajectory_truth(FRAMES)):
         assert rotation_deg(c2w, true) < 0.5
         assert np.linalg.norm(c2w[:3, 3] - true[:3, 3]) < 0.02
+
+
+def test_service_poses_equal_the_offline_reconstruction():
+    """Each map is warm-started from its stream's latest final pose, in the service (finals and previews of a
+    step in one batched solve) as offline (one final per call): the same rule gives the same trajectory."""
+    from spann3r.core.reconstruct import reconstruct
+
+    rec, _ = stream_poses({"preview": True})
+    ours = rec.reconstruction()
+    frames = [(f"{i}.png", np.full((240, 320, 3), 40 * i, np.uint8)) for i in range(FRAMES)]
+    ref = reconstruct(StandInEngine(), frames)
+    assert ours.pose_valid.all() and ref.pose_valid.all()
+    np.testing.assert_allclose(ours.poses, ref.poses, atol=1e-6)
+
+
+def test_the_pose_track_survives_the_session_record():
+    """The pose track's latest final pose is part of the persisted session: a session restored from its record
+    (JSON round trip) solves its next maps from the same warm start, so its poses equal an uninterrupted run's."""
+    from spann3r.core.preprocess import prepare
+    from spann3r.server.protocol import SessionSettings
+    from spann3r.server.results import StreamCameras, step_cameras
+    from spann3r.server.sessions import Session
+    from spann3r.server.snapshots import SessionRecord, merge_export
+
+    engine, settings = StandInEngine(), SessionSettings(preview=True)
+    stream_state = engine.new_stream()
+    steps = [engine.step([(stream_state, prepare(np.full((240, 320, 3), 9, np.uint8)))])[0] for _ in range(FRAMES)]
+
+    def solve(cameras: StreamCameras, step_results) -> list:
+        return [step_cameras([(cameras, r, settings, (320, 240))])[0].poses for r in step_results]
+
+    whole = solve(StreamCameras(), steps)
+    s = Session(settings, 10_000, 30.0)
+    before = solve(s.cameras, steps[:3])
+    record = SessionRecord.from_json(s.record(3, 2, s.cameras.last_pose).to_json(), s.id)
+    assert record.last_pose is not None
+    restored = Session.from_record(record, merge_export([]), 10_000, 30.0)
+    after = solve(restored.cameras, steps[3:])
+    assert all(p.valid for poses in whole for p in poses)
+    for got, want in zip(before + after, whole):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.c2w, b.c2w)
