@@ -3,12 +3,13 @@ applies the decisions of the scheduling policy (scheduler.py).
 
 Threads, and what runs where (the event loop never waits on any of them):
 - event loop: message intake, the frame policy, scheduling, sending;
-- model thread (one): ``Engine.step`` over a batch, and everything else that touches a ``StreamState``
-  (new stream, finish, snapshot, restore), so a stream is never touched by two threads;
+- model thread (one): ``Engine.step`` over a batch and, right after it, the step's calibration and camera poses
+  (``results.step_cameras``: every map of the batch in one solve, warm-started from each stream's previous pose);
+  everything else that touches a ``StreamState`` or a stream's cameras (new stream, finish, snapshot, restore),
+  so neither is ever touched by two threads;
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
 - job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
-- post pool: focal, PnP poses, encoding and msgpack of results (results.py), in parallel across frames and
-  sessions; the poses of all the maps of one model step (every session in its batch) in one batched solve.
+- post pool: encoding and msgpack of results (results.py), in parallel across frames and sessions.
 
 Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
 of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly
