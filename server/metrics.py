@@ -20,7 +20,7 @@ STAGE_SERIES: dict[str, str] = {
     "decode": "spann3r_decode_seconds",  # image decode + preprocessing (with the decode pool's wait)
     "queue": 'spann3r_stage_seconds{stage="queue"}',  # frame received → taken into a batch, less its decode
     "step": "spann3r_step_seconds",  # one batched model step (per batch, not per frame), without its poses
-    "pose": "spann3r_pose_seconds",  # calibration + poses of a result: its share of the step.s batched solve
+    "pose": "spann3r_pose_seconds",  # calibration + poses of a result: its share of the step's batched solve
     "encode": "spann3r_encode_seconds",  # the maps → the result message's fields
     "pack": 'spann3r_stage_seconds{stage="pack"}',  # the result message → msgpack bytes
     "send": 'spann3r_stage_seconds{stage="send"}',  # one message written to its WebSocket
