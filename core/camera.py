@@ -524,7 +524,7 @@ def solve_poses(
     init: np.ndarray | torch.Tensor | None = None,
     *,
     method: str = "robust",
-    fallback: bool = True,
+    fallback: bool | np.ndarray | torch.Tensor = True,
     coarse_iterations: int = 4,
     warm_iterations: int = 2,
     fine_iterations: int = 1,
@@ -540,7 +540,8 @@ def solve_poses(
     pixel (u, v) at column u, row v, as ``pixel_grid``), init [4, 4] or [B, 4, 4] camera-to-world (e.g. the
     stream's previous pose) or None. ``method``: ``"robust"`` (default; see the section comment) or
     ``"pnp_ransac"`` (per frame, OpenCV, every finite point, confidence ignored: the official demo's estimator).
-    ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC. Tuning:
+    ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC (a bool, or one per
+    frame). Tuning:
     ``coarse_iterations`` steps on every 4th row and column (``warm_iterations`` from a finite ``init``, tried
     first), then ``fine_iterations`` (≥ 1) on every pixel; valid
     needs ``min_points`` pixels with conf > 1, at least ``min_inlier_weight`` of the confidence within
@@ -584,8 +585,8 @@ def solve_poses(
         c = todo.nonzero()[:, 0]
         if len(c):
             R[c], t[c], valid[c], enough[c] = _chunked(_frames(c, B, pts, conf_t, K_t, init_t), cold)
-        retry = enough & ~valid
-        if fallback and bool(retry.any()):
+        retry = enough & ~valid & torch.as_tensor(fallback, dtype=torch.bool, device=pts.device)
+        if bool(retry.any()):
             i = retry.nonzero()[:, 0]
             keep = pts[i].isfinite().all(-1) & (conf_t[i] > 1)
             c2w_r, ok = _ransac_batch(pts[i], keep, K_t[i])
@@ -600,15 +601,37 @@ def solve_poses(
 
 
 # ----------------------------------------------------------------------------- a stream's poses over time
+LOST_AFTER = 3  # finals in a row without a valid pose: the track is lost
+LOST_RANSAC_EVERY = 10  # while lost, one final in this many (and its step's preview) gets the PnP-RANSAC fallback
+
+
 @dataclass
 class PoseTrack:
-    """A stream's camera over time: its intrinsics at the model resolution, and the pose of its latest final that
-    had a valid one, which warm-starts the solves of its next maps (``solve_poses(init=)``). The offline
+    """A stream's camera over time: its intrinsics at the model resolution, the pose of its latest final that
+    had a valid one, which warm-starts the solves of its next maps (``solve_poses(init=)``), and how many finals
+    in a row had none. A lost track (a covered lens, a model that gives no geometry) tries the PnP-RANSAC fallback
+    only now and then: it costs ~60-100 ms of CPU a map, for nothing while the maps stay bad. The offline
     reconstruction and the service both go through ``solve_tracks``, so a stream's poses do not depend on where
     it ran or on which other streams shared its solves."""
 
     K: np.ndarray  # [3, 3]
     last: np.ndarray | None = None  # [4, 4] camera-to-world of the latest final with a valid pose
+    misses: int = 0  # finals in a row without a valid pose
+
+    @property
+    def fallback(self) -> bool:
+        """Whether this track's next maps may use the PnP-RANSAC fallback."""
+        return self.misses < LOST_AFTER or self.misses % LOST_RANSAC_EVERY == 0
+
+    def state(self) -> dict:
+        """Everything but K, as plain JSON values (a snapshot record keeps it)."""
+        return {"last": None if self.last is None else self.last.tolist(), "misses": self.misses}
+
+    @classmethod
+    def from_state(cls, K: np.ndarray, state: dict | None) -> PoseTrack:
+        if state is None:
+            return cls(K)
+        return cls(K, None if state["last"] is None else np.array(state["last"], np.float64), int(state["misses"]))
 
 
 @dataclass(frozen=True)
@@ -632,11 +655,14 @@ def solve_tracks(jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]]) -> l
             np.stack([track.K for _, track, _ in mine]),
             np.stack([nan if track.last is None else track.last for _, track, _ in mine]),
             method=method,
+            fallback=np.array([track.fallback for _, track, _ in mine]),
         )
         for k, (i, _, _) in enumerate(mine):
             poses[i].append(CameraPose(c2w[k], bool(valid[k])))
     for (track, maps, _), got in zip(jobs, poses):
         for m, pose in zip(maps, got):
-            if m.final and pose.valid:
-                track.last = pose.c2w
+            if m.final:
+                track.misses = 0 if pose.valid else track.misses + 1
+                if pose.valid:
+                    track.last = pose.c2w
     return poses

@@ -96,10 +96,10 @@ class StreamCameras:
     track: PoseTrack | None = None
 
     @classmethod
-    def restored(cls, calibration: Calibration | None, last_pose: list[list[float]] | None) -> StreamCameras:
+    def restored(cls, calibration: Calibration | None, track: dict | None) -> StreamCameras:
         if calibration is None:
             return cls()
-        return cls(calibration, PoseTrack(calibration.K, None if last_pose is None else np.array(last_pose)))
+        return cls(calibration, PoseTrack.from_state(calibration.K, track))
 
     def calibrate(self, final: FrameOutput, settings: SessionSettings, source_size: tuple[int, int]) -> None:
         try:
@@ -109,10 +109,9 @@ class StreamCameras:
             cal = failed_calibration()
         self.calibration, self.track = cal, PoseTrack(cal.K)
 
-    @property
-    def last_pose(self) -> list[list[float]] | None:
-        """The track's latest final pose, as the snapshot record keeps it."""
-        return None if self.track is None or self.track.last is None else self.track.last.tolist()
+    def track_state(self) -> dict | None:
+        """The pose track as the snapshot record keeps it (``PoseTrack.state``)."""
+        return None if self.track is None else self.track.state()
 
 
 @dataclass(frozen=True)

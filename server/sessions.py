@@ -430,7 +430,7 @@ class Session:
         c = self.cameras.calibration
         return None if c is None else c.focal
 
-    def record(self, frames: int, last_seq: int | None, last_pose: list[list[float]] | None) -> SessionRecord:
+    def record(self, frames: int, last_seq: int | None, pose_track: dict | None) -> SessionRecord:
         """What the store keeps of the session with a stream state of ``frames`` frames, the last one ``last_seq``
         (snapshots.py holds the format). Frames accepted after it are not in that state: a restored session
         takes seqs above ``last_seq`` again."""
@@ -444,7 +444,7 @@ class Session:
             last_seq=last_seq,
             seq_by_index={} if last_seq is None else {frames - 1: last_seq},
             calibration=self.cameras.calibration,
-            last_pose=last_pose,
+            pose_track=pose_track,
             frames_received=self.frames_received,
             frames_rejected=self.frames_rejected,
             dropped=dict(self.dropped),
@@ -465,7 +465,7 @@ class Session:
             record.frames_rejected,
             dict(record.dropped),
         )
-        s.cameras = StreamCameras.restored(record.calibration, record.last_pose)
+        s.cameras = StreamCameras.restored(record.calibration, record.pose_track)
         s.export.load_arrays(export)
         s.export.decimation = record.export_decimation
         s.restored = True

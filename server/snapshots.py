@@ -59,7 +59,7 @@ class SessionRecord:
     rows: list[str] = field(default_factory=list)  # the blobs of the memory rows, in order
     export: list[str] = field(default_factory=list)  # the blobs of the export buffer, in frame order
     export_upto: int = 0  # the export segments hold the finals of the frames below this
-    last_pose: list[list[float]] | None = None  # the pose track's latest final pose (warm start of the next solves)
+    pose_track: dict | None = None  # the stream's pose track (core.camera.PoseTrack.state), None before frame 0's final
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -155,7 +155,7 @@ class StreamPoint:
     last_seq: int | None
     generation: int
     finished: bool = False
-    last_pose: list[list[float]] | None = None  # the stream's pose track at that point (results.StreamCameras)
+    pose_track: dict | None = None  # the stream's pose track at that point (results.StreamCameras.track_state)
 
 
 @dataclass
@@ -265,7 +265,7 @@ class SessionPersistence:
             if self.broken and capture.start != 0:
                 return 0
             export_name, segment, export = self._export_part(s.export, point)
-            record = s.record(point.frames, point.last_seq, point.last_pose)
+            record = s.record(point.frames, point.last_seq, point.pose_track)
             record.rows, record.export, record.export_upto = rows, export.names, export.upto
             record.export_decimation = export.decimation or 1
             t0 = time.perf_counter()

@@ -141,14 +141,14 @@ class Worker:
         assert s.persistence is not None
         try:
             with s.held():
-                capture, seconds, last_pose = await self.on_model(
+                capture, seconds, pose_track = await self.on_model(
                     _timed_capture, s.stream, s.cameras, CaptureRequest(s.persistence.position)
                 )
                 if s.out_tail is not None:
                     await asyncio.wait([s.out_tail])
                 frames = int(capture.meta["frames"])
                 finished = bool(capture.meta["finished"])
-                point = StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation, finished, last_pose)
+                point = StreamPoint(frames, s.seq_by_index.get(frames - 1), s.generation, finished, pose_track)
                 return capture, seconds, point
         finally:
             self._wake.set()
@@ -324,8 +324,8 @@ class Worker:
             s.step_done(ok=True)
             sent = s.chain(self._result_producer(s, t, res, timings, cams), replayable=True)
             if captured is not None and s.persistence is not None:  # committed off the model thread
-                capture, seconds, last_pose = captured
-                point = StreamPoint(t.index + 1, rf.raw.seq, t.generation, last_pose=last_pose)
+                capture, seconds, pose_track = captured
+                point = StreamPoint(t.index + 1, rf.raw.seq, t.generation, pose_track=pose_track)
                 s.persistence.submit(s, capture, seconds, point, sent)
             self._advance(s)
 
@@ -450,7 +450,7 @@ class Worker:
 
 def _timed_capture(
     stream, cameras: results.StreamCameras, wanted: CaptureRequest
-) -> tuple[StreamCapture, float, list[list[float]] | None]:
+) -> tuple[StreamCapture, float, dict | None]:
     """Model thread: a copy of the stream's state, the seconds it took, and its pose track at that point."""
     t0 = time.perf_counter()
-    return capture_stream(stream, wanted.since), time.perf_counter() - t0, cameras.last_pose
+    return capture_stream(stream, wanted.since), time.perf_counter() - t0, cameras.track_state()

@@ -207,6 +207,33 @@ def test_a_wrong_warm_start_falls_back_to_the_cold_solve():
     np.testing.assert_allclose(warm, cold, atol=1e-4)
 
 
+def test_a_lost_track_tries_the_ransac_fallback_only_now_and_then(monkeypatch):
+    """Maps without geometry (a covered lens, an untrained model) fail every solve; PnP-RANSAC costs ~60-100 ms a
+    map for nothing then, so a lost track tries it only on one final in ``LOST_RANSAC_EVERY``. A good map finds
+    the camera again at once (the cold solve needs no RANSAC) and the track is no longer lost."""
+    import spann3r.core.camera as camera
+    from spann3r.core.camera import LOST_AFTER, LOST_RANSAC_EVERY, PoseTrack, TrackMap, solve_tracks
+
+    calls: list[int] = []
+    ransac = camera._ransac_batch
+    monkeypatch.setattr(camera, "_ransac_batch", lambda p, keep, K: calls.append(len(p)) or ransac(p, keep, K))
+    pts, conf, K, truth = scene_batch(1, seed=13)
+    noise = np.random.default_rng(0).uniform(-1, 1, pts.shape[1:]).astype(np.float32) + np.float32([0, 0, 3])
+    track = PoseTrack(K)
+    tried = []
+    for _ in range(2 * LOST_RANSAC_EVERY + 1):
+        before = len(calls)
+        ((pose,),) = solve_tracks([(track, [TrackMap(noise, conf[0], final=True)], "robust")])
+        assert not pose.valid
+        tried.append(len(calls) > before)
+    assert tried == [i < LOST_AFTER or i % LOST_RANSAC_EVERY == 0 for i in range(len(tried))]
+    assert track.misses == len(tried) and track.last is None
+    ((pose,),) = solve_tracks([(track, [TrackMap(pts[0], conf[0], final=True)], "robust")])
+    assert pose.valid and track.misses == 0
+    rot, trans = pose_errors(pose.c2w[None], truth)
+    assert rot.max() < 0.15 and trans.max() < 0.01
+
+
 def test_torch_in_torch_out():
     pts, conf, K, _ = scene_batch(2, seed=4)
     c2w, valid = solve_poses(torch.from_numpy(pts), torch.from_numpy(conf), torch.from_numpy(K))

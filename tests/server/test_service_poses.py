@@ -122,8 +122,8 @@ def test_the_pose_track_survives_the_session_record():
     whole = solve(StreamCameras(), steps)
     s = Session(settings, 10_000, 30.0)
     before = solve(s.cameras, steps[:3])
-    record = SessionRecord.from_json(s.record(3, 2, s.cameras.last_pose).to_json(), s.id)
-    assert record.last_pose is not None
+    record = SessionRecord.from_json(s.record(3, 2, s.cameras.track_state()).to_json(), s.id)
+    assert record.pose_track is not None and record.pose_track["last"] is not None
     restored = Session.from_record(record, merge_export([]), 10_000, 30.0)
     after = solve(restored.cameras, steps[3:])
     assert all(p.valid for poses in whole for p in poses)
