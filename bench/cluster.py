@@ -164,8 +164,10 @@ def pin(pid: int, core: int) -> None:
 
 
 def _busy_s() -> float:
+    """CPU seconds the machine has been busy (every core). Ray runs its workers niced (nice 15): their time is
+    ``nice``, not ``user``."""
     t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return t.user + getattr(t, "nice", 0.0) + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def measure(urls: list[str], sessions: int, seconds: float, warmup: float, imgs, gateway: psutil.Process | None):

@@ -19,6 +19,7 @@ Ray is imported lazily: the single-process server never needs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -222,10 +223,11 @@ class WorkerView:
     ready: bool = False
     sessions: int = 0
     max_sessions: int = 0
+    placing: int = 0  # new sessions this gateway is sending it, which its polls cannot count yet
 
     @property
     def free(self) -> int:
-        return self.max_sessions - self.sessions if self.live and self.ready else 0
+        return self.max_sessions - self.sessions - self.placing if self.live and self.ready else 0
 
 
 @dataclass
@@ -260,6 +262,7 @@ class WorkerPool:
         self.on_failover: Callable[[FailoverReport], None] | None = None
         self._task: asyncio.Task | None = None
         self._sweeping = asyncio.Lock()
+        self._refreshed = asyncio.Event()  # set (and replaced) after every refresh: for those waiting on a move
 
     async def start(self) -> None:
         await self.refresh()
@@ -285,9 +288,18 @@ class WorkerPool:
                 log.exception("polling the workers failed")
 
     async def refresh(self) -> None:
-        await asyncio.to_thread(self._discover)
-        await asyncio.gather(*(self._ask(w) for w in list(self.workers.values())))
-        await self.sweep()
+        try:
+            await asyncio.to_thread(self._discover)
+            await asyncio.gather(*(self._ask(w) for w in list(self.workers.values())))
+            await self.sweep()
+        finally:
+            done, self._refreshed = self._refreshed, asyncio.Event()
+            done.set()
+
+    async def next_refresh(self, timeout: float) -> None:
+        """Until the next refresh (poll or suspicion) has ended, or ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._refreshed.wait(), timeout)
 
     async def _ask(self, w: WorkerView) -> None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -321,8 +333,19 @@ class WorkerPool:
             return None
         return w
 
-    def pick(self) -> WorkerView | None:
-        return pick_worker(list(self.workers.values()))
+    def reserve(self) -> WorkerView | None:
+        """Pick the worker for a new session and hold its slot until ``placed``: creations that arrive together
+        (a fleet starting) spread over the workers instead of all going where the last poll saw the most room."""
+        w = pick_worker(list(self.workers.values()))
+        if w is not None:
+            w.placing += 1
+        return w
+
+    def placed(self, w: WorkerView, created: bool) -> None:
+        """The creation sent to ``w`` was answered: count the new session there until the next poll does."""
+        w.placing -= 1
+        if created:
+            w.sessions += 1
 
     async def sweep(self) -> FailoverReport:
         """Move every orphaned session onto a live worker."""
@@ -336,7 +359,7 @@ class WorkerPool:
                 return report
             t0 = time.perf_counter()
             for session_id, owner in orphans.items():
-                target = self.pick()
+                target = self.reserve()
                 if target is None:
                     log.error("no live worker has room for session %s of %s", session_id, owner.worker)
                     continue
@@ -344,11 +367,12 @@ class WorkerPool:
                     outcome = await target.actor.adopt.remote(session_id, owner.worker, owner.epoch)
                 except Exception as exc:  # the target died too, or the store failed: the next sweep tries again
                     log.warning("adopting session %s on %s failed: %s", session_id, target.name, exc)
+                    self.placed(target, created=False)
                     continue
+                self.placed(target, created=outcome == "adopted")
                 if outcome == "full":
                     target.sessions = target.max_sessions
                 if outcome == "adopted":
-                    target.sessions += 1
                     report.adopted[session_id] = target.worker_id or target.name
                 elif outcome == "lost":
                     report.lost.append(session_id)

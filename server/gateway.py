@@ -6,7 +6,8 @@ Routing (the session directory is the store's owner records, store.py):
   with Retry-After when every worker is full);
 - everything under ``/v1/sessions/{id}`` goes to the session's owner: HTTP is proxied, the WebSocket relayed byte
   for byte (the worker decodes, runs and encodes; the gateway never parses a frame or a result). A session whose
-  owner is dead and not yet moved gets 503 / close 1013 (try again shortly); an unknown one 404 / close 4404;
+  owner is dead and not yet moved gets 503 (try again shortly); its WebSocket is held up to ``MOVE_WAIT_S`` for
+  the move, then closed 1013; an unknown session gets 404 / close 4404;
 - ``/v1/jobs/{id}`` goes to the worker that holds the job (jobs are not moved on failover: a dead worker's jobs
   are gone, as after a restart of a single process);
 - ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/cluster`` and the page are the gateway's own.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from contextlib import asynccontextmanager
 
 import httpx
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade", "content-length"}  # fmt: skip
 RETRY_AFTER_FAILOVER_S = 1
+MOVE_WAIT_S = 5.0  # a stream connection to a moving session is held this long for its new owner (then 1013)
 JOB_ID_CHARS = set("0123456789abcdef")
 
 
@@ -115,6 +118,18 @@ class Gateway:
         w = self.pool.route(owner)
         return (w, None) if w is not None else (None, "moving")
 
+    async def owner_after_move(self, session_id: str, wait_s: float) -> tuple[WorkerView | None, str | None]:
+        """``owner_of``, but a session that is moving is waited for (each refresh of the pool may have moved it)
+        for up to ``wait_s``: a client reconnecting after its worker died gets its new owner on that one
+        connection, instead of retrying with a growing backoff."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            w, why = await self.owner_of(session_id)
+            left = deadline - time.monotonic()
+            if why != "moving" or left <= 0:
+                return w, why
+            await self.pool.next_refresh(left)
+
     # ------------------------------------------------------------------ HTTP
     async def proxy(self, request: Request, w: WorkerView) -> Response:
         assert w.url is not None
@@ -137,14 +152,20 @@ class Gateway:
         """A new session or job: on the worker with the most room (the body is read once, it is small or a job
         upload that only the chosen worker reads)."""
         await self.pool.refresh()
-        w = self.pool.pick()
+        w = self.pool.reserve()
         if w is None:
             if not any(v.live for v in self.pool.workers.values()):
                 return _error(503, "not_ready", "no worker is up yet", {"Retry-After": "5"})
             return _error(
                 503, "capacity", "every worker holds its maximum of sessions; retry later", {"Retry-After": "30"}
             )
-        return await self.proxy(request, w)
+        created = False
+        try:
+            response = await self.proxy(request, w)
+            created = request.url.path == "/v1/sessions" and response.status_code < 300
+            return response
+        finally:
+            self.pool.placed(w, created)
 
     async def find_job(self, job_id: str) -> WorkerView | None:
         """Jobs are not in the directory: the worker that knows the job. Asked without the job's token, that
@@ -320,7 +341,7 @@ def create_gateway(settings: ServeSettings, store: SessionStore, pool: WorkerPoo
 
     @app.websocket("/v1/sessions/{session_id}/ws")
     async def stream(ws: WebSocket, session_id: str):
-        w, why = await gateway.owner_of(session_id)
+        w, why = await gateway.owner_after_move(session_id, MOVE_WAIT_S)
         if w is None:
             await ws.accept()  # then the close code is seen (as the single-process server does)
             if why == "moving":

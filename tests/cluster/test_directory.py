@@ -106,3 +106,23 @@ def test_a_worker_whose_session_was_taken_over_lets_it_go(tiny_engine, small_fra
         assert store.get(created.id)["record"] == b"the new owner's"  # never overwritten by the old owner
         assert store.owner(created.id) == Owner("w1", 2)
         assert srv.service.manager.get(created.id) is None  # let go here
+
+
+def test_creations_that_arrive_together_spread_over_the_workers(tmp_path):
+    """A fleet starting at once: every creation is placed before any poll can count the sessions made by the
+    others. Each placement holds its worker's slot until answered, so they spread instead of all going to the
+    worker the last poll saw with the most room; a refused creation gives its slot back."""
+    from spann3r.server.cluster import WorkerPool, WorkerView
+
+    pool = WorkerPool(FolderStore(tmp_path / "state"))
+    for name in ("w0", "w1"):
+        pool.workers[name] = WorkerView(name, None, f"{name}-0", live=True, ready=True, max_sessions=4)
+    placed = [pool.reserve() for _ in range(6)]
+    assert [w.name for w in placed if w].count("w0") == 3 and [w.name for w in placed if w].count("w1") == 3
+    pool.placed(placed[0], created=False)  # refused: its slot is free again
+    assert [pool.workers[n].free for n in ("w0", "w1")] == [2, 1]
+    for w in placed[1:]:
+        pool.placed(w, created=True)
+    assert [pool.workers[n].sessions for n in ("w0", "w1")] == [2, 3]
+    more = [pool.reserve() for _ in range(4)]
+    assert [w.name if w else None for w in more] == ["w0", "w0", "w1", None]  # then every slot is held
