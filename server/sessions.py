@@ -145,8 +145,8 @@ class Session:
         self.rate = RateLimiter(max_fps)
         self.created = self.last_activity = time.monotonic()
         self.closed = False
-        # the stream (StreamState on the model thread) and its generation: bumped by reset
-        self.stream = None
+        # the stream (made on the model thread) and its generation: bumped by reset
+        self.stream: StreamState | None = None
         self.generation = 0
         self.frames_processed = 0  # frames of the current stream taken by the model
         self.phase = StreamPhase.STREAMING
@@ -265,7 +265,7 @@ class Session:
         """Take the ready frame into a model step, atomically: the frame, its index and what its result needs.
         None when there is no ready frame (superseded since it was scheduled)."""
         frame, self.ready = self.ready, None
-        if frame is None or self.closed:
+        if frame is None or self.closed or self.stream is None:  # no stream: the session was removed
             return None
         self.ready_since = None
         self.restored = False
