@@ -1,4 +1,5 @@
-"""Camera-pose benchmark: batched robust ``solve_poses`` against OpenCV's PnP-RANSAC (the official demo's estimator).
+"""Camera-pose benchmark: batched robust ``solve_poses``, cold and warm-started (from a pose 2° and 3 cm off, as a
+stream's previous frame), against OpenCV's PnP-RANSAC (the official demo's estimator).
 
     python bench/poses.py                       # one CPU thread, batches 1,8,32, 0 % and 30 % outliers
     python bench/poses.py --threads 2 --batches 8 --device cuda
@@ -17,12 +18,13 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 from spann3r.core.camera import solve_poses
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
-from test_pose_solver import pose_errors, scene_batch  # the rendered scenes of the tests
+from test_pose_solver import nudged, pose_errors, scene_batch  # the rendered scenes of the tests
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:
@@ -51,6 +53,7 @@ def main() -> None:
     print(f"threads={args.threads} device={args.device} torch={torch.__version__} opencv={cv2.__version__}")
     print(
         f"{'batch':>5} {'outl':>5} | {'ours ms/pose':>12} {'(cpu)':>6} {'rot°':>7} {'t m':>8} {'valid':>5} | "
+        f"{'warm ms/pose':>12} {'rot°':>7} {'t m':>8} | "
         f"{'ransac ms/pose':>14} {'rot°':>7} {'t m':>8} | speed-up"
     )
     for outliers in (float(x) for x in args.outliers.split(",")):
@@ -62,6 +65,13 @@ def main() -> None:
             solve_poses(pts_t, conf_t, K_t)  # warm-up
             wall, cpu, (c2w, valid) = timed(lambda p=pts_t, c=conf_t, k=K_t: solve_poses(p, c, k), args.repeats)
             rot, trans = pose_errors(c2w.cpu().numpy(), truth)
+            # warm: from the previous frame's pose, as a stream solves (here the truth moved by 2° and 3 cm)
+            init = torch.from_numpy(nudged(truth, np.random.default_rng(batch), 2.0, 0.03)).to(args.device)
+            solve_poses(pts_t, conf_t, K_t, init=init)
+            w_wall, _, (w_c2w, _) = timed(
+                lambda p=pts_t, c=conf_t, k=K_t, i=init: solve_poses(p, c, k, init=i), args.repeats
+            )
+            w_rot, w_trans = pose_errors(w_c2w.cpu().numpy(), truth)
             cv_wall, _, (cv_c2w, _) = timed(
                 lambda p=pts, c=conf, k=K: solve_poses(p, c, k, method="pnp_ransac"), args.cv_repeats
             )
@@ -69,6 +79,7 @@ def main() -> None:
             print(
                 f"{batch:>5} {outliers:>5.2f} | {wall / batch * 1e3:>12.2f} {cpu / batch * 1e3:>6.2f} "
                 f"{rot.mean():>7.4f} {trans.mean():>8.5f} {int(valid.sum()):>2}/{batch:<2} | "
+                f"{w_wall / batch * 1e3:>12.2f} {w_rot.mean():>7.4f} {w_trans.mean():>8.5f} | "
                 f"{cv_wall / batch * 1e3:>14.1f} {cv_rot.mean():>7.4f} {cv_trans.mean():>8.5f} | "
                 f"{cv_wall / wall:>6.1f}x"
             )

@@ -9,13 +9,17 @@
 - ``solve_poses``: a whole batch at once in torch, on the pointmaps' device, any K (known intrinsics, see
   intrinsics.py), confidence-weighted, robust, warm-started from the stream's previous pose; PnP-RANSAC only as
   a fallback for frames that fail its validity check. ``method="pnp_ransac"`` gives the demo's estimator instead.
+- ``PoseTrack`` / ``solve_tracks``: a stream's poses over time (each map warm-started from the stream's latest
+  valid final pose; a lost track tries PnP-RANSAC only now and then), the one rule of offline ``reconstruct`` and
+  the service.
 
 The default for the service is ``solve_poses(method="robust")``: it uses the network's confidence (the demo's
 RANSAC ignores it), is as accurate as PnP-RANSAC on rendered scenes with noise and 10-30 % gross outliers (tests
 in tests/core/test_pose_solver.py), says when geometry is degenerate instead of returning a guess, takes known
-intrinsics, and costs ~4 ms of one CPU thread per pose at batch 8 against ~50-115 ms for PnP-RANSAC
-(bench/poses.py). ``solve_pose`` / ``method="pnp_ransac"`` stay for fidelity to the official demo (offline
-``reconstruct`` and comparisons with its outputs).
+intrinsics, and costs 2.4-4.6 ms of one CPU thread per pose warm-started (batch 8 to 1; 3.3-7.8 ms cold)
+against 54-78 ms for PnP-RANSAC (bench/poses.py, idle 2-core machine). ``solve_pose`` /
+``method="pnp_ransac"`` stay for fidelity to the official demo (offline ``reconstruct`` and comparisons with its
+outputs).
 """
 
 from __future__ import annotations
@@ -641,22 +645,26 @@ class TrackMap:
     final: bool  # the stream's next final (its pose moves the track on); a preview's does not
 
 
-def solve_tracks(jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]]) -> list[list[CameraPose]]:
+def solve_tracks(
+    jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]], device: torch.device | str = "cpu"
+) -> list[list[CameraPose]]:
     """Poses of the maps of several streams (track, maps, pose method each), in one batched ``solve_poses`` call
-    per method, each map with its stream's K and warm-started from its stream's latest final pose; then each
-    track moves on to its new final's pose when valid."""
+    per method on ``device`` (the engine's: the maps go up once, two poses a map come back), each map with its
+    stream's K and warm-started from its stream's latest final pose; then each track moves on to its new final's
+    pose when valid."""
     poses: list[list[CameraPose]] = [[] for _ in jobs]
     for method in dict.fromkeys(m for _, maps, m in jobs if maps):
         mine = [(i, track, m) for i, (track, maps, meth) in enumerate(jobs) if meth == method for m in maps]
         nan = np.full((4, 4), np.nan)
-        c2w, valid = solve_poses(
-            np.stack([m.pts3d for _, _, m in mine]),
-            np.stack([m.conf for _, _, m in mine]),
+        c2w_t, valid_t = solve_poses(
+            torch.from_numpy(np.stack([m.pts3d for _, _, m in mine])).to(device),
+            torch.from_numpy(np.stack([m.conf for _, _, m in mine])).to(device),
             np.stack([track.K for _, track, _ in mine]),
             np.stack([nan if track.last is None else track.last for _, track, _ in mine]),
             method=method,
             fallback=np.array([track.fallback for _, track, _ in mine]),
         )
+        c2w, valid = c2w_t.cpu().numpy(), valid_t.cpu().numpy()
         for k, (i, _, _) in enumerate(mine):
             poses[i].append(CameraPose(c2w[k], bool(valid[k])))
     for (track, maps, _), got in zip(jobs, poses):

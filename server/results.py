@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .encoding import choose_scale, encode_frame, kept_pixels, take_pixels
 from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +130,11 @@ class StepCameras:
 
 def step_cameras(
     items: Sequence[tuple[StreamCameras, StepResult, SessionSettings, tuple[int, int]]],
+    device: torch.device | str = "cpu",
 ) -> list[StepCameras]:
     """Model thread, right after a step: calibrate the streams whose frame 0's final just came, then the poses of
-    every map of the step (all its streams) in one batched solve per pose method. Items: each stream's cameras,
-    step result, settings and source image size."""
+    every map of the step (all its streams) in one batched solve per pose method, on ``device`` (the engine's).
+    Items: each stream's cameras, step result, settings and source image size."""
     t0 = time.perf_counter()
     jobs: list[tuple[PoseTrack, list[TrackMap], str]] = []
     for cams, res, settings, source_size in items:
@@ -145,7 +150,7 @@ def step_cameras(
         jobs.append(
             (cams.track, [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps], settings.pose_method)
         )
-    solved = iter(solve_tracks(jobs) if jobs else [])
+    solved = iter(solve_tracks(jobs, device) if jobs else [])
     per_item = [next(solved) if step_outputs(res) else [] for _, res, _, _ in items]
     seconds, n_maps = time.perf_counter() - t0, sum(len(p) for p in per_item)
     return [

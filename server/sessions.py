@@ -265,8 +265,9 @@ class Session:
         """Take the ready frame into a model step, atomically: the frame, its index and what its result needs.
         None when there is no ready frame (superseded since it was scheduled)."""
         frame, self.ready = self.ready, None
-        if frame is None or self.closed or self.stream is None:  # no stream: the session was removed
+        if frame is None or self.closed:
             return None
+        assert self.stream is not None  # attached before the session takes frames; only a removed one has none
         self.ready_since = None
         self.restored = False
         index = self.frames_processed

@@ -336,7 +336,8 @@ class Worker:
             t.stream.preview = t.settings.preview  # a settings change takes effect at the next step
         outs = self.engine.step([(t.stream, t.frame.prepared) for t in tickets])
         cameras = results.step_cameras(
-            [(t.cameras, res, t.settings, t.frame.prepared.source_size) for t, res in zip(tickets, outs)]
+            [(t.cameras, res, t.settings, t.frame.prepared.source_size) for t, res in zip(tickets, outs)],
+            self.engine.device,
         )
         captures = [None if w is None else _timed_capture(t.stream, t.cameras, w) for t, w in zip(tickets, wanted)]
         return outs, cameras, captures
@@ -441,7 +442,9 @@ class Worker:
     def _finish_stream(self, stream, cameras: results.StreamCameras, settings: SessionSettings):
         """Model thread: the last frame's final and its camera."""
         out = self.engine.finish(stream)
-        (cams,) = results.step_cameras([(cameras, StepResult(out.index, out, None, None), settings, (0, 0))])
+        (cams,) = results.step_cameras(
+            [(cameras, StepResult(out.index, out, None, None), settings, (0, 0))], self.engine.device
+        )
         return out, cams
 
     def queue_depth(self, sessions) -> int:

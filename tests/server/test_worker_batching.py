@@ -72,9 +72,11 @@ def _ready_frame(seq: int, ready_at: float):
 
 def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
     from spann3r.server.protocol import SessionSettings
+    from spann3r.server.results import StreamCameras
     from spann3r.server.sessions import Session
 
     s = Session(SessionSettings(frame_policy="latest"), 1000, 30.0)
+    s.attach_stream(object(), StreamCameras())  # a stand-in: claiming only carries it into the ticket
     raw0, ready0 = _ready_frame(0, 1.0)
     s.intake(raw0)
     assert s.next_to_decode() is raw0 and s.decode_done(raw0)
