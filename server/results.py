@@ -150,7 +150,11 @@ def step_cameras(
         jobs.append(
             (cams.track, [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps], settings.pose_method)
         )
-    solved = iter(solve_tracks(jobs, device) if jobs else [])
+    try:
+        solved = iter(solve_tracks(jobs, device) if jobs else [])
+    except Exception:  # the streams have stepped already: their results go out, with no camera rather than none
+        log.exception("solving the cameras of %d maps failed: reported invalid", sum(len(m) for _, m, _ in jobs))
+        solved = iter([[CameraPose(np.full((4, 4), np.nan), False) for _ in maps] for _, maps, _ in jobs])
     per_item = [next(solved) if step_outputs(res) else [] for _, res, _, _ in items]
     seconds, n_maps = time.perf_counter() - t0, sum(len(p) for p in per_item)
     return [

@@ -130,3 +130,29 @@ def test_the_pose_track_survives_the_session_record():
     for got, want in zip(before + after, whole):
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a.c2w, b.c2w)
+
+
+def test_a_failing_camera_solve_reports_invalid_poses_and_keeps_the_results(monkeypatch, caplog):
+    """The solve runs after the streams stepped: if it raised, the step's results would be lost while the streams
+    moved on. Its failure is logged and the maps go out with invalid poses; the tracks do not move."""
+    import spann3r.server.results as results
+    from spann3r.core.preprocess import prepare
+    from spann3r.server.protocol import SessionSettings
+
+    engine, settings = StandInEngine(), SessionSettings(preview=True)
+    stream_state = engine.new_stream()
+    steps = [engine.step([(stream_state, prepare(np.full((240, 320, 3), 9, np.uint8)))])[0] for _ in range(3)]
+    cams = results.StreamCameras()
+    for r in steps[:2]:
+        results.step_cameras([(cams, r, settings, (320, 240))])
+    assert cams.track is not None and cams.track.last is not None
+    last = cams.track.last.copy()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("linalg failure")
+
+    monkeypatch.setattr(results, "solve_tracks", broken)
+    (got,) = results.step_cameras([(cams, steps[2], settings, (320, 240))])
+    assert len(got.poses) == 2 and not any(p.valid for p in got.poses) and got.calibration is cams.calibration
+    assert np.isnan(got.poses[0].c2w).all() and "solving the cameras of 2 maps failed" in caplog.text
+    np.testing.assert_array_equal(cams.track.last, last)
