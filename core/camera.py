@@ -605,12 +605,6 @@ def solve_poses(
 
 
 # ----------------------------------------------------------------------------- a stream's poses over time
-def usable_focal(focal: float) -> bool:
-    """Whether a focal (pixels) can solve poses: ``estimate_focal`` gives 0 on a map with no perspective (a black
-    or blank frame), and a failed estimate is NaN."""
-    return math.isfinite(focal) and focal > 0
-
-
 LOST_AFTER = 3  # finals in a row without a valid pose: the track is lost
 LOST_RANSAC_EVERY = 10  # while lost, one final in this many (and its step's preview) gets the PnP-RANSAC fallback
 

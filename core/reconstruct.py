@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .camera import PoseTrack, TrackMap, estimate_focal, solve_tracks, usable_focal
+from .camera import PoseTrack, TrackMap, estimate_focal, solve_tracks
 from .engine import Engine, FrameOutput, MemoryTrace, Session
 from .intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .preprocess import prepare
@@ -27,25 +27,19 @@ def assemble(
     """Finals (in frame order) + memory traces → arrays, the focal and a pose per frame.
 
     ``K``: the camera at the model resolution (``core.intrinsics.model_intrinsics`` of known intrinsics); by
-    default the focal estimated from frame 0 with the principal point at the centre, or from the first later
-    final whose estimate is usable when frame 0's fits no camera (a black first frame; the frames before it get
-    no pose). Poses are solved one frame per call, each warm-started from the latest valid one
-    (``camera.solve_tracks``). The service follows the same rules, so both give the same focal and poses."""
+    default the focal estimated from frame 0 with the principal point at the centre. Poses are solved one frame
+    per call, each warm-started from the latest valid one (``camera.solve_tracks``, as the service does)."""
     pts = np.stack([f.pts3d for f in finals])
     conf = np.stack([f.conf for f in finals])
     colors = np.stack([f.colors for f in finals])
     n = len(finals)
-    first = 0  # the final that calibrated the stream
     if K is None:
         K = focal_intrinsics(estimate_focal(pts[0]))
-        while not usable_focal(float(K[0, 0])) and first + 1 < n:
-            first += 1
-            K = focal_intrinsics(estimate_focal(pts[first]))
     poses = np.full((n, 4, 4), np.nan, dtype=np.float64)
     valid = np.zeros(n, dtype=bool)
-    if with_poses and usable_focal(float(K[0, 0])):
+    if with_poses:
         track = PoseTrack(K)
-        for i in range(first, n):
+        for i in range(n):
             (pose,) = solve_tracks([(track, [TrackMap(pts[i], conf[i], final=True)], pose_method)])[0]
             poses[i], valid[i] = pose.c2w, pose.valid
     skipped = np.ones(n, dtype=bool)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks, usable_focal
+from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
 from .encoding import choose_scale, encode_frame, kept_pixels, take_pixels
@@ -26,17 +26,15 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-_NO_POSE = CameraPose(np.full((4, 4), np.nan), False)
 
 FAILED_CALIBRATION_SCALE = 1e-3  # compact scale when frame 0's calibration fails
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-stream constants fixed by its first final (or the first after it whose focal estimate is usable: a
-    black or blank first frame fits no camera): the camera at the model's 224² resolution (the session's known
-    intrinsics, or the estimated focal with the principal point at the centre) and the auto scale of compact
-    positions. Plain numbers, so the snapshot record stores it as JSON."""
+    """Per-stream constants fixed by frame 0's final: the camera at the model's 224² resolution (the session's
+    known intrinsics, or the focal estimated from frame 0's final with the principal point at the centre) and
+    the auto scale of compact positions. Plain numbers, so the snapshot record stores it as JSON."""
 
     camera: tuple[float, float, float, float]  # fx, fy, cx, cy in model pixels
     auto_scale: float
@@ -45,11 +43,6 @@ class Calibration:
     def focal(self) -> float:
         """The focal reported to clients and used by exports (fx)."""
         return float(self.camera[0])
-
-    @property
-    def usable(self) -> bool:
-        """Whether poses can be solved with it; if not, the stream's next final calibrates again."""
-        return usable_focal(self.focal)
 
     @property
     def K(self) -> np.ndarray:
@@ -144,27 +137,25 @@ def step_cameras(
     Items: each stream's cameras, step result, settings and source image size."""
     t0 = time.perf_counter()
     jobs: list[tuple[PoseTrack, list[TrackMap], str]] = []
-    solving: list[bool] = []  # per item: its maps are in ``jobs`` (otherwise they have no camera to solve with)
     for cams, res, settings, source_size in items:
         maps = step_outputs(res)
-        if res.final is not None and (cams.calibration is None or not cams.calibration.usable):
+        if not maps:
+            continue
+        if res.final is not None and res.final.index == 0 and cams.calibration is None:
             cams.calibrate(res.final, settings, source_size)
-        solving.append(
-            bool(maps) and cams.track is not None and cams.calibration is not None and cams.calibration.usable
+        if cams.track is None:  # cannot happen in order (frame 0's final comes first); never guess a camera
+            log.error("a step with maps but no calibration: its poses are reported invalid")
+            cal = failed_calibration()
+            cams.calibration, cams.track = cal, PoseTrack(cal.K)
+        jobs.append(
+            (cams.track, [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps], settings.pose_method)
         )
-        if solving[-1]:
-            assert cams.track is not None
-            maps_of = [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps]
-            jobs.append((cams.track, maps_of, settings.pose_method))
     try:
         solved = iter(solve_tracks(jobs, device) if jobs else [])
     except Exception:  # the streams have stepped already: their results go out, with no camera rather than none
         log.exception("solving the cameras of %d maps failed: reported invalid", sum(len(m) for _, m, _ in jobs))
-        solved = iter([[_NO_POSE for _ in maps] for _, maps, _ in jobs])
-    per_item = [
-        next(solved) if solve else [_NO_POSE for _ in step_outputs(res)]
-        for solve, (_, res, _, _) in zip(solving, items)
-    ]
+        solved = iter([[CameraPose(np.full((4, 4), np.nan), False) for _ in maps] for _, maps, _ in jobs])
+    per_item = [next(solved) if step_outputs(res) else [] for _, res, _, _ in items]
     seconds, n_maps = time.perf_counter() - t0, sum(len(p) for p in per_item)
     return [
         StepCameras(cams.calibration, p, seconds * len(p) / n_maps if n_maps else 0.0)

@@ -156,25 +156,3 @@ def test_a_failing_camera_solve_reports_invalid_poses_and_keeps_the_results(monk
     assert len(got.poses) == 2 and not any(p.valid for p in got.poses) and got.calibration is cams.calibration
     assert np.isnan(got.poses[0].c2w).all() and "solving the cameras of 2 maps failed" in caplog.text
     np.testing.assert_array_equal(cams.track.last, last)
-
-
-def test_a_blank_first_frame_calibrates_from_the_next_final_as_offline():
-    """A camera's first frame is often black: its map has no perspective and its focal estimate is 0, which fits
-    no camera. The stream is then calibrated by its next final instead of having no pose for its whole life; the
-    frames before get none. Offline ``reconstruct`` follows the same rule: same focal, same poses."""
-    from spann3r.core.engine import FrameOutput, StepResult
-    from spann3r.core.reconstruct import assemble
-    from spann3r.server.protocol import SessionSettings
-    from spann3r.server.results import StreamCameras, step_cameras
-
-    loop = StandInEngine().loop
-    colors = np.zeros((224, 224, 3), np.uint8)
-    blank = FrameOutput(0, "final", np.full((224, 224, 3), [0.0, 0.0, 1.0], np.float32), loop.conf[0], colors)
-    finals = [blank] + [loop.output(i, "final", colors) for i in range(1, FRAMES)]
-    cams, settings = StreamCameras(), SessionSettings(preview=False)
-    ours = [step_cameras([(cams, StepResult(f.index + 1, f, None, None), settings, (224, 224))])[0] for f in finals]
-    ref = assemble(finals, [], [str(i) for i in range(FRAMES)])
-    assert [s.poses[0].valid for s in ours] == ref.pose_valid.tolist() == [False] + [True] * (FRAMES - 1)
-    assert ours[0].calibration is not None and not ours[0].calibration.usable  # frame 0: no focal
-    assert ours[-1].calibration is not None and ours[-1].calibration.focal == ref.focal > 0
-    np.testing.assert_allclose(np.stack([s.poses[0].c2w for s in ours[1:]]), ref.poses[1:], atol=1e-6)
