@@ -9,7 +9,7 @@
 // line on stdin once the server is back), reload, lost (as restart, against a server without a state dir), paced,
 // evicted, errors (server down, camera refused), late-watch (a watcher joining after the stream began), outliers (Fit
 // and Follow on a cloud with far outliers), layout (phone banner vs statistics, settings card at 1280 px), stop-early
-// (Stop after one frame), bench.
+// (Stop after one frame), orphan (a tab abandoned on a full server; a new tab refused, then recovering), bench.
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -140,11 +140,16 @@ async function waitLine() {
  * labels while the download ran. */
 async function downloadExport(page, selector, n) {
   const labels = new Set();
+  // a loopback download is over in a blink: Chromium's own network throttling (8 MB/s) makes it last long enough
+  // to see the progress a user on a slow link sees
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: 8 << 20, uploadThroughput: -1 });
   const responseP = page.waitForResponse((r) => r.url().includes('/export/'));
   const downloadP = page.waitForEvent('download');
   await page.click(selector);
   const polling = (async () => {
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 1500; i++) {
       labels.add(await page.textContent(selector));
       if (await page.evaluate(() => Object.keys(window.spann3rLive.snapshot().downloads).length === 0)) break;
       await page.waitForTimeout(20);
@@ -152,9 +157,13 @@ async function downloadExport(page, selector, n) {
   })();
   const [response, download] = await Promise.all([responseP, downloadP]);
   await polling;
+  await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+  await cdp.detach();
+  labels.add(await page.textContent(selector));
   const { readFileSync } = await import('node:fs');
-  const head = readFileSync(await download.path()).subarray(0, n).toString();
-  return { status: response.status(), head, url: response.url(), labels: [...labels], filename: download.suggestedFilename() };
+  const body = readFileSync(await download.path());
+  const head = body.subarray(0, n).toString();
+  return { status: response.status(), head, bytes: body.length, url: response.url(), labels: [...labels], label: await page.textContent(selector), filename: download.suggestedFilename() };
 }
 
 /** The page's stored stream token and the watch token of its share link (to look for them in logs). */
@@ -538,6 +547,39 @@ async function stopEarlyScenario() {
   await context.close();
 }
 
+/** A full server (one session) with an abandoned tab's session on it: a new tab is refused with the real time to
+ * wait (the orphan's grace left), and its next start after that time succeeds. */
+async function orphanScenario() {
+  const abandoned = await launch();
+  const first = await openPage(abandoned, 'abandoned', '?fps=2&inflight=1&detail=2');
+  await first.click('#start-camera');
+  await until(first, 'abandoned', (s) => s.resultsReceived >= 2, 'the first tab\'s results', 60_000);
+  report.notes.abandonedSessionId = (await snapshot(first)).sessionId;
+  const [token] = await pageTokens(first);
+  await abandoned.close(); // the tab goes away without a Stop: its session is an orphan
+  const closedAt = Date.now();
+
+  const context = await launch();
+  const page = await openPage(context, 'orphan', '?fps=2&inflight=1&detail=2');
+  await page.click('#start-camera');
+  const refused = await until(page, 'orphan', (s) => s.banners.some((b) => b.key === 'server'), 'the refusal', 30_000);
+  report.notes.refused = { ...refused, sinceCloseS: (Date.now() - closedAt) / 1000 };
+  await shot(page, 'refused');
+  const text = refused.banners.find((b) => b.key === 'server').text;
+  const wait = Number(/Try again in (\d+) s/.exec(text)?.[1]);
+  report.notes.retryAfterS = wait;
+  if (!Number.isFinite(wait)) throw new Error(`no retry time in the refusal: ${text}`);
+  await page.waitForTimeout(wait * 1000);
+  const retriedAt = Date.now();
+  await page.click('#start-camera');
+  const started = await until(page, 'orphan', (s) => s.resultsReceived >= 2, 'results after the retry', 60_000);
+  report.notes.started = { ...started, afterRetryS: (Date.now() - retriedAt) / 1000 };
+  await shot(page, 'recovered');
+  const probe = await page.request.get(`${base}/v1/sessions/${report.notes.abandonedSessionId}`, { headers: { authorization: `Bearer ${token}` } });
+  report.notes.abandonedStatus = probe.status();
+  await context.close();
+}
+
 /** Page-side cost of one result: decode + copy into the GPU arrays + the render that uploads it. */
 async function benchScenario() {
   const context = await launch({ camera: false });
@@ -551,7 +593,7 @@ async function benchScenario() {
   await context.close();
 }
 
-const scenarios = { 'late-watch': lateWatchScenario, outliers: outliersScenario, layout: layoutScenario, 'stop-early': stopEarlyScenario, paced: pacedScenario, reload: reloadScenario, lost: lostScenario, camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
+const scenarios = { orphan: orphanScenario, 'late-watch': lateWatchScenario, outliers: outliersScenario, layout: layoutScenario, 'stop-early': stopEarlyScenario, paced: pacedScenario, reload: reloadScenario, lost: lostScenario, camera: cameraScenario, replay: replayScenario, watch: watchScenario, restart: restartScenario, evicted: evictedScenario, errors: errorsScenario, bench: benchScenario };
 
 try {
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);

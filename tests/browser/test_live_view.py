@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import cv2
@@ -89,6 +90,12 @@ def test_camera_stream_grows_the_cloud(server, camera_y4m):
     assert ply["status"] == 200 and ply["head"] == "ply" and ply["filename"].endswith("cloud.ply"), ply
     assert glb["status"] == 200 and glb["head"] == "glTF", glb
     assert "token" not in ply["url"] and "token" not in glb["url"]  # the token went in a header
+    # a long export shows its progress on its button (the test throttles the download to 8 MB/s), then the label
+    # comes back
+    for export, label in ((ply, "PLY"), (glb, "GLB")):
+        shown = [int(x[len(label) :].strip(" %")) for x in export["labels"] if re.fullmatch(rf"{label} \d+%", x)]
+        assert export["bytes"] > 300_000 and any(0 < p < 100 for p in shown), export["labels"]
+        assert export["label"] == label, export["label"]
     # reset: the view was cleared and the new stream numbers frames from 0 again
     before, after = r["notes"]["beforeReset"], r["notes"]["afterReset"]
     assert after["sessionId"] == before["sessionId"]
@@ -352,3 +359,25 @@ def test_stop_after_one_frame_releases_the_session(server, camera_y4m):
     assert not [b for b in last["banners"] if b["key"].startswith("error-")], last["banners"]
     assert not last["storedSession"]
     assert_no_console_errors(r)
+
+
+def test_an_abandoned_tabs_session_is_released_and_the_refused_tab_recovers(client_build, camera_y4m, tmp_path):
+    grace = 6
+    server = start_server(tmp_path, "--max-sessions", "1", "--orphan-grace-s", str(grace))
+    try:
+        r = run_driver("orphan", server.base, "--y4m", str(camera_y4m))
+    finally:
+        server.stop()
+    refused, started = r["notes"]["refused"], r["notes"]["started"]
+    # the full server said when to retry: the orphan's grace left (not the idle timeout, not a made-up minute)
+    assert refused["sessionId"] is None
+    assert 1 <= r["notes"]["retryAfterS"] <= grace + 2, r["notes"]
+    # and it was true: the start after that wait got a session and results, and the orphan is gone
+    assert started["sessionId"] and started["sessionId"] != r["notes"]["abandonedSessionId"]
+    assert started["life"] == "streaming" and started["resultsReceived"] >= 2
+    assert not [b for b in started["banners"] if b["key"] == "server"], started["banners"]
+    assert r["notes"]["abandonedStatus"] == 404
+    # the browser logs the refused request itself; nothing else may be an error, and nothing may throw
+    errors = [c["text"] for c in r["console"] if c["type"] == "error"]
+    assert errors == ["Failed to load resource: the server responded with a status of 503 (Service Unavailable)"]
+    assert not r["pageErrors"], r["pageErrors"]
