@@ -111,6 +111,8 @@ def test_file_replay_sends_every_image(server, replay_images):
     last = r["samples"]["replay"][-1]
     assert n >= 2
     assert last["finished"] is True and last["replayFrames"] == n
+    # the end of a replay is a finished session, and the pill says so (it used to keep saying "streaming")
+    assert last["life"] == "finished" and last["pill"]["state"] == "finished", last["pill"]
     # a replay waits for room instead of skipping: every image is sent and answered
     assert last["framesSent"] == n
     assert last["resultsReceived"] == n
