@@ -2,6 +2,7 @@
  * The page: wires the controls, the sources, the session and the viewer together.
  */
 import { Api, ApiError, ServerUnreachable } from './api.ts';
+import { parseIntrinsics, resizedIntrinsics, type Intrinsics } from './intrinsics.ts';
 import { controlsFor, isAlive, pillFor, watcherNotice, type SessionLife } from './lifecycle.ts';
 import { LiveSession, type Banner } from './session.ts';
 import { CameraError, CameraSource } from './sources/camera.ts';
@@ -92,7 +93,7 @@ export class App {
   // ------------------------------------------------------------------ settings
 
   private applyUrlSettings(): void {
-    const map: Record<string, string> = { fps: 'opt-fps', shortSide: 'opt-short-side', quality: 'opt-quality', detail: 'opt-detail', inflight: 'opt-inflight', capture: 'opt-capture', facing: 'opt-facing' };
+    const map: Record<string, string> = { fps: 'opt-fps', shortSide: 'opt-short-side', quality: 'opt-quality', detail: 'opt-detail', inflight: 'opt-inflight', capture: 'opt-capture', facing: 'opt-facing', intrinsics: 'opt-intrinsics' };
     for (const [param, id] of Object.entries(map)) {
       const v = this.params.get(param);
       if (v !== null) ($(id) as HTMLInputElement).value = v;
@@ -159,9 +160,17 @@ export class App {
 
   async startCamera(): Promise<void> {
     await this.endSession();
+    const intrinsics = parseIntrinsics(($('opt-intrinsics') as HTMLInputElement).value);
+    if (intrinsics instanceof Error) {
+      this.showBanner({ key: 'camera', level: 'error', text: `${intrinsics.message}. Fix it in Capture settings, or leave it empty to estimate.` });
+      return;
+    }
     const camera = await this.openCamera();
     if (!camera) return;
-    if (!(await this.createSession('camera'))) {
+    // the user's intrinsics are in pixels of the camera's frames; the server wants those of the uploaded frames
+    const sizes = camera.frameSizes();
+    const uploaded = intrinsics && sizes ? resizedIntrinsics(intrinsics, sizes.video, sizes.upload) : null;
+    if (!(await this.createSession('camera', uploaded))) {
       camera.stop();
       return;
     }
@@ -289,13 +298,13 @@ export class App {
     ($('replay-progress') as HTMLElement).hidden = true;
   }
 
-  private async createSession(source: StoredSession['source']): Promise<boolean> {
+  private async createSession(source: StoredSession['source'], intrinsics: Intrinsics | null = null): Promise<boolean> {
     const stride = Number(($('opt-detail') as HTMLSelectElement).value) || 2;
     let created;
     try {
       // a camera wants the newest frame (older waiting ones are replaced); a replay wants every frame, in order
       const framePolicy = source === 'replay' ? 'queue' : 'latest';
-      created = await this.api.createSession({ encoding: 'compact', stride, frame_policy: framePolicy });
+      created = await this.api.createSession({ encoding: 'compact', stride, frame_policy: framePolicy, ...(intrinsics ? { intrinsics } : {}) });
     } catch (err) {
       const text =
         err instanceof ServerUnreachable

@@ -66,10 +66,10 @@ def test_camera_stream_grows_the_cloud(server, camera_y4m):
     shown = [s["pointsShown"] for s in samples if s["resultsReceived"] >= 2]
     assert strictly_growing(shown), shown
     assert all(b >= a for a, b in itertools.pairwise(shown)), shown
-    # frustums: one per valid pose. The tiny synthetic model's focal estimate is 0 when the fake camera's first
-    # frame comes out blank (seen in fresh-clone CI runs), and then, as in the official demo, the stream has no
-    # camera and no frame a pose: the count can be 0, never more than the frames
-    assert last["frames"] >= 6 and 0 <= last["poses"] <= last["frames"]
+    # frustums: one per valid pose. The page passes the camera's intrinsics (typed in its frames' pixels, sent in
+    # the uploaded frames'), so even the tiny synthetic model's maps get poses: its focal estimate is 0 on these
+    # frames, and without known intrinsics the stream would have no camera
+    assert last["frames"] >= 6 and last["frames"] - 2 <= last["poses"] <= last["frames"], last
     assert last["reallocations"] == 0
     assert last["synthetic"] is True
     assert any(b["key"] == "synthetic" and "synthetic" in b["text"].lower() for b in last["banners"])
@@ -304,7 +304,7 @@ def test_a_late_watcher_first_gets_the_scene_so_far(server, camera_y4m):
         late["pointsShown"],
         early["pointsShown"],
     )
-    assert late["poses"] >= 0.7 * early["poses"], (late["poses"], early["poses"])
+    assert early["poses"] >= 6 and late["poses"] >= 0.7 * early["poses"], (late["poses"], early["poses"])
     assert streamer["resultsReceived"] >= 8
     assert point_pixels(next(p for p in r["screenshots"] if p.endswith("late-finished.png"))) > 3000
     assert not [b for b in late["banners"] if b["key"] == "backfill"]  # the progress banner went away

@@ -3,7 +3,7 @@
  * grabbed on a timer at the chosen rate, or (no rate chosen) whenever a result came back and freed room. When the in-flight limit is reached the frame is skipped before it
  * is encoded: a live camera should show the newest view, not a backlog.
  */
-import { FrameEncoder, type EncodeOptions } from './frameEncoder.ts';
+import { FrameEncoder, scaledSize, type EncodeOptions } from './frameEncoder.ts';
 import type { FrameSink, FrameSource } from './source.ts';
 import { nowSeconds } from '../stats.ts';
 
@@ -84,6 +84,14 @@ export class CameraSource implements FrameSource {
     this.video.muted = true;
     this.video.playsInline = true;
     await this.video.play();
+  }
+
+  /** The camera's frame size and the size the page uploads it at (known once the camera is open). */
+  frameSizes(): { video: { width: number; height: number }; upload: { width: number; height: number } } | null {
+    const v = this.video;
+    if (!v.videoWidth || !v.videoHeight) return null;
+    const video = { width: v.videoWidth, height: v.videoHeight };
+    return { video, upload: scaledSize(video.width, video.height, this.options.shortSide) };
   }
 
   get paced(): boolean {
