@@ -347,8 +347,23 @@ class WorkerPool:
         if created:
             w.sessions += 1
 
+    async def _adopt(self, session_id: str, owner: Owner, target: WorkerView) -> str | None:
+        """One orphan's adoption by ``target`` (its slot reserved): the worker's outcome, None when the call failed
+        (the target died too, or the store failed: the next sweep tries again)."""
+        try:
+            outcome = await target.actor.adopt.remote(session_id, owner.worker, owner.epoch)
+        except Exception as exc:
+            log.warning("adopting session %s on %s failed: %s", session_id, target.name, exc)
+            self.placed(target, created=False)
+            return None
+        self.placed(target, created=outcome == "adopted")
+        if outcome == "full":
+            target.sessions = target.max_sessions
+        return outcome
+
     async def sweep(self) -> FailoverReport:
-        """Move every orphaned session onto a live worker."""
+        """Move every orphaned session onto a live worker: the adoptions run at once (a worker restores several
+        sessions' state from the store concurrently), so a dead worker's N sessions move in about the time of one."""
         report = FailoverReport()
         if self._sweeping.locked():
             return report
@@ -358,20 +373,15 @@ class WorkerPool:
             if not orphans:
                 return report
             t0 = time.perf_counter()
+            placements = []  # every orphan's target first (reserve spreads them), then all adopts at once
             for session_id, owner in orphans.items():
                 target = self.reserve()
                 if target is None:
                     log.error("no live worker has room for session %s of %s", session_id, owner.worker)
                     continue
-                try:
-                    outcome = await target.actor.adopt.remote(session_id, owner.worker, owner.epoch)
-                except Exception as exc:  # the target died too, or the store failed: the next sweep tries again
-                    log.warning("adopting session %s on %s failed: %s", session_id, target.name, exc)
-                    self.placed(target, created=False)
-                    continue
-                self.placed(target, created=outcome == "adopted")
-                if outcome == "full":
-                    target.sessions = target.max_sessions
+                placements.append((session_id, owner, target))
+            outcomes = await asyncio.gather(*(self._adopt(sid, owner, target) for sid, owner, target in placements))
+            for (session_id, _, target), outcome in zip(placements, outcomes):
                 if outcome == "adopted":
                     report.adopted[session_id] = target.worker_id or target.name
                 elif outcome == "lost":

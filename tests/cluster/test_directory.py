@@ -126,3 +126,52 @@ def test_creations_that_arrive_together_spread_over_the_workers(tmp_path):
     assert [pool.workers[n].sessions for n in ("w0", "w1")] == [2, 3]
     more = [pool.reserve() for _ in range(4)]
     assert [w.name if w else None for w in more] == ["w0", "w0", "w1", None]  # then every slot is held
+
+
+def test_a_dead_workers_sessions_are_adopted_at_once(tmp_path):
+    """Failover moves a dead worker's sessions concurrently (each adoption is a store read and a restore on the
+    target): all of them are in flight together, spread over the live workers, and a failed call frees its slot."""
+    from spann3r.server.cluster import WorkerPool, WorkerView
+
+    store = FolderStore(tmp_path / "state")
+    orphans = [sid() for _ in range(4)]
+    for s in orphans:
+        store.claim(s, "w0-dead", None)
+    in_flight, most = 0, 0
+    all_started = asyncio.Event()
+
+    class Adopt:
+        def __init__(self, outcome: str):
+            self.outcome = outcome
+
+        async def _run(self, session_id: str, worker: str, epoch: int) -> str:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            if most == len(orphans):
+                all_started.set()
+            # one at a time, this would wait forever for the others
+            await asyncio.wait_for(all_started.wait(), 5)
+            in_flight -= 1
+            if self.outcome == "raise":
+                raise ConnectionError("the target died too")
+            return self.outcome
+
+        def remote(self, *args):
+            return self._run(*args)
+
+    class Actor:
+        def __init__(self, outcome: str):
+            self.adopt = Adopt(outcome)
+
+    pool = WorkerPool(store)
+    pool.workers["w0"] = WorkerView("w0", None, "w0-dead", dead=True)
+    pool.workers["w1"] = WorkerView("w1", Actor("adopted"), "w1-a", live=True, ready=True, max_sessions=4)
+    pool.workers["w2"] = WorkerView("w2", Actor("raise"), "w2-a", live=True, ready=True, max_sessions=4)
+    report = run(pool.sweep(), timeout=30)
+    assert most == len(orphans)
+    # reserve spreads the four over both (two each); w2's calls fail, and those two wait for the next sweep
+    assert len(report.adopted) == 2 and set(report.adopted.values()) == {"w1-a"} and report.lost == []
+    # w1 counts its two adopted sessions until the next poll; w2's failed calls gave their slots back
+    assert (pool.workers["w1"].sessions, pool.workers["w1"].placing) == (2, 0)
+    assert (pool.workers["w2"].sessions, pool.workers["w2"].placing) == (0, 0)
