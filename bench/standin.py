@@ -127,7 +127,7 @@ class RenderedLoop:
 
     def output(self, index: int, kind: str, colors: np.ndarray) -> FrameOutput:
         k = index % len(self.pts3d)
-        return FrameOutput(index, kind, self.pts3d[k], self.conf[k], colors)
+        return FrameOutput.from_numpy(index, kind, self.pts3d[k], self.conf[k], colors)
 
 
 @dataclass

@@ -640,25 +640,33 @@ class PoseTrack:
 
 @dataclass(frozen=True)
 class TrackMap:
-    pts3d: np.ndarray  # [H, W, 3]
-    conf: np.ndarray  # [H, W]
+    pts3d: np.ndarray | torch.Tensor  # [H, W, 3]: host, or a tensor on any device (the engine's: no copy)
+    conf: np.ndarray | torch.Tensor  # [H, W]
     final: bool  # the stream's next final (its pose moves the track on); a preview's does not
+
+
+def _stacked(maps: Sequence[np.ndarray | torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """Maps [H, W, ...] → [N, H, W, ...] on ``device``: host arrays go up in one copy, tensors move only if
+    elsewhere."""
+    if all(isinstance(m, np.ndarray) for m in maps):
+        return torch.from_numpy(np.stack(maps)).to(device)
+    return torch.stack([torch.as_tensor(m).to(device) for m in maps])
 
 
 def solve_tracks(
     jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]], device: torch.device | str = "cpu"
 ) -> list[list[CameraPose]]:
     """Poses of the maps of several streams (track, maps, pose method each), in one batched ``solve_poses`` call
-    per method on ``device`` (the engine's: the maps go up once, two poses a map come back), each map with its
-    stream's K and warm-started from its stream's latest final pose; then each track moves on to its new final's
-    pose when valid."""
+    per method on ``device`` (the engine's: maps already there stay, host maps go up once, two poses a map come
+    back), each map with its stream's K and warm-started from its stream's latest final pose; then each track
+    moves on to its new final's pose when valid."""
     poses: list[list[CameraPose]] = [[] for _ in jobs]
     for method in dict.fromkeys(m for _, maps, m in jobs if maps):
         mine = [(i, track, m) for i, (track, maps, meth) in enumerate(jobs) if meth == method for m in maps]
         nan = np.full((4, 4), np.nan)
         c2w_t, valid_t = solve_poses(
-            torch.from_numpy(np.stack([m.pts3d for _, _, m in mine])).to(device),
-            torch.from_numpy(np.stack([m.conf for _, _, m in mine])).to(device),
+            _stacked([m.pts3d for _, _, m in mine], device),
+            _stacked([m.conf for _, _, m in mine], device),
             np.stack([track.K for _, track, _ in mine]),
             np.stack([nan if track.last is None else track.last for _, track, _ in mine]),
             method=method,

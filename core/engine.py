@@ -17,6 +17,8 @@ preview, so the engine keeps the hooked decoder tokens of the latest step and ru
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,11 +63,44 @@ class StreamError(RuntimeError):
 
 @dataclass
 class FrameOutput:
+    """One map of a stream. The points and confidences stay where the model made them (the engine's device; views
+    of the batch's output) until a user asks for the host arrays ``pts3d`` / ``conf`` (copied once, on first use):
+    the service encodes and solves poses on the device and copies only what it sends."""
+
     index: int  # frame index in its stream
     kind: Literal["final", "preview"]
-    pts3d: np.ndarray  # [H, W, 3] float32, global frame (camera of frame 0)
-    conf: np.ndarray  # [H, W] float32
-    colors: np.ndarray  # [H, W, 3] uint8
+    pts3d_device: torch.Tensor  # [H, W, 3] float32, global frame (camera of frame 0), on the engine's device
+    conf_device: torch.Tensor  # [H, W] float32, on the engine's device
+    colors: np.ndarray  # [H, W, 3] uint8, host (the client's image)
+
+    @classmethod
+    def from_numpy(
+        cls, index: int, kind: Literal["final", "preview"], pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray
+    ) -> FrameOutput:
+        """A map from host arrays (tests, tools): the tensors share their memory, ``pts3d`` / ``conf`` are them."""
+        out = cls(index, kind, torch.from_numpy(pts3d), torch.from_numpy(conf), colors)
+        out.__dict__.update(pts3d=pts3d, conf=conf)  # the cached host arrays: no copy
+        return out
+
+    @functools.cached_property
+    def pts3d(self) -> np.ndarray:
+        """[H, W, 3] float32 on the host (a copy of ``pts3d_device``, made on first use)."""
+        return self.pts3d_device.detach().cpu().numpy()
+
+    @functools.cached_property
+    def conf(self) -> np.ndarray:
+        """[H, W] float32 on the host (a copy of ``conf_device``, made on first use)."""
+        return self.conf_device.detach().cpu().numpy()
+
+    def on_host(self) -> FrameOutput:
+        """This map with its tensors on the host (what a caller that keeps many maps holds: no device memory)."""
+        return FrameOutput.from_numpy(self.index, self.kind, self.pts3d, self.conf, self.colors)
+
+    def as_final(self) -> FrameOutput:
+        """This map (a stream's last preview) as its frame's final: the same tensors, and host copies if made."""
+        out = dataclasses.replace(self, kind="final")
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("pts3d", "conf")})
+        return out
 
 
 @dataclass
@@ -207,21 +242,19 @@ class Engine:
             res2 = None
         decisions, k2 = memorize(m, [s.memory for s in states], e_prev, dec1[-1], e_new, dec2[-1], res1.pts3d)
 
-        # one copy to the host for everything the caller sees
-        pts1, conf1 = res1.pts3d.cpu().numpy(), res1.conf.cpu().numpy()
-        if res2 is not None:
-            pts2, conf2 = res2.pts3d.cpu().numpy(), res2.conf.cpu().numpy()
+        # the maps stay on the device (FrameOutput copies them to the host only when asked)
         for i, (b, s) in enumerate(zip(active, states)):
             step = s.frames - 1
             frac = zeroed[i]
             z = None if frac is None else float(frac)
             s.query = k2[i]
             r = results[b]
-            r.final = FrameOutput(step, "final", pts1[i], conf1[i], s.prev_colors)
+            r.final = FrameOutput(step, "final", res1.pts3d[i], res1.conf[i], s.prev_colors)
             r.memory = MemoryTrace.from_write(step, decisions[i], z)
             if s.preview:
+                assert res2 is not None  # head 2 ran for every stream that wants previews
                 j = want_preview.index(i)
-                r.preview = FrameOutput(step + 1, "preview", pts2[j], conf2[j], batch[b][1].colors)
+                r.preview = FrameOutput(step + 1, "preview", res2.pts3d[j], res2.conf[j], batch[b][1].colors)
                 s.last_preview, s.pending_head2 = r.preview, None
             else:
                 s.last_preview = None
@@ -238,12 +271,11 @@ class Engine:
         state.finished = True
         last = state.frames - 1
         if state.last_preview is not None:
-            p = state.last_preview
-            return FrameOutput(last, "final", p.pts3d, p.conf, p.colors)
+            return state.last_preview.as_final()
         assert state.pending_head2 is not None and state.prev_colors is not None  # set by every step without preview
         res = self.model.head(2, state.pending_head2)  # float32 whatever the precision
         state.pending_head2 = None
-        return FrameOutput(last, "final", res.pts3d[0].cpu().numpy(), res.conf[0].cpu().numpy(), state.prev_colors)
+        return FrameOutput(last, "final", res.pts3d[0], res.conf[0], state.prev_colors)
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, state: StreamState) -> bytes:

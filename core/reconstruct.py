@@ -75,7 +75,7 @@ def reconstruct(
         result = session.push(prepare(rgb))
         names.append(name)
         if result.final is not None:
-            finals.append(result.final)
+            finals.append(result.final.on_host())  # many maps: kept on the host
         if result.memory is not None:
             traces.append(result.memory)
         if progress:

@@ -49,8 +49,8 @@ def _state(state: StreamState) -> tuple[dict[str, torch.Tensor], dict]:
     if state.last_preview is not None:
         p = state.last_preview
         meta["last_preview_index"] = p.index
-        tensors["last_preview.pts3d"] = torch.from_numpy(p.pts3d)
-        tensors["last_preview.conf"] = torch.from_numpy(p.conf)
+        tensors["last_preview.pts3d"] = p.pts3d_device
+        tensors["last_preview.conf"] = p.conf_device
         tensors["last_preview.colors"] = torch.from_numpy(np.ascontiguousarray(p.colors))
     return tensors, meta
 
@@ -175,8 +175,8 @@ def _restore(engine: Engine, tensors: dict[str, torch.Tensor], meta: dict) -> St
         state.last_preview = FrameOutput(
             meta["last_preview_index"],
             "preview",
-            tensors["last_preview.pts3d"].numpy(),
-            tensors["last_preview.conf"].numpy(),
+            tensors["last_preview.pts3d"].to(dev),
+            tensors["last_preview.conf"].to(dev),
             tensors["last_preview.colors"].numpy(),
         )
     return state

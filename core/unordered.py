@@ -455,10 +455,12 @@ class UnorderedSteps:
         )
         self._query = k2[0]
         self.finals.append(
-            FrameOutput(step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]), self.frames[placed].colors)
+            FrameOutput.from_numpy(
+                step, "final", _to_numpy(best.pts1[0]), _to_numpy(best.conf1[0]), self.frames[placed].colors
+            )
         )
         self.previews.append(
-            FrameOutput(
+            FrameOutput.from_numpy(
                 step + 1, "preview", _to_numpy(best.pts2[0]), _to_numpy(best.conf2[0]), self.frames[best.index].colors
             )
         )
@@ -479,7 +481,7 @@ class UnorderedSteps:
             raise RuntimeError(f"{self.units_total - self.units_done} units have not run yet")
         t0 = time.perf_counter()
         last = self.previews[-1]  # the last frame's final output is its preview
-        finals = [*self.finals, FrameOutput(last.index, "final", last.pts3d, last.conf, last.colors)]
+        finals = [*self.finals, last.as_final()]
         rec = assemble(finals, self.traces, [self.names[i] for i in self.order], self.with_poses)
         timings = dict(self.timings, poses_s=time.perf_counter() - t0)
         timings["total_s"] = sum(timings.values())
