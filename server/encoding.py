@@ -1,15 +1,21 @@
 """Output encodings of a frame's maps: ``full`` (whole 224×224 maps) and ``compact`` (confident points, int16).
 
-Encoding runs off the event loop (in the post-processing pool); decoding is for clients and tests.
+Encoding runs off the event loop (in the post-processing pool) on the maps where the model left them (the
+engine's device): the compact encoding's stride, filter, gather and quantisation and ``full``'s float16 cast run
+in torch there, and only what is sent is copied to the host. Decoding is for clients and tests (numpy only: this
+module imports torch only where the server encodes).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .protocol import Array, CompactMap, FrameData, FullMap, Pose, SessionSettings
+
+if TYPE_CHECKING:
+    import torch
 
 INT16_MAX = 32767
 SCALE_HEADROOM = 4.0  # the first output's extent uses a quarter of the int16 range: the scene grows
@@ -28,31 +34,6 @@ def finite_points(pts3d: np.ndarray) -> np.ndarray:
     return x & y & z
 
 
-def kept_pixels(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> np.ndarray:
-    """Flat (row-major) indices of the pixels whose point is finite and confident: the selection of the compact
-    encoding and of ``core.export.fuse``."""
-    keep = confident(conf, conf_thresh)
-    keep &= finite_points(pts3d)
-    return np.flatnonzero(keep)
-
-
-def take_pixels(a: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``a`` [H, W, ...] at flat pixel indices → [len(index), ...], as ``a[mask]`` gives for the mask of ``index``
-    (a gather along one axis: numpy's boolean indexing of rows is several times slower)."""
-    return np.take(a.reshape(-1, *a.shape[2:]), index, axis=0)
-
-
-def to_float16(a: np.ndarray) -> np.ndarray:
-    """``a.astype(np.float16)``: a float32 array through torch's vectorised conversion (numpy converts element by
-    element, ~20x slower), bit for bit the same on every finite value and infinity (IEEE round to nearest even;
-    NaN stays NaN, a signalling NaN's payload may differ); other dtypes through numpy."""
-    if a.dtype != np.float32:
-        return a.astype(np.float16)
-    import torch  # clients import this module to decode: torch only where the server encodes
-
-    return torch.from_numpy(np.ascontiguousarray(a)).half().numpy()
-
-
 def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> float:
     """Model units per int16 step, from a first output: its largest confident |coordinate| × headroom."""
     finite = finite_points(pts3d)
@@ -62,43 +43,96 @@ def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> flo
     return (extent if extent > 0 else 1.0) * SCALE_HEADROOM / INT16_MAX
 
 
+# --------------------------------------------------------------------------------------------- server side, torch
+# Every step is elementwise float32 as numpy computes it (a Python float meets a float32 array as float32, NEP 50),
+# so the bytes are those of the numpy formulation (tests/server/test_encoding_equivalence.py): constants are 0-d
+# float32 tensors on the maps' device (CUDA divides by a host scalar as a multiplication by its reciprocal), and
+# rounding is half to even (``torch.round`` = ``np.rint``).
+
+
+def _float32(x: float, like: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.full((), x, dtype=torch.float32, device=like.device)
+
+
+def confident_pixels(pts3d: torch.Tensor, conf: torch.Tensor, conf_thresh: float) -> torch.Tensor:
+    """pts3d [H, W, 3], conf [H, W] → [N] int64 flat (row-major) indices of the pixels whose point is finite and
+    confident ((conf − 1) / conf > conf_thresh): the selection of the compact encoding and of
+    ``core.export.fuse``. On the maps' device."""
+    keep = (conf - 1) / conf > _float32(conf_thresh, conf)
+    keep &= pts3d.isfinite().all(-1)
+    return keep.flatten().nonzero()[:, 0]
+
+
+def take_pixels(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Host ``a`` [H, W, ...] at flat pixel indices → [len(index), ...] (what ``a[mask]`` gives for the mask of
+    ``index``, as a gather along one axis)."""
+    return np.take(a.reshape(-1, *a.shape[2:]), index, axis=0)
+
+
+def to_float16(a: torch.Tensor) -> np.ndarray:
+    """float32 tensor → host float16 array, bit for bit numpy's ``astype(np.float16)`` (round to nearest even;
+    a NaN keeps its sign and the top of its payload, as numpy writes it: devices differ there), cast on the
+    tensor's device."""
+    import torch
+
+    half = a.half()
+    nan = a.isnan()
+    if bool(nan.any()):
+        bits = a.view(torch.int32)
+        payload = (bits & 0x7FFFFF) >> 13
+        nan_bits = (bits >> 16) & 0x8000 | torch.where(payload == 0, 0x7C01, 0x7C00 + payload)
+        half = torch.where(nan, nan_bits.to(torch.int16), half.view(torch.int16)).view(torch.float16)
+    return half.cpu().numpy()
+
+
 def encode_map(
-    pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
+    pts3d: torch.Tensor | np.ndarray,
+    conf: torch.Tensor | np.ndarray,
+    colors: np.ndarray,
+    settings: SessionSettings,
+    scale: float,
 ) -> FullMap | CompactMap:
-    if settings.encoding == "full":
-        half = settings.dtype == "float16"
-        return FullMap.model_construct(
-            encoding="full",
-            pts3d=Array.of(to_float16(pts3d) if half else pts3d.astype(np.float32)),
-            conf=Array.of(to_float16(conf) if half else conf.astype(np.float32)),
-            colors=Array.of(colors),
-        )
-    s = settings.stride
-    pts3d, conf, colors = pts3d[::s, ::s], conf[::s, ::s], colors[::s, ::s]
-    index = kept_pixels(pts3d, conf, settings.conf_thresh)
-    q = np.rint(take_pixels(pts3d, index) / scale)
-    clipped = 0
-    if q.size and not np.abs(q).max() <= INT16_MAX:  # rare: points beyond the int16 range (or NaN: scale 0)
-        inside = (np.abs(q) <= INT16_MAX).all(-1)
-        clipped = int((~inside).sum())
+    """pts3d [H, W, 3], conf [H, W] float32 (tensors on any device, or host arrays), colors [H, W, 3] uint8 on the
+    host → the map's encoding; only the arrays sent leave the device. ``scale``: model units per int16 step
+    (compact)."""
+    import torch
+
+    with torch.inference_mode():
+        pts3d, conf = torch.as_tensor(pts3d).float(), torch.as_tensor(conf).float()
+        if settings.encoding == "full":
+            half = settings.dtype == "float16"
+            return FullMap.model_construct(
+                encoding="full",
+                pts3d=Array.of(to_float16(pts3d) if half else pts3d.float().cpu().numpy()),
+                conf=Array.of(to_float16(conf) if half else conf.float().cpu().numpy()),
+                colors=Array.of(colors),
+            )
+        s = settings.stride
+        pts3d, conf = pts3d[::s, ::s], conf[::s, ::s]  # [h, w, 3], [h, w]
+        index = confident_pixels(pts3d, conf, settings.conf_thresh)  # [N]
+        q = torch.round(pts3d.reshape(-1, 3)[index] / _float32(scale, pts3d))  # [N, 3]
+        inside = (q.abs() <= INT16_MAX).all(-1)  # rare misses: points beyond the int16 range (or NaN: scale 0)
         index, q = index[inside], q[inside]
-    return CompactMap.model_construct(
-        encoding="compact",
-        scale=float(scale),
-        stride=s,
-        clipped=clipped,
-        positions=Array.of(q.astype(np.int16)),
-        colors=Array.of(take_pixels(colors, index)),
-        conf=Array.of(to_float16(take_pixels(conf, index))),
-    )
+        clipped = len(inside) - len(index)
+        return CompactMap.model_construct(
+            encoding="compact",
+            scale=float(scale),
+            stride=s,
+            clipped=clipped,
+            positions=Array.of(q.to(torch.int16).cpu().numpy()),
+            colors=Array.of(take_pixels(colors[::s, ::s], index.cpu().numpy())),
+            conf=Array.of(conf.reshape(-1)[index].half().cpu().numpy()),
+        )
 
 
 def encode_frame(
     index: int,
     seq: int,
     kind: Literal["final", "preview"],
-    pts3d: np.ndarray,
-    conf: np.ndarray,
+    pts3d: torch.Tensor | np.ndarray,
+    conf: torch.Tensor | np.ndarray,
     colors: np.ndarray,
     c2w: np.ndarray | None,
     valid: bool,

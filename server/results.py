@@ -1,8 +1,10 @@
 """The result builder: one model step's outputs → the bytes sent to clients, and the export buffer's items.
 
-Calibration (focal and the compact encoding's auto scale, fixed by a stream's frame 0) and camera poses, on the
-model thread right after each step (``step_cameras``: one batched solve for the whole step); encoding of the maps
-and the message in the worker's post-processing pool. No asyncio here: the worker applies what these return.
+Calibration (focal and the compact encoding's auto scale, fixed by a stream's frame 0, from its host copy) and
+camera poses, on the model thread right after each step (``step_cameras``: one batched solve for the whole step,
+on the maps where the engine left them); encoding of the maps (on their device: only what is sent is copied to
+the host) and the message in the worker's post-processing pool. No asyncio here: the worker applies what these
+return.
 """
 
 from __future__ import annotations
@@ -12,18 +14,15 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
-from .encoding import choose_scale, encode_frame, kept_pixels, take_pixels
+from .encoding import choose_scale, confident_pixels, encode_frame, take_pixels
 from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,11 @@ def step_cameras(
             cal = failed_calibration()
             cams.calibration, cams.track = cal, PoseTrack(cal.K)
         jobs.append(
-            (cams.track, [TrackMap(o.pts3d, o.conf, final=o.kind == "final") for o in maps], settings.pose_method)
+            (
+                cams.track,
+                [TrackMap(o.pts3d_device, o.conf_device, final=o.kind == "final") for o in maps],
+                settings.pose_method,
+            )
         )
     try:
         solved = iter(solve_tracks(jobs, device) if jobs else [])
@@ -185,8 +188,8 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
         out.index,
         seq,
         out.kind,
-        out.pts3d,
-        out.conf,
+        out.pts3d_device,
+        out.conf_device,
         out.colors,
         pose.c2w,
         pose.valid,
@@ -197,10 +200,12 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
 
 
 def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
-    """``core.export.fuse`` of the one map (its confident finite points), with the encoder's faster gathers."""
-    index = kept_pixels(out.pts3d, out.conf, conf_thresh)
-    xyz = take_pixels(out.pts3d, index).astype(np.float32, copy=False)
-    rgb = take_pixels(out.colors, index).astype(np.uint8, copy=False)
+    """``core.export.fuse`` of the one map (its confident finite points), selected on the map's device: only
+    those points are copied to the host."""
+    with torch.inference_mode():
+        index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)
+        xyz = out.pts3d_device.reshape(-1, 3)[index].float().cpu().numpy()
+        rgb = take_pixels(out.colors, index.cpu().numpy()).astype(np.uint8, copy=False)
     return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
 
 

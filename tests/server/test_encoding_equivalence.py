@@ -1,10 +1,12 @@
-"""The service's fast encoders and export items give exactly what the straightforward numpy code gives: boolean
-masks and ``astype`` (the encoder before it was vectorised), and ``core.export.fuse``."""
+"""The service's encoders (torch, on the maps' device) and export items give exactly what the straightforward
+numpy code gives: boolean masks, ``np.rint`` and ``astype`` (the encoder as it was on the host), and
+``core.export.fuse``. Byte for byte, on maps with every awkward case."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from spann3r.core.camera import CameraPose
 from spann3r.core.engine import FrameOutput
@@ -13,78 +15,203 @@ from spann3r.server import protocol as P
 from spann3r.server.encoding import INT16_MAX, confident, encode_map
 from spann3r.server.results import export_item
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+STRIDES = [1, 2, 3, 4]
+# 0.2: float32(0.2) > 0.2, and one confidence's float32 ratio is float32(0.2) exactly: kept only if the comparison
+# is in float64, not as numpy makes it (float32); 0 and 0.5 are met exactly too
+THRESHOLDS = [0.0, 1e-3, 0.2, 0.5]
 
-def reference_compact(pts3d, conf, colors, stride, conf_thresh, scale):
+
+def reference_compact(pts3d, conf, colors, stride, conf_thresh, scale) -> P.CompactMap:
+    """The compact encoding in plain numpy: the reference the device encoder must equal."""
     pts3d, conf, colors = pts3d[::stride, ::stride], conf[::stride, ::stride], colors[::stride, ::stride]
     keep = confident(conf, conf_thresh) & np.isfinite(pts3d).all(-1)
-    q = np.rint(pts3d[keep] / scale)
-    inside = (np.abs(q) <= INT16_MAX).all(-1)
-    return (
-        int((~inside).sum()),
-        q[inside].astype(np.int16),
-        colors[keep][inside],
-        conf[keep][inside].astype(np.float16),
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.rint(pts3d[keep] / scale)
+        inside = (np.abs(q) <= INT16_MAX).all(-1)
+        conf16 = conf[keep][inside].astype(np.float16)  # confidences beyond float16's range: inf
+    return P.CompactMap.model_construct(
+        encoding="compact",
+        scale=float(scale),
+        stride=stride,
+        clipped=int((~inside).sum()),
+        positions=P.Array.of(q[inside].astype(np.int16)),
+        colors=P.Array.of(colors[keep][inside]),
+        conf=P.Array.of(conf16),
     )
 
 
-def maps(seed: int, size: int = 224):
-    """A network-like map with the awkward cases: non-finite points and confidences, confidences at and below 1,
-    a few points far beyond the int16 range, confidences beyond float16's range."""
+def reference_full(pts3d, conf, colors, dtype) -> P.FullMap:
+    with np.errstate(over="ignore"):
+        return P.FullMap.model_construct(
+            encoding="full",
+            pts3d=P.Array.of(pts3d.astype(dtype)),
+            conf=P.Array.of(conf.astype(dtype)),
+            colors=P.Array.of(colors),
+        )
+
+
+def as_bytes(m: P.FullMap | P.CompactMap) -> bytes:
+    """The map as it goes out (the message's msgpack of it)."""
+    return P.pack(m)
+
+
+def nan_with_bits(bits: int) -> np.float32:
+    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+
+
+# quiet NaNs of either sign (x86 arithmetic makes the negative one), CUDA's canonical NaN, payload and signalling NaNs
+NANS = [np.float32(np.nan), -np.float32(np.nan), *(nan_with_bits(b) for b in (0x7FFFFFFF, 0x7FC12345, 0x7F800001))]
+
+
+def at_threshold(conf_thresh: float, n: int = 3000) -> np.ndarray:
+    """The 64 confidences within ``n`` float32 steps of 1 / (1 − conf_thresh) whose float32 (c − 1) / c lies
+    nearest float32(conf_thresh): the filter's edge, on it where float32 allows."""
+    c = np.array([1 / (1 - conf_thresh)], dtype=np.float32).view(np.int32)
+    cs = (c + np.arange(-n, n + 1, dtype=np.int32)).view(np.float32)
+    ratio = (cs - 1) / cs
+    return cs[np.argsort(np.abs(ratio - np.float32(conf_thresh)), kind="stable")[:64]]
+
+
+def maps(seed: int, shape: tuple[int, int] = (224, 224), scale: float = 1e-3):
+    """A network-like map with the awkward cases: non-finite points (every kind of NaN) and confidences,
+    confidences at and below 1, at each tested threshold's edge and beyond float16's range, points far beyond the
+    int16 range at ``scale`` and points exactly half a step between two int16 values (ties round to even)."""
     rng = np.random.default_rng(seed)
-    pts = rng.normal(0, 2, (size, size, 3)).astype(np.float32)
-    conf = (1 + rng.exponential(3, (size, size))).astype(np.float32)
+    h, w = shape
+    pts = rng.normal(0, 2, (h, w, 3)).astype(np.float32)
+    conf = (1 + rng.exponential(3, (h, w))).astype(np.float32)
     flat_pts, flat_conf = pts.reshape(-1, 3), conf.reshape(-1)
     n = flat_conf.size
-    for value in (np.nan, np.inf, -np.inf):
-        flat_pts[rng.integers(0, n, 50), rng.integers(0, 3, 50)] = value
-        flat_conf[rng.integers(0, n, 20)] = value
-    flat_conf[rng.integers(0, n, 200)] = 1.0
-    flat_conf[rng.integers(0, n, 20)] = rng.uniform(0, 1, 20)
-    flat_conf[rng.integers(0, n, 20)] = 1e6  # float16 inf
-    flat_pts[rng.integers(0, n, 30)] *= 1e4  # beyond the int16 range at the scales below
-    colors = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def pick(k: int) -> np.ndarray:
+        return rng.integers(0, n, k)
+
+    for value in (*NANS, np.inf, -np.inf):
+        flat_pts[pick(20), rng.integers(0, 3, 20)] = value
+        flat_conf[pick(8)] = value
+    flat_conf[pick(200)] = 1.0
+    flat_conf[pick(20)] = rng.uniform(0, 1, 20)
+    flat_conf[pick(10)] = 0.0
+    flat_conf[pick(20)] = 1e6  # float16 inf
+    for t in THRESHOLDS:
+        edge = at_threshold(t)
+        flat_conf[pick(len(edge))] = edge
+    with np.errstate(invalid="ignore"):
+        flat_pts[pick(400)] *= 1e4  # beyond the int16 range at the scales below
+    flat_pts[pick(50)] = 1e38
+    ties = (rng.integers(-2000, 2000, (200, 3)) + 0.5).astype(np.float32) * np.float32(scale)
+    flat_pts[pick(200)] = ties  # exact halves when scale is a power of two
+    edges = np.array([INT16_MAX - 0.5, INT16_MAX + 0.5, -INT16_MAX - 0.5, INT16_MAX, INT16_MAX + 1], np.float32)
+    flat_pts[pick(len(edges) * 3)] = np.repeat(edges, 3).reshape(-1, 1) * np.float32(scale)  # the range's edge
+    colors = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     return pts, conf, colors
 
 
-@pytest.mark.parametrize("stride", [1, 2, 3])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_compact_encoding_equals_the_mask_based_encoder(stride, seed):
-    pts, conf, colors = maps(seed)
-    clipped_seen = 0
-    for conf_thresh, scale in ((1e-3, 5e-4), (0.5, 2e-3), (0.0, 1e-2)):
+def on_device(a: np.ndarray, device: str, batch: int = 3, at: int = 1) -> torch.Tensor:
+    """``a`` on ``device`` as the engine leaves a map: one item of a batch output (a view)."""
+    big = torch.from_numpy(np.stack([a] * batch)).to(device)
+    return big[at]
+
+
+CASES = [  # seed, shape, scale (powers of two: exact halves)
+    (0, (224, 224), 2.0**-10),
+    (1, (224, 224), 5e-4),
+    (2, (224, 224), 2e-3),
+    (3, (97, 131), 2.0**-8),
+    (4, (224, 224), 1e-2),
+    (5, (33, 16), 2.0**-12),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", STRIDES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c[0]}")
+def test_compact_encoding_is_byte_identical_to_the_numpy_encoder(case, stride, device):
+    seed, shape, scale = case
+    pts, conf, colors = maps(seed, shape, scale)
+    pts_d, conf_d = on_device(pts, device), on_device(conf, device)
+    clipped = edge_kept = 0
+    for conf_thresh in THRESHOLDS:
         settings = P.SessionSettings(encoding="compact", stride=stride, conf_thresh=conf_thresh)
-        m = encode_map(pts, conf, colors, settings, scale)
-        clipped, positions, rgb, c = reference_compact(pts, conf, colors, stride, conf_thresh, scale)
-        assert m.clipped == clipped
-        clipped_seen += clipped
-        assert m.positions.data == positions.tobytes() and m.positions.shape == list(positions.shape)
-        assert m.colors.data == rgb.tobytes() and m.colors.shape == list(rgb.shape)
-        assert m.conf.data == c.tobytes() and m.conf.shape == list(c.shape)
-    assert clipped_seen  # the case of points beyond the int16 range is exercised
+        for s in (scale, scale * 3.7):
+            ours = encode_map(pts_d, conf_d, colors, settings, s)
+            ref = reference_compact(pts, conf, colors, stride, conf_thresh, s)
+            assert ours.clipped == ref.clipped and ours.positions.shape == ref.positions.shape
+            assert ours.positions.data == ref.positions.data
+            assert ours.colors.data == ref.colors.data
+            assert ours.conf.data == ref.conf.data
+            assert as_bytes(ours) == as_bytes(ref)
+            clipped += ref.clipped
+        sub = conf[::stride, ::stride]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            edge_kept += int(((sub - 1) / sub == np.float32(conf_thresh)).sum())
+    assert clipped  # points beyond the int16 range are exercised
+    if shape[0] * shape[1] >= 224 * 224 and stride == 1:
+        assert edge_kept  # confidences exactly at a threshold are exercised
 
 
-def test_compact_encoding_with_nothing_kept():
-    pts, conf, colors = maps(2, size=8)
-    m = encode_map(pts, np.ones_like(conf), colors, P.SessionSettings(), 1e-3)
+def test_the_cases_are_exercised():
+    pts, conf, _ = maps(0, scale=2.0**-10)
+    with np.errstate(all="ignore"):
+        q = pts.reshape(-1, 3) / np.float32(2.0**-10)
+        assert (np.abs(q - np.trunc(q)) == 0.5).sum() > 100  # ties
+        ratio = (conf - 1) / conf
+    for t in (0.0, 0.2, 0.5):  # confidences exactly at these thresholds (in float32)
+        assert (ratio == np.float32(t)).any()
+    for nan in NANS:
+        assert (pts.view(np.uint32) == np.float32(nan).view(np.uint32)).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compact_encoding_with_nothing_kept(device):
+    pts, conf, colors = maps(6, shape=(8, 8))
+    settings = P.SessionSettings()
+    m = encode_map(on_device(pts, device), torch.ones(8, 8, device=device), colors, settings, 1e-3)
     assert m.clipped == 0 and m.positions.shape == [0, 3] and m.colors.shape == [0, 3] and m.conf.shape == [0]
+    ref = reference_compact(pts, np.ones_like(conf), colors, settings.stride, settings.conf_thresh, 1e-3)
+    assert as_bytes(m) == as_bytes(ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_full_encoding_equals_astype(dtype):
-    pts, conf, colors = maps(3)
-    m = encode_map(pts, conf, colors, P.SessionSettings(encoding="full", dtype=dtype), 1.0)
-    with np.errstate(over="ignore"):
-        want_pts, want_conf = pts.astype(dtype), conf.astype(dtype)
-    # NaN payloads aside (none differ for the quiet NaNs arithmetic makes), the same bits
-    assert m.pts3d.data == want_pts.tobytes() and m.conf.data == want_conf.tobytes()
-    assert m.colors.data == colors.tobytes()
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_full_encoding_is_byte_identical_to_astype(seed, dtype, device):
+    pts, conf, colors = maps(seed)
+    settings = P.SessionSettings(encoding="full", dtype=dtype)
+    m = encode_map(on_device(pts, device), on_device(conf, device), colors, settings, 1.0)
+    ref = reference_full(pts, conf, colors, dtype)
+    assert m.pts3d.data == ref.pts3d.data and m.conf.data == ref.conf.data  # NaN payloads included
+    assert as_bytes(m) == as_bytes(ref)
 
 
-@pytest.mark.parametrize("conf_thresh", [1e-3, 0.3])
-def test_export_item_is_fuse(conf_thresh):
-    pts, conf, colors = maps(4)
-    item = export_item(FrameOutput(7, "final", pts, conf, colors), CameraPose(np.eye(4), True), conf_thresh)
-    xyz, rgb = fuse(pts[None], conf[None], colors[None], conf_thresh)
+def test_host_arrays_encode_as_device_tensors():
+    pts, conf, colors = maps(10)
+    for settings in (P.SessionSettings(), P.SessionSettings(encoding="full", dtype="float16")):
+        a = encode_map(pts, conf, colors, settings, 1e-3)
+        b = encode_map(torch.from_numpy(pts), torch.from_numpy(conf), colors, settings, 1e-3)
+        assert as_bytes(a) == as_bytes(b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("conf_thresh", THRESHOLDS)
+def test_export_item_is_fuse(conf_thresh, device):
+    pts, conf, colors = maps(11)
+    out = FrameOutput(7, "final", on_device(pts, device), on_device(conf, device), colors)
+    item = export_item(out, CameraPose(np.eye(4), True), conf_thresh)
+    with np.errstate(all="ignore"):
+        xyz, rgb = fuse(pts[None], conf[None], colors[None], conf_thresh)
     assert item.xyz.dtype == xyz.dtype and item.rgb.dtype == rgb.dtype
-    np.testing.assert_array_equal(item.xyz, xyz)
-    np.testing.assert_array_equal(item.rgb, rgb)
+    assert item.xyz.shape == xyz.shape and item.xyz.tobytes() == xyz.tobytes()
+    assert item.rgb.shape == rgb.shape and item.rgb.tobytes() == rgb.tobytes()
+
+
+def test_frame_output_copies_to_the_host_once():
+    pts, conf, colors = maps(12, shape=(16, 16))
+    out = FrameOutput(3, "preview", torch.from_numpy(pts).clone(), torch.from_numpy(conf).clone(), colors)
+    assert out.pts3d is out.pts3d and np.array_equal(out.pts3d.view(np.uint32), pts.view(np.uint32))
+    assert np.array_equal(out.conf.view(np.uint32), conf.view(np.uint32))
+    final = out.as_final()
+    assert final.kind == "final" and final.index == 3 and final.pts3d is out.pts3d and final.conf is out.conf
+    host = FrameOutput.from_numpy(3, "final", pts, conf, colors)
+    assert host.pts3d is pts and host.conf is conf and host.pts3d_device.data_ptr() == pts.ctypes.data
