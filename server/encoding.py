@@ -1,8 +1,11 @@
 """Output encodings of a frame's maps: ``full`` (whole 224×224 maps) and ``compact`` (confident points, int16).
 
-Encoding runs off the event loop (in the post-processing pool) on the maps where the model left them (the
-engine's device): the compact encoding's stride, filter, gather and quantisation and ``full``'s float16 cast run
-in torch there, and only what is sent is copied to the host. Decoding is for clients and tests (numpy only: this
+Encoding runs off the event loop (in the post-processing pool) on the maps where the model left them. On a GPU the
+compact encoding's stride, filter, gather and quantisation and ``full``'s float16 cast run in torch on the device,
+and only what is sent is copied to the host (``encode_map_on_device``). Maps on the CPU are encoded with numpy
+(``encode_map_on_host``): measured with ``bench/serving.py`` on the 2-core CPU, the torch formulation there cost
+~27 ms per result against ~5 ms, since its many small multi-threaded ops compete with the model thread's. Both give
+the same bytes (tests/server/test_encoding_equivalence.py). Decoding is for clients and tests (numpy only: this
 module imports torch only where the server encodes).
 """
 
@@ -41,6 +44,78 @@ def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> flo
     pts = pts3d[keep] if keep.any() else pts3d[finite]
     extent = float(np.abs(pts).max()) if pts.size else 0.0
     return (extent if extent > 0 else 1.0) * SCALE_HEADROOM / INT16_MAX
+
+
+def kept_pixels(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> np.ndarray:
+    """Host twin of ``confident_pixels``: flat (row-major) indices of the pixels whose point is finite and
+    confident."""
+    keep = confident(conf, conf_thresh)
+    keep &= finite_points(pts3d)
+    return np.flatnonzero(keep)
+
+
+def host_float16(a: np.ndarray) -> np.ndarray:
+    """``a.astype(np.float16)`` for a float32 host array, through torch's vectorised cast (numpy converts element
+    by element, ~20x slower) with NaNs written as numpy writes them (``to_float16``)."""
+    import torch
+
+    if a.dtype != np.float32:
+        return a.astype(np.float16)
+    return to_float16(torch.from_numpy(np.ascontiguousarray(a)))
+
+
+def encode_map_on_host(
+    pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
+) -> FullMap | CompactMap:
+    """``encode_map`` of host arrays, in numpy."""
+    if settings.encoding == "full":
+        half = settings.dtype == "float16"
+        return FullMap.model_construct(
+            encoding="full",
+            pts3d=Array.of(host_float16(pts3d) if half else pts3d.astype(np.float32)),
+            conf=Array.of(host_float16(conf) if half else conf.astype(np.float32)),
+            colors=Array.of(colors),
+        )
+    s = settings.stride
+    pts3d, conf, colors = pts3d[::s, ::s], conf[::s, ::s], colors[::s, ::s]
+    index = kept_pixels(pts3d, conf, settings.conf_thresh)
+    with np.errstate(over="ignore"):  # beyond float32 is beyond int16 too: clipped below
+        q = np.rint(take_pixels(pts3d, index) / scale)
+    clipped = 0
+    if q.size and not np.abs(q).max() <= INT16_MAX:  # rare: points beyond the int16 range (or NaN: scale 0)
+        inside = (np.abs(q) <= INT16_MAX).all(-1)
+        clipped = int((~inside).sum())
+        index, q = index[inside], q[inside]
+    return CompactMap.model_construct(
+        encoding="compact",
+        scale=float(scale),
+        stride=s,
+        clipped=clipped,
+        positions=Array.of(q.astype(np.int16)),
+        colors=Array.of(take_pixels(colors, index)),
+        conf=Array.of(host_float16(take_pixels(conf, index))),
+    )
+
+
+def on_accelerator(a: object) -> bool:
+    """A tensor on a device other than the CPU (duck-typed: numpy arrays have no ``device``)."""
+    device = getattr(a, "device", None)
+    return getattr(device, "type", "cpu") != "cpu"
+
+
+def encode_map(
+    pts3d: torch.Tensor | np.ndarray,
+    conf: torch.Tensor | np.ndarray,
+    colors: np.ndarray,
+    settings: SessionSettings,
+    scale: float,
+) -> FullMap | CompactMap:
+    """pts3d [H, W, 3], conf [H, W] float32 (tensors on any device, or host arrays), colors [H, W, 3] uint8 on the
+    host → the map's encoding: on the device for maps on an accelerator (only the arrays sent leave it), with
+    numpy for maps on the CPU (faster there). ``scale``: model units per int16 step (compact)."""
+    if on_accelerator(pts3d):
+        return encode_map_on_device(pts3d, conf, colors, settings, scale)
+    return encode_map_on_host(np.asarray(pts3d), np.asarray(conf), colors, settings, scale)
 
 
 # --------------------------------------------------------------------------------------------- server side, torch
@@ -87,16 +162,14 @@ def to_float16(a: torch.Tensor) -> np.ndarray:
     return half.cpu().numpy()
 
 
-def encode_map(
+def encode_map_on_device(
     pts3d: torch.Tensor | np.ndarray,
     conf: torch.Tensor | np.ndarray,
     colors: np.ndarray,
     settings: SessionSettings,
     scale: float,
 ) -> FullMap | CompactMap:
-    """pts3d [H, W, 3], conf [H, W] float32 (tensors on any device, or host arrays), colors [H, W, 3] uint8 on the
-    host → the map's encoding; only the arrays sent leave the device. ``scale``: model units per int16 step
-    (compact)."""
+    """``encode_map`` in torch on the maps' device; only the arrays sent leave it."""
     import torch
 
     with torch.inference_mode():

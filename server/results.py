@@ -2,9 +2,9 @@
 
 Calibration (focal and the compact encoding's auto scale, fixed by a stream's frame 0, from its host copy) and
 camera poses, on the model thread right after each step (``step_cameras``: one batched solve for the whole step,
-on the maps where the engine left them); encoding of the maps (on their device: only what is sent is copied to
-the host) and the message in the worker's post-processing pool. No asyncio here: the worker applies what these
-return.
+on the maps where the engine left them); encoding of the maps (on an accelerator, on the device: only what is
+sent is copied to the host; see ``encoding``) and the message in the worker's post-processing pool. No asyncio
+here: the worker applies what these return.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
-from .encoding import choose_scale, confident_pixels, encode_frame, take_pixels
+from .encoding import choose_scale, confident_pixels, encode_frame, kept_pixels, on_accelerator, take_pixels
 from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,17 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
 
 
 def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
-    """``core.export.fuse`` of the one map (its confident finite points), selected on the map's device: only
-    those points are copied to the host."""
-    with torch.inference_mode():
-        index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)
-        xyz = out.pts3d_device.reshape(-1, 3)[index].float().cpu().numpy()
-        rgb = take_pixels(out.colors, index.cpu().numpy()).astype(np.uint8, copy=False)
+    """``core.export.fuse`` of the one map (its confident finite points). A map on an accelerator is selected on
+    its device (only those points are copied to the host); one on the CPU with numpy, as ``encode_map``."""
+    if on_accelerator(out.pts3d_device):
+        with torch.inference_mode():
+            index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)
+            xyz = out.pts3d_device.reshape(-1, 3)[index].float().cpu().numpy()
+            host_index = index.cpu().numpy()
+    else:
+        host_index = kept_pixels(out.pts3d, out.conf, conf_thresh)
+        xyz = take_pixels(out.pts3d, host_index).astype(np.float32, copy=False)
+    rgb = take_pixels(out.colors, host_index).astype(np.uint8, copy=False)
     return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
 
 

@@ -9,8 +9,8 @@ Threads, and what runs where (the event loop never waits on any of them):
   so neither is ever touched by two threads;
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
 - job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
-- post pool: encoding (on the maps' device, copying back only what is sent) and msgpack of results (results.py),
-  in parallel across frames and sessions.
+- post pool: encoding (on an accelerator on the maps' device, copying back only what is sent; numpy on the CPU)
+  and msgpack of results (results.py), in parallel across frames and sessions.
 
 Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
 of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly

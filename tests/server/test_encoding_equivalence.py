@@ -12,10 +12,14 @@ from spann3r.core.camera import CameraPose
 from spann3r.core.engine import FrameOutput
 from spann3r.core.export import fuse
 from spann3r.server import protocol as P
-from spann3r.server.encoding import INT16_MAX, confident, encode_map
+from spann3r.server.encoding import INT16_MAX, confident, encode_map, encode_map_on_device
 from spann3r.server.results import export_item
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+# the encoders the server runs: numpy for maps on the CPU (encode_map's choice there), torch on the maps' device
+# (encode_map's choice on an accelerator; forced on the CPU here so that it is checked on every machine)
+PATHS = [("cpu", encode_map), ("cpu", encode_map_on_device), *[("cuda", encode_map)] * torch.cuda.is_available()]
+PATH_IDS = ["cpu-numpy", "cpu-torch", *["cuda-torch"] * torch.cuda.is_available()]
 STRIDES = [1, 2, 3, 4]
 # 0.2: float32(0.2) > 0.2, and one confidence's float32 ratio is float32(0.2) exactly: kept only if the comparison
 # is in float64, not as numpy makes it (float32); 0 and 0.5 are met exactly too
@@ -124,10 +128,10 @@ CASES = [  # seed, shape, scale (powers of two: exact halves)
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("device", "encode"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("stride", STRIDES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c[0]}")
-def test_compact_encoding_is_byte_identical_to_the_numpy_encoder(case, stride, device):
+def test_compact_encoding_is_byte_identical_to_the_numpy_encoder(case, stride, device, encode):
     seed, shape, scale = case
     pts, conf, colors = maps(seed, shape, scale)
     pts_d, conf_d = on_device(pts, device), on_device(conf, device)
@@ -135,7 +139,7 @@ def test_compact_encoding_is_byte_identical_to_the_numpy_encoder(case, stride, d
     for conf_thresh in THRESHOLDS:
         settings = P.SessionSettings(encoding="compact", stride=stride, conf_thresh=conf_thresh)
         for s in (scale, scale * 3.7):
-            ours = encode_map(pts_d, conf_d, colors, settings, s)
+            ours = encode(pts_d, conf_d, colors, settings, s)
             ref = reference_compact(pts, conf, colors, stride, conf_thresh, s)
             assert ours.clipped == ref.clipped and ours.positions.shape == ref.positions.shape
             assert ours.positions.data == ref.positions.data
@@ -163,23 +167,23 @@ def test_the_cases_are_exercised():
         assert (pts.view(np.uint32) == np.float32(nan).view(np.uint32)).any()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_compact_encoding_with_nothing_kept(device):
+@pytest.mark.parametrize(("device", "encode"), PATHS, ids=PATH_IDS)
+def test_compact_encoding_with_nothing_kept(device, encode):
     pts, conf, colors = maps(6, shape=(8, 8))
     settings = P.SessionSettings()
-    m = encode_map(on_device(pts, device), torch.ones(8, 8, device=device), colors, settings, 1e-3)
+    m = encode(on_device(pts, device), torch.ones(8, 8, device=device), colors, settings, 1e-3)
     assert m.clipped == 0 and m.positions.shape == [0, 3] and m.colors.shape == [0, 3] and m.conf.shape == [0]
     ref = reference_compact(pts, np.ones_like(conf), colors, settings.stride, settings.conf_thresh, 1e-3)
     assert as_bytes(m) == as_bytes(ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("device", "encode"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("seed", [7, 8, 9])
-def test_full_encoding_is_byte_identical_to_astype(seed, dtype, device):
+def test_full_encoding_is_byte_identical_to_astype(seed, dtype, device, encode):
     pts, conf, colors = maps(seed)
     settings = P.SessionSettings(encoding="full", dtype=dtype)
-    m = encode_map(on_device(pts, device), on_device(conf, device), colors, settings, 1.0)
+    m = encode(on_device(pts, device), on_device(conf, device), colors, settings, 1.0)
     ref = reference_full(pts, conf, colors, dtype)
     assert m.pts3d.data == ref.pts3d.data and m.conf.data == ref.conf.data  # NaN payloads included
     assert as_bytes(m) == as_bytes(ref)
