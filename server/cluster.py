@@ -51,9 +51,6 @@ INFO_TIMEOUT_S = 5.0  # a worker slower than this to answer is skipped for new s
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet a local Ray starts
-
-
 def keep_ray_on_loopback() -> None:
     """All of Ray's traffic on 127.0.0.1 (a local cluster): call before ray is imported."""
     os.environ[LOOPBACK_SWITCH] = "0"
@@ -75,9 +72,6 @@ def init_ray(settings: ServeSettings, num_cpus: int | None = None) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, configure_logging=False)
     else:
-        # the worker actors are the service: at Ray's default niceness (15) any busy process on the machine starves
-        # them (measured: failover 112-212 s beside two busy loops on 2 cores, 6.4-7.8 s at nice 0)
-        os.environ.setdefault(WORKER_NICENESS, "0")
         ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
     log.info("Ray: %s", ray.get_runtime_context().gcs_address)
 

@@ -266,10 +266,3 @@ def test_new_sessions_fill_the_worker_with_most_room_and_a_full_cluster_says_so(
     workers, refused = run(main())
     assert sorted(workers) == ["w0"] * MAX_SESSIONS + ["w1"] * MAX_SESSIONS
     assert refused.status_code == 503 and refused.json()["code"] == "capacity" and "Retry-After" in refused.headers
-
-
-def test_the_workers_of_a_local_ray_run_at_normal_priority(cluster):
-    """A local Ray's worker actors are the service: Ray's default niceness (15) would let any busy process on the
-    machine starve them (failover 112-212 s beside two busy loops on 2 cores, against 6-8 s at nice 0)."""
-    for w in ("w0", "w1"):
-        assert os.getpriority(os.PRIO_PROCESS, cluster.pid(w)) == 0, w
