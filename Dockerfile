@@ -39,6 +39,7 @@ ARG EXTRAS=server
 # DL3013 asks to pin registry packages; this installs the project itself (its dependencies are ranges by design)
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[${EXTRAS}]" \
+    && python -m spann3r.core.pose_kernel \
     && useradd --create-home --uid 10001 spann3r \
     && mkdir -p /state /weights /cache \
     && chown spann3r:spann3r /state /cache

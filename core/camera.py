@@ -16,8 +16,8 @@
 The default for the service is ``solve_poses(method="robust")``: it uses the network's confidence (the demo's
 RANSAC ignores it), is as accurate as PnP-RANSAC on rendered scenes with noise and 10-30 % gross outliers (tests
 in tests/core/test_pose_solver.py), says when geometry is degenerate instead of returning a guess, takes known
-intrinsics, and costs 2.4-4.6 ms of one CPU thread per pose warm-started (batch 8 to 1; 3.3-7.8 ms cold)
-against 54-78 ms for PnP-RANSAC (bench/poses.py, idle 2-core machine). ``solve_pose`` /
+intrinsics, and costs 1.2-2.2 ms of one CPU thread per pose warm-started (batch 8 to 1; 2.3-6.3 ms cold)
+against 64-113 ms for PnP-RANSAC (bench/poses.py, idle 2-core machine). ``solve_pose`` /
 ``method="pnp_ransac"`` stay for fidelity to the official demo (offline ``reconstruct`` and comparisons with its
 outputs).
 """
@@ -34,7 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from . import pose_kernel
 from .intrinsics import centred_intrinsics
+from .pose_kernel import ROBUST_SCALE, SAMPLE_EVERY, SCALE_MAX_PX, SCALE_MIN_PX
 
 
 @dataclass
@@ -90,15 +92,19 @@ def solve_pose(pts3d: np.ndarray, focal: float) -> CameraPose:
 
 
 # ----------------------------------------------------------------------------- batched robust poses
-# A whole batch of frames at once, in torch, on the pointmaps' device (per-pixel work in float32, laid out
-# component-major [B, C, N] so that every step is a contiguous pass; 6x6 and smaller systems in float64):
+# A whole batch of frames at once, on the pointmaps' device. On an accelerator every step is torch passes (per-pixel
+# work in float32, laid out component-major [B, C, N] so that every pass is contiguous; 6x6 and smaller systems in
+# float64); on a CPU step 2 is ``pose_kernel.refine``, compiled, one loop over the pixels per step and frame:
 #   1. candidates on every 8th row and column (224²: 784 pixels), the more confident 40 % of them: a weighted DLT
 #      (needs depth relief), a weighted plane homography (the DLT is degenerate on a plane) and the caller's
 #      ``init``; the one with the lowest MSAC cost (squared pixel error capped at ``max_error_px``) wins;
 #   2. Gauss-Newton / IRLS on the pixel reprojection error, Geman-McClure loss scaled at 3x the median residual,
-#      weights log(confidence): first on every 4th row and column (cheap), then on every pixel. The normal equations are
-#      assembled from one Gram matrix of per-pixel monomials (nx, ny, 1/z, ...), a single GEMM per step;
-#   3. a validity check on every pixel, at the pose before the last (small) step: enough confident finite points,
+#      weights log(confidence): first on every 4th row and column (cheap), then on every 2nd (``fine_step``: a
+#      quarter of the pixels at a third of the cost; on the tests' scenes its errors are ~25 % above those of
+#      every pixel, about OpenCV's PnP-RANSAC's). In torch
+#      the normal equations are assembled from one Gram matrix of per-pixel monomials (nx, ny, 1/z, ...), a single
+#      GEMM per step;
+#   3. a validity check on the fine grid, at the pose before the last (small) step: enough confident finite points,
 #      well-conditioned normal equations, most of the confidence reprojecting within ``max_error_px``, a finite
 #      pose. Frames that fail it with enough points get one more try
 #      warm-started from OpenCV's PnP-RANSAC, and the same check decides.
@@ -108,7 +114,6 @@ def solve_pose(pts3d: np.ndarray, focal: float) -> CameraPose:
 
 POSE_METHODS = ("robust", "pnp_ransac")
 CPU_CHUNK = 8  # frames per robust solve on a CPU
-ROBUST_SCALE = 3.0  # Geman-McClure scale, x the median residual (measured best of 1.5-5 on the tests' scenes)
 
 
 # Jacobians of the normalised projection (nx, ny) w.r.t. a left rotation ω and a camera-frame translation τ
@@ -246,11 +251,10 @@ def _residuals(
     K,
     scale_px: float | None,
     work: tuple[torch.Tensor, ...] | None = None,
-    c_min: float = 0.5,
-    c_max: float = 50.0,
 ) -> _Residuals:
     """Reprojection of X [B, 3, N] by (R, t) against n [B, 2, N] and the Gram matrix of the IRLS-weighted monomials.
-    With ``scale_px`` None the robust scale is ``ROBUST_SCALE`` x the median residual (within [c_min, c_max] px).
+    With ``scale_px`` None the robust scale is ``ROBUST_SCALE`` x the median residual (within [SCALE_MIN_PX,
+    SCALE_MAX_PX]).
     ``work`` is scratch space from ``_workspace``, reused between steps: every op writes in place, as allocating
     and faulting in fresh pages costs as much as the arithmetic on a CPU."""
     phi, cam, tmp = _workspace(X) if work is None else work
@@ -265,8 +269,10 @@ def _residuals(
     rho2 = torch.mul(ex, fx, out=tmp[:, 3]).addcmul_(ey, s).square_()  # |K₂ e|²: (fx ex + s ey)² + (fy ey)²
     rho2.addcmul_(torch.mul(ey, fy, out=phi[:, 10]), phi[:, 10])
     if scale_px is None:
-        sample = torch.where((w[:, ::16] > 0) & in_front[:, ::16], rho2[:, ::16], float("nan"))
-        c2 = (ROBUST_SCALE**2 * sample.nanmedian(1).values).nan_to_num(c_max**2).clamp(c_min**2, c_max**2)[:, None]
+        every = SAMPLE_EVERY
+        sample = torch.where((w[:, ::every] > 0) & in_front[:, ::every], rho2[:, ::every], float("nan"))
+        c2 = (ROBUST_SCALE**2 * sample.nanmedian(1).values).nan_to_num(SCALE_MAX_PX**2)
+        c2 = c2.clamp(SCALE_MIN_PX**2, SCALE_MAX_PX**2)[:, None]
     else:
         c2 = torch.full_like(rho2[:, :1], scale_px**2)
     # Φ = sqrt(irls) (1, nx, ny, nx², nx ny, ny², 1/z, nx/z, ny/z, ex, ey): monomials already weighted
@@ -334,24 +340,26 @@ def _gauss_newton(X, n, w, R, t, K, iterations: int):
     return R, t, res, H
 
 
+def _fit_stats(res: _Residuals, w: torch.Tensor, max_error_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share of the confidence reprojecting within ``max_error_px`` [B] and the median camera depth [B] (over
+    every SAMPLE_EVERY-th pixel; NaN if none), as ``pose_kernel.refine`` returns them."""
+    inlier = (w * (res.in_front & (res.rho2 < max_error_px**2))).sum(1) / w.sum(1).clamp(min=1e-30)
+    every = SAMPLE_EVERY
+    d = torch.where(res.in_front[:, ::every] & (w[:, ::every] > 0), res.depth[:, ::every], float("nan"))
+    return inlier.double(), d.nanmedian(1).values.double()
+
+
 def _pose_validity(
-    res: _Residuals,
-    H: torch.Tensor,
-    w: torch.Tensor,
-    max_error_px: float,
-    min_inlier_weight: float,
-    min_condition: float,
+    H: torch.Tensor, depth: torch.Tensor, inlier: torch.Tensor, min_inlier_weight: float, min_condition: float
 ) -> torch.Tensor:
-    """[B] bool: normal equations well conditioned (translation in units of the median depth) and at least
-    ``min_inlier_weight`` of the confidence reprojecting within ``max_error_px``."""
-    d = torch.where(res.in_front[:, ::16] & (w[:, ::16] > 0), res.depth[:, ::16], float("nan"))
-    d = d.nanmedian(1).values.double().nan_to_num(1.0).abs().clamp(min=1e-12)
+    """[B] bool: normal equations H [B, 6, 6] well conditioned (translation in units of the median ``depth``) and
+    at least ``min_inlier_weight`` of the confidence within the inlier bound (``inlier``, a share)."""
+    d = depth.nan_to_num(1.0).abs().clamp(min=1e-12)
     D = torch.cat((torch.ones_like(d)[:, None].expand(-1, 3), d[:, None].expand(-1, 3)), 1)  # [B, 6]
     Hn = H * D[:, :, None] * D[:, None, :]
     finite = Hn.flatten(1).isfinite().all(1)
     eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], Hn, torch.zeros_like(Hn)))
     conditioned = finite & (eig[:, -1] > 0) & (eig[:, 0] > min_condition * eig[:, -1])
-    inlier = (w * (res.in_front & (res.rho2 < max_error_px**2))).sum(1) / w.sum(1).clamp(min=1e-30)
     return conditioned & (inlier >= min_inlier_weight)
 
 
@@ -446,6 +454,44 @@ def _best_start(Xs, ns, ws, width: int, K, init, max_error_px: float) -> tuple[t
     return Rc[torch.arange(B), best], tc[torch.arange(B), best]
 
 
+def _coarse_sample(pts: torch.Tensor, w: torch.Tensor, K: torch.Tensor, step: int):
+    """Every ``step``-th row and column: points Xs [B, 3, n], weights ws [B, n], normalised pixels ns [B, 2, n]."""
+    B, H, W, _ = pts.shape
+    Xs = pts[:, ::step, ::step].reshape(B, -1, 3).transpose(1, 2).contiguous()
+    ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
+    return Xs, ws, _normalised_pixels(K, H, W, step)
+
+
+def _refine_torch(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px):
+    """``pose_kernel.refine`` for a batch, in torch passes on the maps' device. Also returns the frames' counts of
+    pixels that count."""
+    B, H, W, _ = pts.shape
+    pts, w = _confidence_weights(pts, conf)
+    if coarse_iterations:
+        Xs, ws, ns = _coarse_sample(pts, w, K, step)
+        R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
+    # [B, 3, N]: a view of every pixel (the GEMM reads it transposed, no copy), or the fine grid's copy
+    X = pts[:, ::fine_step, ::fine_step].reshape(B, -1, 3).transpose(1, 2)
+    wf = w.view(B, H, W)[:, ::fine_step, ::fine_step].reshape(B, -1)
+    R, t, res, H_last = _gauss_newton(X, _normalised_pixels(K, H, W, fine_step), wf, R, t, K, fine_iterations)
+    return R, t, H_last, *_fit_stats(res, wf, max_error_px), (w > 0).sum(1)
+
+
+def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px):
+    """``pose_kernel.refine`` frame by frame (maps on the CPU), with the same returns as ``_refine_torch``."""
+    # contiguous float32 maps and float64 cameras: one compiled specialisation of each kernel
+    pts_np, conf_np = pts.float().contiguous().numpy(), conf.float().contiguous().numpy()
+    K_np, R_np, t_np = (x.double().contiguous().numpy() for x in (K, R, t))
+    out = []
+    for i in range(len(pts_np)):
+        w = pose_kernel.weights(conf_np[i])
+        got = pose_kernel.refine(
+            pts_np[i], w, K_np[i], R_np[i], t_np[i], step, coarse_iterations, fine_step, fine_iterations, max_error_px
+        )
+        out.append((*got, pose_kernel.count_weighted(pts_np[i], w)))
+    return tuple(torch.from_numpy(np.stack(x)) for x in zip(*out))
+
+
 def _robust_solve(
     pts,
     conf,
@@ -455,34 +501,35 @@ def _robust_solve(
     warm: bool,
     coarse_iterations,
     fine_iterations,
+    fine_step,
     max_error_px,
     min_points,
     min_inlier_weight,
     min_condition,
+    compiled: bool | None = None,
 ):
     """The robust batched solve; world-to-camera R [B, 3, 3], t [B, 3] (float64), valid [B], enough points [B].
-    ``warm``: start from ``init`` (finite for every frame) instead of the best of the linear starts and it."""
-    B, H, W, _ = pts.shape
-    pts, w = _confidence_weights(pts, conf)
+    ``warm``: start from ``init`` (finite for every frame) instead of the best of the linear starts and it.
+    ``compiled``: refine with ``pose_kernel`` (default for maps on the CPU) rather than torch passes."""
+    H, W = pts.shape[1:3]
+    compiled = pts.device.type == "cpu" if compiled is None else compiled
     K_ok = K.flatten(1).isfinite().all(1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
     K = torch.where(K_ok[:, None, None], K, torch.eye(3, dtype=K.dtype, device=K.device))
-    enough = K_ok & ((w > 0).sum(1) >= min_points)
 
     step = max(1, round(math.sqrt(H * W / 3000)))  # ~3000 sampled pixels per frame (every 4th row, column at 224²)
-    Xs = pts[:, ::step, ::step].reshape(B, -1, 3).transpose(1, 2).contiguous()  # [B, 3, n]
-    ws = w.view(B, H, W)[:, ::step, ::step].reshape(B, -1)
-    ns = _normalised_pixels(K, H, W, step)
     if warm:
         R = init[:, :3, :3].transpose(1, 2)  # world-to-camera of a camera-to-world init
         t = -(R @ init[:, :3, 3:])[..., 0]
     else:
+        pts_w, w = _confidence_weights(pts, conf)
+        Xs, ws, ns = _coarse_sample(pts_w, w, K, step)
         R, t = _best_start(Xs, ns, ws, len(range(0, W, step)), K, init, max_error_px)
-    if coarse_iterations:
-        R, t, *_ = _gauss_newton(Xs, ns, ws, R, t, K, coarse_iterations)
-
-    X = pts.reshape(B, H * W, 3).transpose(1, 2)  # [B, 3, N] view: the GEMM reads it transposed, no copy
-    R, t, res, H_last = _gauss_newton(X, _normalised_pixels(K, H, W), w, R, t, K, fine_iterations)
-    valid = enough & _pose_validity(res, H_last, w, max_error_px, min_inlier_weight, min_condition)
+    refine = _refine_compiled if compiled else _refine_torch
+    R, t, H_last, inlier, depth, count = refine(
+        pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px
+    )
+    enough = K_ok & (count >= min_points)
+    valid = enough & _pose_validity(H_last, depth, inlier, min_inlier_weight, min_condition)
     valid &= R.flatten(1).isfinite().all(1) & t.isfinite().all(1)
     return R, t, valid, enough
 
@@ -532,6 +579,7 @@ def solve_poses(
     coarse_iterations: int = 4,
     warm_iterations: int = 2,
     fine_iterations: int = 1,
+    fine_step: int = 2,
     max_error_px: float = 8.0,
     min_points: int = 64,
     min_inlier_weight: float = 0.5,
@@ -547,7 +595,7 @@ def solve_poses(
     ``fallback``: retry frames that fail the check (with enough points) from PnP-RANSAC (a bool, or one per
     frame). Tuning:
     ``coarse_iterations`` steps on every 4th row and column (``warm_iterations`` from a finite ``init``, tried
-    first), then ``fine_iterations`` (≥ 1) on every pixel; valid
+    first), then ``fine_iterations`` (≥ 1) on every ``fine_step``-th row and column; valid
     needs ``min_points`` pixels with conf > 1, at least ``min_inlier_weight`` of the confidence within
     ``max_error_px`` and the normal equations' smallest / largest eigenvalue above ``min_condition``.
 
@@ -556,10 +604,10 @@ def solve_poses(
     """
     if method not in POSE_METHODS:
         raise ValueError(f"unknown pose method {method!r} (choose from {', '.join(POSE_METHODS)})")
-    if coarse_iterations < 0 or warm_iterations < 0 or fine_iterations < 1:
+    if coarse_iterations < 0 or warm_iterations < 0 or fine_iterations < 1 or fine_step < 1:
         raise ValueError(
-            "need coarse_iterations >= 0, warm_iterations >= 0 and fine_iterations >= 1, "
-            f"got {coarse_iterations}, {warm_iterations}, {fine_iterations}"
+            "need coarse_iterations >= 0, warm_iterations >= 0, fine_iterations >= 1 and fine_step >= 1, "
+            f"got {coarse_iterations}, {warm_iterations}, {fine_iterations}, {fine_step}"
         )
     as_numpy = not isinstance(pts3d, torch.Tensor)
     pts, conf_t, K_t, init_t = _as_batch(pts3d, conf, K, init)
@@ -568,6 +616,7 @@ def solve_poses(
     else:
         settings: dict[str, Any] = dict(
             fine_iterations=fine_iterations,
+            fine_step=fine_step,
             max_error_px=max_error_px,
             min_points=min_points,
             min_inlier_weight=min_inlier_weight,

@@ -28,7 +28,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import torch
+
 from ..core.engine import Engine, StepResult, StreamError
+from ..core.pose_kernel import compile_kernels
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
 from ..core.weights import LoadedWeights
@@ -96,6 +99,8 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if torch.device(self.engine.device).type == "cpu":  # poses of CPU maps run compiled: not in the first one
+            await self.on_model(compile_kernels)
         self._task = asyncio.create_task(self._schedule(), name="worker-scheduler")
 
     async def stop(self) -> None:
