@@ -70,10 +70,15 @@ def crop_resize(rgb: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
 
 
 def to_model_input(colors: np.ndarray) -> torch.Tensor:
+    """[224, 224, 3] uint8 → [3, 224, 224] float32 in [-1, 1], as the official ToTensor and Normalize(0.5, 0.5)
+    compute it (the same float32 operations, bit for bit). In numpy: decoding threads start no torch thread team."""
     import torch
 
-    x = torch.from_numpy(colors).permute(2, 0, 1).float().div(255)
-    return (x - 0.5) / 0.5
+    x = colors.transpose(2, 0, 1).astype(np.float32)
+    x /= np.float32(255)
+    x -= np.float32(0.5)
+    x /= np.float32(0.5)
+    return torch.from_numpy(x)
 
 
 def prepare(rgb: np.ndarray) -> PreparedFrame:
