@@ -165,6 +165,43 @@ def _normal_equations(pts, weight, K, R, t, step: int, c2: float, max_err2: floa
     return JtJ, sums[21:27].copy(), sums[27], sums[28]
 
 
+# Small matrix algebra by hand: numba's np.linalg and matrix products call SciPy's LAPACK and BLAS, and SciPy is
+# not a dependency of the service.
+@njit(cache=True, nogil=True)
+def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    n, m, k = A.shape[0], B.shape[1], A.shape[1]
+    out = np.zeros((n, m))
+    for i in range(n):
+        for j in range(m):
+            for c in range(k):
+                out[i, j] += A[i, c] * B[c, j]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A x = b by Gaussian elimination with partial pivoting; NaN where A is singular."""
+    n = len(b)
+    M = np.empty((n, n + 1))
+    M[:, :n], M[:, n] = A, b
+    for c in range(n):
+        p = c + np.argmax(np.abs(M[c:, c]))
+        if M[p, c] == 0.0:
+            return np.full(n, np.nan)
+        if p != c:
+            row = M[c].copy()
+            M[c], M[p] = M[p], row
+        for r in range(c + 1, n):
+            M[r, c:] -= M[r, c] / M[c, c] * M[c, c:]
+    x = np.empty(n)
+    for r in range(n - 1, -1, -1):
+        acc = M[r, n]
+        for c in range(r + 1, n):
+            acc -= M[r, c] * x[c]
+        x[r] = acc / M[r, r]
+    return x
+
+
 @njit(cache=True, nogil=True)
 def _so3_exp(omega: np.ndarray) -> np.ndarray:
     theta2 = omega[0] ** 2 + omega[1] ** 2 + omega[2] ** 2
@@ -176,7 +213,7 @@ def _so3_exp(omega: np.ndarray) -> np.ndarray:
     hat = np.array(
         [[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]],
     )
-    return np.eye(3) + a * hat + b * (hat @ hat)
+    return np.eye(3) + a * hat + b * _matmul(hat, hat)
 
 
 @njit(cache=True, nogil=True)
@@ -185,14 +222,11 @@ def _step(JtJ: np.ndarray, g: np.ndarray, R: np.ndarray, t: np.ndarray):
     if not (np.isfinite(JtJ).all() and np.isfinite(g).all()):
         return R, t
     A = JtJ + 1e-9 * max(np.trace(JtJ), 1e-30) * np.eye(6)
-    try:
-        delta = np.linalg.solve(A, -g)
-    except Exception:  # singular: numba raises for an exactly singular matrix
-        return R, t
+    delta = _solve(A, -g)
     if not np.isfinite(delta).all():
         return R, t
     dR = _so3_exp(delta[:3])
-    return dR @ R, dR @ t + delta[3:]
+    return _matmul(dR, R), _matmul(dR, t.reshape(3, 1)).ravel() + delta[3:]
 
 
 @njit(cache=True, nogil=True)

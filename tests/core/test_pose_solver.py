@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -352,3 +353,27 @@ def test_bad_arguments():
         solve_poses(pts, conf[:, :10], K)
     with pytest.raises(ValueError, match="K"):
         solve_poses(pts, conf, np.eye(4))
+
+
+def test_the_compiled_kernels_need_no_scipy(tmp_path):
+    """numba's linear algebra and matrix products call SciPy, which the service does not depend on: the kernels
+    compile (into an empty cache) and solve in a process where SciPy cannot be imported."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["scipy"] = None  # import scipy raises ImportError
+import numpy as np
+from spann3r.core import pose_kernel
+from spann3r.core.camera import solve_poses
+pose_kernel.compile_kernels()
+pts = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype(np.float32) + np.float32([0, 0, 4])
+c2w, valid = solve_poses(pts, np.full((1, 16, 16), 2.0, np.float32), np.eye(3), np.eye(4), fallback=False)
+print("solved", c2w.shape)
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "solved (1, 4, 4)" in out.stdout
+    assert any(tmp_path.rglob("*.nbi"))  # it compiled into the empty cache, not from the tree's
