@@ -6,7 +6,9 @@ worker (worker.py) applies. The policy:
 - a stream batch is up to ``max_batch`` ready sessions, oldest ready frame first; a session that is busy (reset,
   finish, snapshot on the model thread) or has ``MAX_POSTING`` results in post-processing waits (its frame
   policy then drops frames upstream instead of a backlog growing behind pose recovery);
-- a batch that is not full waits for company until ``max_wait_s`` after its oldest frame became ready;
+- a batch that is not full waits for company until ``max_wait_s`` after its oldest frame became ready, unless
+  every streaming session (one that sent a frame lately: the worker counts them) is in it already: a lone stream
+  never waits for company that cannot come;
 - background work (collection jobs) runs in units, one at a time: a unit runs when no stream frame can run, or
   after ``job_stream_batches`` stream batches in a row kept background work waiting. A ready frame therefore
   waits for one unit at most, never for a whole job.
@@ -69,16 +71,22 @@ def runnable_batch(ready: Sequence[Candidate], max_batch: int) -> list[Candidate
 
 
 def schedule(
-    ready: Sequence[Candidate], background_waiting: bool, batches_since_unit: int, now: float, policy: SchedulePolicy
+    ready: Sequence[Candidate],
+    background_waiting: bool,
+    batches_since_unit: int,
+    now: float,
+    policy: SchedulePolicy,
+    *,
+    streaming: int,
 ) -> Decision:
     """What runs next. ``batches_since_unit``: stream batches run since background work last got a unit, while
-    it waited."""
+    it waited. ``streaming``: the sessions that could send a frame soon (those that sent one lately)."""
     batch = runnable_batch(ready, policy.max_batch)
     if background_waiting and (not batch or batches_since_unit >= policy.job_stream_batches):
         return RunUnit()
     if not batch:
         return Wait()
-    if len(batch) < policy.max_batch and policy.max_wait_s > 0:
+    if len(batch) < min(policy.max_batch, streaming) and policy.max_wait_s > 0:
         deadline = batch[0].ready_at + policy.max_wait_s
         if now < deadline:
             return Wait(deadline)

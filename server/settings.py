@@ -69,7 +69,9 @@ class ServeSettings(BaseSettings):
     max_export_points: int = Field(4_000_000, ge=1000, description="points a session keeps for export")
     # worker
     max_batch: int = Field(4, ge=1, description="frames of different sessions run in one step")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the worker waits to fill a batch")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the worker waits to fill a batch (not when every streaming session is in it)"
+    )
     worker_id: str = Field("w0", description="name of this worker (a router keys sessions on their worker)")
     # collection jobs (unordered reconstruction of uploaded images)
     max_jobs: int = Field(

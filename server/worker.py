@@ -46,6 +46,7 @@ from .snapshots import CaptureRequest, StreamPoint
 
 log = logging.getLogger(__name__)
 
+STREAMING_WINDOW_S = 1.0  # a session that sent a frame this recently may send the next one within a batch's wait
 SYNTHETIC_NOTICE = (
     "UNTRAINED MODEL: the server runs synthetic random weights; outputs are a fingerprint of "
     "the computation, not a reconstruction"
@@ -88,6 +89,7 @@ class Worker:
         self.job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="job-decode")
         self.post_pool = ThreadPoolExecutor(max(2, cpus), thread_name_prefix="post")
         self._ready: dict[str, Session] = {}  # sessions with a decoded frame, by id, in the order they got it
+        self._frame_at: dict[str, float] = {}  # when each session's latest frame arrived (who is streaming)
         self._wake = asyncio.Event()  # not bound to a loop until first awaited
         self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -186,7 +188,9 @@ class Worker:
             return await self.reject(s, msg.seq, "bad_seq", f"seq {msg.seq} is not above the last accepted seq {last}")
         if not s.rate.allow():
             return await s.notify_dropped([(msg.seq, "rate_limit")], self.metrics)
-        dropped = s.intake(RawFrame(msg, time.perf_counter()))
+        now = time.perf_counter()
+        self._frame_at[s.id] = now
+        dropped = s.intake(RawFrame(msg, now))
         self._advance(s)
         await s.notify_dropped(dropped, self.metrics)
 
@@ -236,19 +240,27 @@ class Worker:
             Candidate(s.id, s.ready_since, s.busy, s.posting) for s in self._ready.values() if s.ready_since is not None
         ]
 
+    def _streaming(self, now: float) -> int:
+        """Sessions that sent a frame within ``STREAMING_WINDOW_S``: the company a partial batch may wait for."""
+        for sid in [sid for sid, t in self._frame_at.items() if now - t > STREAMING_WINDOW_S]:
+            del self._frame_at[sid]
+        return len(self._frame_at)
+
     def _background_waiting(self) -> bool:
         return self._pick_background() is not None
 
     async def _schedule(self) -> None:
         while True:
             try:
+                now = time.perf_counter()
                 await self._apply(
                     schedule(
                         self._candidates(),
                         self._background_waiting(),
                         self._batches_since_unit,
-                        time.perf_counter(),
+                        now,
                         self.policy,
+                        streaming=self._streaming(now),
                     )
                 )
             except Exception:  # the worker must outlive any one decision
