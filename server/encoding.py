@@ -2,10 +2,11 @@
 
 Encoding runs off the event loop (in the post-processing pool) on the maps where the model left them. On a GPU the
 compact encoding's stride, filter, gather and quantisation and ``full``'s float16 cast run in torch on the device,
-and only what is sent is copied to the host (``encode_map_on_device``). Maps on the CPU are encoded with numpy
-(``encode_map_on_host``): measured with ``bench/serving.py`` on the 2-core CPU, the torch formulation there cost
-~27 ms per result against ~5 ms, since its many small multi-threaded ops compete with the model thread's. Both give
-the same bytes (tests/server/test_encoding_equivalence.py). Decoding is for clients and tests (numpy only: this
+and only what is sent is copied to the host (``encode_map_on_device``). Maps on the CPU are encoded on the host
+(``encode_map_on_host``: the compact encoding in one compiled pass, map_kernels.py): measured with
+``bench/serving.py`` on the 2-core CPU, the torch formulation there cost ~27 ms per result against ~5 ms for numpy,
+since its many small multi-threaded ops compete with the model thread's. All give the same bytes
+(tests/server/test_encoding_equivalence.py). Decoding is for clients and tests (numpy only: this
 module imports torch only where the server encodes).
 """
 
@@ -46,14 +47,6 @@ def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> flo
     return (extent if extent > 0 else 1.0) * SCALE_HEADROOM / INT16_MAX
 
 
-def kept_pixels(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> np.ndarray:
-    """Host twin of ``confident_pixels``: flat (row-major) indices of the pixels whose point is finite and
-    confident."""
-    keep = confident(conf, conf_thresh)
-    keep &= finite_points(pts3d)
-    return np.flatnonzero(keep)
-
-
 def host_float16(a: np.ndarray) -> np.ndarray:
     """``a.astype(np.float16)`` for a float32 host array, through torch's vectorised cast (numpy converts element
     by element, ~20x slower) with NaNs written as numpy writes them (``to_float16``)."""
@@ -67,7 +60,7 @@ def host_float16(a: np.ndarray) -> np.ndarray:
 def encode_map_on_host(
     pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
 ) -> FullMap | CompactMap:
-    """``encode_map`` of host arrays, in numpy."""
+    """``encode_map`` of host arrays: ``full`` in numpy, ``compact`` in one compiled pass (map_kernels.py)."""
     if settings.encoding == "full":
         half = settings.dtype == "float16"
         return FullMap.model_construct(
@@ -76,24 +69,24 @@ def encode_map_on_host(
             conf=Array.of(host_float16(conf) if half else conf.astype(np.float32)),
             colors=Array.of(colors),
         )
-    s = settings.stride
-    pts3d, conf, colors = pts3d[::s, ::s], conf[::s, ::s], colors[::s, ::s]
-    index = kept_pixels(pts3d, conf, settings.conf_thresh)
-    with np.errstate(over="ignore"):  # beyond float32 is beyond int16 too: clipped below
-        q = np.rint(take_pixels(pts3d, index) / scale)
-    clipped = 0
-    if q.size and not np.abs(q).max() <= INT16_MAX:  # rare: points beyond the int16 range (or NaN: scale 0)
-        inside = (np.abs(q) <= INT16_MAX).all(-1)
-        clipped = int((~inside).sum())
-        index, q = index[inside], q[inside]
+    from .map_kernels import compact
+
+    positions, kept_colors, kept_conf, clipped = compact(
+        pts3d.astype(np.float32, copy=False),
+        conf.astype(np.float32, copy=False),
+        colors,
+        settings.stride,
+        np.float32(settings.conf_thresh),
+        np.float32(scale),
+    )
     return CompactMap.model_construct(
         encoding="compact",
         scale=float(scale),
-        stride=s,
+        stride=settings.stride,
         clipped=clipped,
-        positions=Array.of(q.astype(np.int16)),
-        colors=Array.of(take_pixels(colors, index)),
-        conf=Array.of(host_float16(take_pixels(conf, index))),
+        positions=Array.of(positions),
+        colors=Array.of(kept_colors),
+        conf=Array.of(host_float16(kept_conf)),
     )
 
 

@@ -21,7 +21,8 @@ import torch
 from ..core.camera import CameraPose, PoseTrack, TrackMap, estimate_focal, solve_tracks
 from ..core.engine import FrameOutput, MemoryTrace, StepResult
 from ..core.intrinsics import Intrinsics, focal_intrinsics, model_intrinsics
-from .encoding import choose_scale, confident_pixels, encode_frame, kept_pixels, on_accelerator, take_pixels
+from .encoding import choose_scale, confident_pixels, encode_frame, on_accelerator, take_pixels
+from .map_kernels import confident_points
 from .protocol import FinishedMsg, FrameData, MemoryInfo, ResultMsg, SessionSettings, pack
 
 log = logging.getLogger(__name__)
@@ -201,16 +202,15 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
 
 def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
     """``core.export.fuse`` of the one map (its confident finite points). A map on an accelerator is selected on
-    its device (only those points are copied to the host); one on the CPU with numpy, as ``encode_map``."""
+    its device (only those points are copied to the host); one on the CPU in one compiled pass (map_kernels.py)."""
     if on_accelerator(out.pts3d_device):
         with torch.inference_mode():
             index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)
             xyz = out.pts3d_device.reshape(-1, 3)[index].float().cpu().numpy()
             host_index = index.cpu().numpy()
+        rgb = take_pixels(out.colors, host_index).astype(np.uint8, copy=False)
     else:
-        host_index = kept_pixels(out.pts3d, out.conf, conf_thresh)
-        xyz = take_pixels(out.pts3d, host_index).astype(np.float32, copy=False)
-    rgb = take_pixels(out.colors, host_index).astype(np.uint8, copy=False)
+        xyz, rgb = confident_points(out.pts3d, out.conf, out.colors, np.float32(conf_thresh))
     return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
 
 

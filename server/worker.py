@@ -31,11 +31,12 @@ from typing import Protocol
 import torch
 
 from ..core.engine import Engine, StepResult, StreamError
-from ..core.pose_kernel import compile_kernels
+from ..core.pose_kernel import compile_kernels as compile_pose_kernels
 from ..core.preprocess import ImageError, PreparedFrame, decode_and_prepare
 from ..core.snapshot import StreamCapture, capture_stream, load_stream_parts
 from ..core.weights import LoadedWeights
 from . import results
+from .map_kernels import compile_kernels as compile_map_kernels
 from .metrics import Metrics
 from .protocol import AckMsg, ErrorMsg, FrameMsg, ModelInfo, SessionSettings, pack
 from .results import FrameIdentity, StreamCameras
@@ -101,8 +102,9 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if torch.device(self.engine.device).type == "cpu":  # poses of CPU maps run compiled: not in the first one
-            await self.on_model(compile_kernels)
+        if torch.device(self.engine.device).type == "cpu":  # maps on the CPU: compile now, not in the first result
+            await self.on_model(compile_pose_kernels)
+            await self.on_model(compile_map_kernels)
         self._task = asyncio.create_task(self._schedule(), name="worker-scheduler")
 
     async def stop(self) -> None:
