@@ -26,10 +26,14 @@ class ExportBuffer:
     points_by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index → (xyz, rgb)
     poses: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # final frame index → (c2w, valid)
     decimation: int = 1  # keep every n-th confident point; doubles whenever the budget is exceeded
+    points: int = field(init=False, default=0)  # points held: kept by ``add`` (a sum over frames on every add is O(n))
 
-    @property
-    def points(self) -> int:
-        return sum(len(x) for x, _ in self.points_by_frame.values())
+    def __post_init__(self) -> None:
+        self._count()
+
+    def _count(self) -> None:
+        """Recount the points, after ``points_by_frame`` is replaced."""
+        self.points = sum(len(x) for x, _ in self.points_by_frame.values())
 
     @property
     def nbytes(self) -> int:
@@ -37,11 +41,14 @@ class ExportBuffer:
         return sum(x.nbytes + c.nbytes for x, c in self.points_by_frame.values())
 
     def add(self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool) -> None:
+        old = self.points_by_frame.get(index)
         self.points_by_frame[index] = (_owned(xyz[:: self.decimation]), _owned(rgb[:: self.decimation]))
+        self.points += len(self.points_by_frame[index][0]) - (0 if old is None else len(old[0]))
         self.poses[index] = (np.array(c2w), valid)
         while self.points > self.max_points:
             self.decimation *= 2
             self.points_by_frame = {i: (_owned(x[::2]), _owned(c[::2])) for i, (x, c) in self.points_by_frame.items()}
+            self._count()
 
     def frozen(self) -> ExportBuffer:
         """A copy that later additions do not touch (for reading in another thread)."""
@@ -83,6 +90,7 @@ class ExportBuffer:
             int(i): (_owned(x), _owned(c))
             for i, x, c in zip(z["frames"], np.split(z["xyz"], bounds), np.split(z["rgb"], bounds))
         }
+        self._count()
         c2w, valid = z["c2w"], z["valid"]
         self.poses = {i: (np.array(c2w[i]), bool(valid[i])) for i in range(len(valid))}
 

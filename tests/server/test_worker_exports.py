@@ -48,3 +48,23 @@ def test_a_restored_export_buffer_holds_copies_too():
     assert all(a.flags.owndata for arrays in restored.points_by_frame.values() for a in arrays)
     assert held_bytes(restored) <= BUDGET * BYTES_PER_POINT
     np.testing.assert_array_equal(restored.cloud()[0], buf.cloud()[0])
+
+
+def test_the_point_count_follows_every_change():
+    """``points`` is kept as frames come (a sum over every frame on each add would grow with the session), through
+    decimation, a final that replaces its frame's points, a frozen copy and a restore."""
+
+    def held(b: ExportBuffer) -> int:
+        return sum(len(x) for x, _ in b.points_by_frame.values())
+
+    buf = ExportBuffer(BUDGET)
+    rng = np.random.default_rng(1)
+    for i in [0, 1, 2, 2, 3, 1, *range(4, 40)]:  # frames 1 and 2 replaced (a resumed stream re-sends them)
+        n = int(rng.integers(0, 2_000))
+        buf.add(i, rng.random((n, 3), dtype=np.float32), np.zeros((n, 3), np.uint8), np.eye(4), True)
+        assert buf.points == held(buf) <= BUDGET
+    assert buf.decimation > 1
+    assert buf.frozen().points == buf.points
+    restored = ExportBuffer(BUDGET)
+    restored.load_arrays(buf.arrays())
+    assert restored.points == held(restored) == buf.points
