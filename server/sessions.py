@@ -257,9 +257,7 @@ class Session:
         return not (raw.cancelled or self.closed)
 
     def set_ready(self, frame: ReadyFrame) -> None:
-        self.ready = frame
-        if self.ready_since is None:  # a frame superseding another keeps its place in the batch-fill wait
-            self.ready_since = frame.ready_at
+        self.ready, self.ready_since = frame, frame.ready_at
 
     def claim_step(self) -> StepTicket | None:
         """Take the ready frame into a model step, atomically: the frame, its index and what its result needs.
@@ -308,7 +306,11 @@ class Session:
             if (self._nth - 1) % s.every_n:
                 return [(raw.seq, "every_nth")]
         if s.frame_policy == "latest":
-            dropped = self.clear_waiting()
+            # the newest frame replaces those not decoded yet; a frame decoded (or decoding) for the next step
+            # runs, and the newest is decoded as it goes in. Replacing it too would decode every arriving frame
+            # only to drop it while the session waits its turn: under overload no frame would ever run.
+            dropped = [r.seq for r in self.buffer]
+            self.buffer.clear()
             self.buffer.append(raw)
             return [(seq, "superseded") for seq in dropped]
         if self.waiting >= s.queue_size:

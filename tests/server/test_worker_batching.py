@@ -81,6 +81,9 @@ def _ready_frame(seq: int, ready_at: float):
 
 
 def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
+    """'latest': a frame decoded for the next step is not superseded (it runs; newer frames replace only those not
+    decoded yet, and the newest is decoded as the step starts); a frame dropped after the scheduler named its
+    session (a reset) is neither claimed nor counted."""
     from spann3r.server.protocol import SessionSettings
     from spann3r.server.results import StreamCameras
     from spann3r.server.sessions import Session
@@ -91,27 +94,17 @@ def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
     s.intake(raw0)
     assert s.next_to_decode() is raw0 and s.decode_done(raw0)
     s.set_ready(ready0)
-    raw1, ready1 = _ready_frame(1, 1.5)
-    assert s.intake(raw1) == [(0, "superseded")] and s.ready is None  # superseded while a batch waited
-    assert s.claim_step() is None and s.frames_processed == 0 and not s.in_model  # nothing claimed, nothing counted
-    assert s.next_to_decode() is raw1 and s.decode_done(raw1)
-    s.set_ready(ready1)
-    assert s.ready_since == 1.0  # since its first ready frame, superseded or not
+    raw1, _ = _ready_frame(1, 1.5)
+    assert s.intake(raw1) == [] and s.ready is ready0  # the decoded frame stays the next to run
+    assert s.next_to_decode() is None  # one frame decoded ahead at most
+    raw2, ready2 = _ready_frame(2, 1.6)
+    assert s.intake(raw2) == [(1, "superseded")]  # an undecoded frame is replaced by the newest
     ticket = s.claim_step()
-    assert ticket.frame is ready1 and ticket.index == 0 and ticket.prev_seq is None and s.in_model
+    assert ticket.frame is ready0 and ticket.index == 0 and ticket.prev_seq is None and s.in_model
     assert s.claim_step() is None and s.frames_processed == 1  # a frame is claimed once
-    assert s.seq_by_index == {0: 1} and s.ready_since is None
-
-
-def test_a_superseding_frame_keeps_its_sessions_place_in_the_fill_wait():
-    from spann3r.server.protocol import SessionSettings
-    from spann3r.server.sessions import Session
-
-    s = Session(SessionSettings(frame_policy="latest"), 1000, 30.0)
-    for seq, t in ((0, 1.0), (1, 1.03)):
-        raw, ready = _ready_frame(seq, t)
-        s.intake(raw)
-        s.next_to_decode()
-        s.decode_done(raw)
-        s.set_ready(ready)
-    assert s.ready.raw.seq == 1 and s.ready_since == 1.0  # the wait deadline does not move with each new frame
+    assert s.seq_by_index == {0: 0} and s.ready_since is None
+    assert s.next_to_decode() is raw2 and s.decode_done(raw2)  # the newest, decoded while the step runs
+    s.set_ready(ready2)
+    assert s.ready_since == 1.6
+    assert s.clear_waiting() == [2]  # e.g. a reset, after the scheduler named the session
+    assert s.claim_step() is None and s.frames_processed == 1
