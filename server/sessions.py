@@ -163,6 +163,7 @@ class Session:
         self.posting = 0  # results in post-processing
         self.busy = False  # a reset / finish / snapshot runs on the model thread: keep frames out
         self._nth = 0
+        self._replaced_ahead = False  # 'latest' replaced the frame decoded for the next step since the last step
         self.persistence: SessionPersistence | None = None  # its persisted state (with a store)
         self.restored = False  # restored from the store, no frame taken since (the hello says where it resumed)
         # counters
@@ -257,7 +258,9 @@ class Session:
         return not (raw.cancelled or self.closed)
 
     def set_ready(self, frame: ReadyFrame) -> None:
-        self.ready, self.ready_since = frame, frame.ready_at
+        self.ready = frame
+        if self.ready_since is None:  # a frame replacing another keeps its place in line (and in the fill wait)
+            self.ready_since = frame.ready_at
 
     def claim_step(self) -> StepTicket | None:
         """Take the ready frame into a model step, atomically: the frame, its index and what its result needs.
@@ -267,6 +270,7 @@ class Session:
             return None
         assert self.stream is not None  # attached before the session takes frames; only a removed one has none
         self.ready_since = None
+        self._replaced_ahead = False
         self.restored = False
         index = self.frames_processed
         self.frames_processed += 1
@@ -306,13 +310,18 @@ class Session:
             if (self._nth - 1) % s.every_n:
                 return [(raw.seq, "every_nth")]
         if s.frame_policy == "latest":
-            # the newest frame replaces those not decoded yet; a frame decoded (or decoding) for the next step
-            # runs, and the newest is decoded as it goes in. Replacing it too would decode every arriving frame
-            # only to drop it while the session waits its turn: under overload no frame would ever run.
+            # the newest frame replaces those not decoded yet, and the frame decoded (or decoding) for the next
+            # step once per step: replacing it every time would decode each arriving frame only to drop it while
+            # the session waits its turn, and under overload no frame would ever run. So a step costs two decodes
+            # at most.
             dropped = [r.seq for r in self.buffer]
             self.buffer.clear()
+            ahead = self.ready is not None or (self.decoding is not None and not self.decoding.cancelled)
+            if ahead and not self._replaced_ahead:
+                dropped += self.clear_waiting()
+                self._replaced_ahead = True
             self.buffer.append(raw)
-            return [(seq, "superseded") for seq in dropped]
+            return [(seq, "superseded") for seq in sorted(dropped)]
         if self.waiting >= s.queue_size:
             return [(raw.seq, "queue_full")]
         self.buffer.append(raw)

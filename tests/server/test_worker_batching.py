@@ -81,9 +81,8 @@ def _ready_frame(seq: int, ready_at: float):
 
 
 def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
-    """'latest': a frame decoded for the next step is not superseded (it runs; newer frames replace only those not
-    decoded yet, and the newest is decoded as the step starts); a frame dropped after the scheduler named its
-    session (a reset) is neither claimed nor counted."""
+    """'latest': newer frames replace undecoded ones, and the frame decoded for the next step once per step; a frame
+    dropped after the scheduler named its session is neither claimed nor counted."""
     from spann3r.server.protocol import SessionSettings
     from spann3r.server.results import StreamCameras
     from spann3r.server.sessions import Session
@@ -94,17 +93,45 @@ def test_claiming_a_step_takes_the_frame_ready_now_and_only_once():
     s.intake(raw0)
     assert s.next_to_decode() is raw0 and s.decode_done(raw0)
     s.set_ready(ready0)
-    raw1, _ = _ready_frame(1, 1.5)
-    assert s.intake(raw1) == [] and s.ready is ready0  # the decoded frame stays the next to run
+    raw1, ready1 = _ready_frame(1, 1.5)
+    assert s.intake(raw1) == [(0, "superseded")] and s.ready is None  # superseded while a batch waited
+    assert s.claim_step() is None and s.frames_processed == 0 and not s.in_model  # nothing claimed, nothing counted
+    assert s.next_to_decode() is raw1 and s.decode_done(raw1)
+    s.set_ready(ready1)
+    assert s.ready_since == 1.0  # since its first ready frame: a replacement keeps the session's place in line
+    raw2, _ = _ready_frame(2, 1.6)
+    assert s.intake(raw2) == [] and s.ready is ready1  # replaced once this step: now the decoded frame stays
     assert s.next_to_decode() is None  # one frame decoded ahead at most
-    raw2, ready2 = _ready_frame(2, 1.6)
-    assert s.intake(raw2) == [(1, "superseded")]  # an undecoded frame is replaced by the newest
+    raw3, _ = _ready_frame(3, 1.7)
+    assert s.intake(raw3) == [(2, "superseded")]  # an undecoded frame is always replaced by the newest
     ticket = s.claim_step()
-    assert ticket.frame is ready0 and ticket.index == 0 and ticket.prev_seq is None and s.in_model
+    assert ticket.frame is ready1 and ticket.index == 0 and ticket.prev_seq is None and s.in_model
     assert s.claim_step() is None and s.frames_processed == 1  # a frame is claimed once
-    assert s.seq_by_index == {0: 0} and s.ready_since is None
-    assert s.next_to_decode() is raw2 and s.decode_done(raw2)  # the newest, decoded while the step runs
-    s.set_ready(ready2)
-    assert s.ready_since == 1.6
-    assert s.clear_waiting() == [2]  # e.g. a reset, after the scheduler named the session
-    assert s.claim_step() is None and s.frames_processed == 1
+    assert s.seq_by_index == {0: 1} and s.ready_since is None
+    assert s.next_to_decode() is raw3  # the newest, decoded while the step runs
+    raw4, _ = _ready_frame(4, 1.8)
+    assert s.intake(raw4) == [(3, "superseded")]  # a new step: the frame ahead may be replaced once again
+
+
+def test_overload_never_replaces_every_decoded_frame():
+    """Frames arriving far faster than a session's steps: each step costs two decodes at most, so the session's
+    frames still run (replacing the decoded frame on every arrival would decode all of them and run none)."""
+    from spann3r.server.protocol import SessionSettings
+    from spann3r.server.results import StreamCameras
+    from spann3r.server.sessions import Session
+
+    s = Session(SessionSettings(frame_policy="latest"), 1000, 30.0)
+    s.attach_stream(object(), StreamCameras())
+    decodes = steps = 0
+    for seq in range(100):  # 10 arrivals per step
+        raw, _ = _ready_frame(seq, float(seq))
+        s.intake(raw)
+        got = s.next_to_decode()
+        if got is not None:  # decodes finish before the next arrival
+            decodes += 1
+            assert s.decode_done(got)
+            s.set_ready(_ready_frame(got.seq, float(seq))[1])
+        if seq % 10 == 9 and s.claim_step() is not None:
+            steps += 1
+            s.step_done(ok=True)
+    assert steps == 10 and decodes <= 2 * steps + 1
