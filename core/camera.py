@@ -462,9 +462,9 @@ def _coarse_sample(pts: torch.Tensor, w: torch.Tensor, K: torch.Tensor, step: in
     return Xs, ws, _normalised_pixels(K, H, W, step)
 
 
-def _refine_torch(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px):
+def _refine_torch(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px, enough):
     """``pose_kernel.refine`` for a batch, in torch passes on the maps' device. Also returns the frames' counts of
-    pixels that count."""
+    pixels that count (whole: a pass counts them all at once, so ``enough`` is no shortcut here)."""
     B, H, W, _ = pts.shape
     pts, w = _confidence_weights(pts, conf)
     if coarse_iterations:
@@ -477,8 +477,9 @@ def _refine_torch(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_i
     return R, t, H_last, *_fit_stats(res, wf, max_error_px), (w > 0).sum(1)
 
 
-def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px):
-    """``pose_kernel.refine`` frame by frame (maps on the CPU), with the same returns as ``_refine_torch``."""
+def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px, enough):
+    """``pose_kernel.refine`` frame by frame (maps on the CPU), with the same returns as ``_refine_torch`` (counts
+    stop at ``enough``)."""
     # contiguous float32 maps and float64 cameras: one compiled specialisation of each kernel
     pts_np, conf_np = pts.float().contiguous().numpy(), conf.float().contiguous().numpy()
     K_np, R_np, t_np = (x.double().contiguous().numpy() for x in (K, R, t))
@@ -488,7 +489,7 @@ def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fin
         got = pose_kernel.refine(
             pts_np[i], w, K_np[i], R_np[i], t_np[i], step, coarse_iterations, fine_step, fine_iterations, max_error_px
         )
-        out.append((*got, pose_kernel.count_weighted(pts_np[i], w)))
+        out.append((*got, pose_kernel.count_weighted(pts_np[i], w, enough)))
     return tuple(torch.from_numpy(np.stack(x)) for x in zip(*out))
 
 
@@ -526,7 +527,7 @@ def _robust_solve(
         R, t = _best_start(Xs, ns, ws, len(range(0, W, step)), K, init, max_error_px)
     refine = _refine_compiled if compiled else _refine_torch
     R, t, H_last, inlier, depth, count = refine(
-        pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px
+        pts, conf, K, R, t, step, coarse_iterations, fine_step, fine_iterations, max_error_px, min_points
     )
     enough = K_ok & (count >= min_points)
     valid = enough & _pose_validity(H_last, depth, inlier, min_inlier_weight, min_condition)

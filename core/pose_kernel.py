@@ -38,14 +38,17 @@ def _counts(w: float, X: float, Y: float, Z: float) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def count_weighted(pts: np.ndarray, w: np.ndarray) -> int:
-    """Pixels that count (confidence above 1, finite, and a finite point), of weights ``w`` (``weights``)."""
+def count_weighted(pts: np.ndarray, w: np.ndarray, enough: int) -> int:
+    """Pixels that count (confidence above 1, finite, and a finite point), of weights ``w`` (``weights``), up to
+    ``enough``: the solver only asks whether there are that many, usually among the first rows."""
     H, W = w.shape
     n = 0
     for v in range(H):
         for u in range(W):
             if _counts(w[v, u], pts[v, u, 0], pts[v, u, 1], pts[v, u, 2]):
                 n += 1
+                if n >= enough:
+                    return n
     return n
 
 
@@ -267,7 +270,7 @@ def compile_kernels() -> None:
     the first compile takes ~15 s, which a service does at start rather than in its first pose."""
     pts, w = np.zeros((4, 4, 3), np.float32), weights(np.ones((4, 4), np.float32))
     refine(pts, w, np.eye(3), np.eye(3), np.zeros(3), 1, 1, 1, 1, 8.0)
-    count_weighted(pts, w)
+    count_weighted(pts, w, 1)
 
 
 if __name__ == "__main__":  # python -m spann3r.core.pose_kernel: fill the cache (Dockerfile)

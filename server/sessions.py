@@ -393,7 +393,7 @@ class Session:
                 data = await produce()  # producers report their own failures as messages
             except Exception:
                 log.exception("session %s: producing a message failed", self.id)
-            if prev is not None:
+            if prev is not None and not prev.done():  # (usually done: a wait costs a future and its callbacks)
                 await asyncio.wait([prev])  # wait, never re-raise: one failure must not stall the chain
             if data is not None and not self.closed:
                 if replayable and generation == self.generation:
