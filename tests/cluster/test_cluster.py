@@ -189,7 +189,9 @@ def test_a_dead_workers_sessions_resume_on_the_live_one(cluster, tiny_engine, sm
         created = asyncio.Event()
         tasks = []
         for _ in range(2 * SESSIONS_PER_WORKER):
-            tasks.append(asyncio.create_task(stream_file(url, frames)))
+            # 2 fps: every stream still runs when the last is created (~2 s) and w0 is killed; at a faster rate a
+            # fast server finished w0's first sessions before then, and the kill never came
+            tasks.append(asyncio.create_task(stream_file(url, frames, rate=2.0)))
             await asyncio.sleep(0.3)  # one at a time: the gateway sees each new session in the load it balances
         created.set()
         killer = asyncio.create_task(kill_w0_once_its_sessions_persisted(created))
