@@ -25,6 +25,7 @@ outputs).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -493,6 +494,11 @@ def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fin
     return tuple(torch.from_numpy(np.stack(x)) for x in zip(*out))
 
 
+def _coarse_step(H: int, W: int) -> int:
+    """The coarse steps' row and column step: ~3000 sampled pixels per frame (every 4th row and column at 224²)."""
+    return max(1, round(math.sqrt(H * W / 3000)))
+
+
 def _robust_solve(
     pts,
     conf,
@@ -517,7 +523,7 @@ def _robust_solve(
     K_ok = K.flatten(1).isfinite().all(1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
     K = torch.where(K_ok[:, None, None], K, torch.eye(3, dtype=K.dtype, device=K.device))
 
-    step = max(1, round(math.sqrt(H * W / 3000)))  # ~3000 sampled pixels per frame (every 4th row, column at 224²)
+    step = _coarse_step(H, W)
     if warm:
         R = init[:, :3, :3].transpose(1, 2)  # world-to-camera of a camera-to-world init
         t = -(R @ init[:, :3, 3:])[..., 0]
@@ -567,6 +573,58 @@ def _to_c2w(R: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     c2w[:, :3, :3] = R.transpose(1, 2)
     c2w[:, :3, 3] = -(R.transpose(1, 2) @ t[..., None])[..., 0]
     return torch.where(valid[:, None, None], c2w, torch.full_like(c2w, float("nan")))
+
+
+def _host_pose_validity(
+    H: np.ndarray, depth: float, inlier: float, min_inlier_weight: float, min_condition: float
+) -> bool:
+    """``_pose_validity`` of one frame, in numpy (``_solve_warm_host``)."""
+    d = max(abs(float(np.nan_to_num(depth, nan=1.0))), 1e-12)
+    D = np.array([1.0, 1.0, 1.0, d, d, d])
+    Hn = H * D[:, None] * D[None, :]
+    if not np.isfinite(Hn).all():
+        return False
+    eig = np.linalg.eigvalsh(Hn)
+    return bool(eig[-1] > 0 and eig[0] > min_condition * eig[-1] and inlier >= min_inlier_weight)
+
+
+def _solve_warm_host(
+    pts: np.ndarray,
+    conf: np.ndarray,
+    K: np.ndarray,
+    init: np.ndarray,
+    *,
+    warm_iterations: int,
+    fine_iterations: int,
+    fine_step: int,
+    max_error_px: float,
+    min_points: int,
+    min_inlier_weight: float,
+    min_condition: float,
+    **_: Any,
+) -> tuple[CameraPose, bool]:
+    """The warm robust solve of one map on the host (pts [H, W, 3] float32, conf [H, W] float32, K [3, 3], a finite
+    camera-to-world init [4, 4]), as ``solve_poses`` solves it (``_robust_solve(warm=True)``, compiled refinement)
+    without building a batch: in numpy and the compiled kernels, no torch op. Returns the pose and whether the map
+    had enough points (a map with too few is settled: invalid, tried no other way)."""
+    K_ok = bool(np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0)
+    K = K if K_ok else np.eye(3)
+    R = np.ascontiguousarray(init[:3, :3].T)  # world-to-camera of a camera-to-world init
+    t = -(R @ init[:3, 3])
+    w = pose_kernel.weights(conf)
+    step = _coarse_step(*conf.shape)
+    R, t, H, inlier, depth = pose_kernel.refine(
+        pts, w, K, R, t, step, warm_iterations, fine_step, fine_iterations, max_error_px
+    )
+    enough = K_ok and pose_kernel.count_weighted(pts, w, min_points) >= min_points
+    valid = enough and _host_pose_validity(H, depth, inlier, min_inlier_weight, min_condition)
+    valid = valid and bool(np.isfinite(R).all() and np.isfinite(t).all())
+    c2w = np.full((4, 4), np.nan)
+    if valid:
+        c2w[3] = (0.0, 0.0, 0.0, 1.0)
+        c2w[:3, :3] = R.T
+        c2w[:3, 3] = -(R.T @ t)
+    return CameraPose(c2w, valid), enough
 
 
 def solve_poses(
@@ -703,32 +761,60 @@ def _stacked(maps: Sequence[np.ndarray | torch.Tensor], device: torch.device | s
     return torch.stack([torch.as_tensor(m).to(device) for m in maps])
 
 
+def _host_map(m: np.ndarray | torch.Tensor, dtype=np.float32) -> np.ndarray:
+    """A map on the host as the compiled kernels take it: contiguous float32 (no copy when it already is)."""
+    a = m.detach().numpy() if isinstance(m, torch.Tensor) else m
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def solve_tracks(
     jobs: Sequence[tuple[PoseTrack, Sequence[TrackMap], str]], device: torch.device | str = "cpu"
 ) -> list[list[CameraPose]]:
     """Poses of the maps of several streams (track, maps, pose method each), in one batched ``solve_poses`` call
     per method on ``device`` (the engine's: maps already there stay, host maps go up once, two poses a map come
     back), each map with its stream's K and warm-started from its stream's latest final pose; then each track
-    moves on to its new final's pose when valid."""
+    moves on to its new final's pose when valid. On a CPU, a warm-started robust solve runs map by map on the host
+    maps (``_solve_warm_host``: the batch would only be split into frames again by the compiled refinement, and
+    building it costs more than the solve's own glue); the maps it does not settle go to the batched solve."""
+    on_cpu = torch.device(device).type == "cpu"
     poses: list[list[CameraPose]] = [[] for _ in jobs]
     for method in dict.fromkeys(m for _, maps, m in jobs if maps):
         mine = [(i, track, m) for i, (track, maps, meth) in enumerate(jobs) if meth == method for m in maps]
-        nan = np.full((4, 4), np.nan)
-        c2w_t, valid_t = solve_poses(
-            _stacked([m.pts3d for _, _, m in mine], device),
-            _stacked([m.conf for _, _, m in mine], device),
-            np.stack([track.K for _, track, _ in mine]),
-            np.stack([nan if track.last is None else track.last for _, track, _ in mine]),
-            method=method,
-            fallback=np.array([track.fallback for _, track, _ in mine]),
-        )
-        c2w, valid = c2w_t.cpu().numpy(), valid_t.cpu().numpy()
+        got: dict[int, CameraPose] = {}
+        if on_cpu and method == "robust":
+            for k, (_, track, m) in enumerate(mine):
+                if track.last is not None and np.isfinite(track.last).all():
+                    pose, enough = _solve_warm_host(
+                        _host_map(m.pts3d), _host_map(m.conf), track.K, track.last, **_SOLVE_DEFAULTS
+                    )
+                    if pose.valid or not enough:  # settled as solve_poses would settle it
+                        got[k] = pose
+        rest = [k for k in range(len(mine)) if k not in got]
+        if rest:
+            nan = np.full((4, 4), np.nan)
+            todo = [mine[k] for k in rest]
+            c2w_t, valid_t = solve_poses(
+                _stacked([m.pts3d for _, _, m in todo], device),
+                _stacked([m.conf for _, _, m in todo], device),
+                np.stack([track.K for _, track, _ in todo]),
+                np.stack([nan if track.last is None else track.last for _, track, _ in todo]),
+                method=method,
+                fallback=np.array([track.fallback for _, track, _ in todo]),
+            )
+            c2w, valid = c2w_t.cpu().numpy(), valid_t.cpu().numpy()
+            got.update((k, CameraPose(c2w[j], bool(valid[j]))) for j, k in enumerate(rest))
         for k, (i, _, _) in enumerate(mine):
-            poses[i].append(CameraPose(c2w[k], bool(valid[k])))
-    for (track, maps, _), got in zip(jobs, poses):
-        for m, pose in zip(maps, got):
+            poses[i].append(got[k])
+    for (track, maps, _), got_poses in zip(jobs, poses):
+        for m, pose in zip(maps, got_poses):
             if m.final:
                 track.misses = 0 if pose.valid else track.misses + 1
                 if pose.valid:
                     track.last = pose.c2w
     return poses
+
+
+# solve_poses's tuning, as its signature gives it (one place to change it): the host warm solves use the same
+_SOLVE_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(solve_poses).parameters.items() if p.kind is p.KEYWORD_ONLY
+}

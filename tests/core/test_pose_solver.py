@@ -269,6 +269,40 @@ def test_the_compiled_refinement_equals_the_torch_one(fine_step, warm):
     np.testing.assert_allclose(t_c[:3].numpy(), t_t[:3].numpy(), atol=1e-5)
 
 
+def test_warm_solves_of_host_maps_equal_the_batched_solve(monkeypatch):
+    """On a CPU, ``solve_tracks`` solves a warm-started robust map on its own (``_solve_warm_host``: numpy and the
+    compiled kernels, no batch built) and leaves to the batched ``solve_poses`` only the maps the warm solve does not
+    settle. Poses and validity are those of the batched solve, on good maps and on each way a map can fail: a
+    warm start too far off (solved cold then), too few confident points, NaN points, a mirrored pointmap (no
+    camera: RANSAC tried and refused), intrinsics that are not a camera."""
+    from spann3r.core import camera
+    from spann3r.core.camera import PoseTrack, TrackMap, solve_tracks
+
+    pts, conf, K, truth = scene_batch(7, seed=14, outliers=0.2)
+    init = nudged(truth, np.random.default_rng(2), degrees=1.0, metres=0.02)
+    init[1] = nudged(truth[1:2], np.random.default_rng(3), degrees=70.0, metres=1.0)[0]  # far: cold solve
+    conf[2] = 1.0  # nothing confident: too few points
+    pts[3] = np.nan
+    pts[4, ..., 0] *= -1  # mirrored
+    Ks = np.stack([K] * 7)
+    Ks[5, 0, 0] = np.nan
+    expected, expected_valid = solve_poses(pts, conf, Ks, init)
+    assert expected_valid.tolist() == [True, True, False, False, False, False, True]
+
+    host_solves: list[bool] = []
+    warm_host = camera._solve_warm_host
+    monkeypatch.setattr(camera, "_solve_warm_host", lambda *a, **k: host_solves.append(True) or warm_host(*a, **k))
+    batched: list[int] = []
+    batch_solve = camera.solve_poses
+    monkeypatch.setattr(camera, "solve_poses", lambda p, *a, **k: batched.append(len(p)) or batch_solve(p, *a, **k))
+    tracks = [PoseTrack(Ks[i], last=init[i]) for i in range(7)]
+    got = solve_tracks([(tracks[i], [TrackMap(pts[i], conf[i], final=False)], "robust") for i in range(7)])
+    assert len(host_solves) == 7
+    assert batched == [2]  # the far start and the mirrored map: not settled by the warm solve alone
+    assert [p.valid for (p,) in got] == expected_valid.tolist()
+    np.testing.assert_allclose(np.stack([p.c2w for (p,) in got]), expected, atol=1e-9)
+
+
 def test_pnp_ransac_method_is_the_official_estimator():
     from spann3r.core.camera import solve_pose
     from spann3r.core.intrinsics import centred_intrinsics
