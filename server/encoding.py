@@ -47,26 +47,18 @@ def choose_scale(pts3d: np.ndarray, conf: np.ndarray, conf_thresh: float) -> flo
     return (extent if extent > 0 else 1.0) * SCALE_HEADROOM / INT16_MAX
 
 
-def host_float16(a: np.ndarray) -> np.ndarray:
-    """``a.astype(np.float16)`` for a float32 host array, through torch's vectorised cast (numpy converts element
-    by element, ~20x slower) with NaNs written as numpy writes them (``to_float16``)."""
-    import torch
-
-    if a.dtype != np.float32:
-        return a.astype(np.float16)
-    return to_float16(torch.from_numpy(np.ascontiguousarray(a)))
-
-
 def encode_map_on_host(
     pts3d: np.ndarray, conf: np.ndarray, colors: np.ndarray, settings: SessionSettings, scale: float
 ) -> FullMap | CompactMap:
-    """``encode_map`` of host arrays: ``full`` in numpy, ``compact`` in one compiled pass (map_kernels.py)."""
+    """``encode_map`` of host arrays: ``full`` in numpy, ``compact`` in one compiled pass (map_kernels.py). Nothing
+    here calls torch: each torch call in a post-processing thread gives up the GIL and then waits to get it back
+    behind the other threads, which cost more than numpy's float16 cast (vectorised since numpy 2)."""
     if settings.encoding == "full":
         half = settings.dtype == "float16"
         return FullMap.model_construct(
             encoding="full",
-            pts3d=Array.of(host_float16(pts3d) if half else pts3d.astype(np.float32)),
-            conf=Array.of(host_float16(conf) if half else conf.astype(np.float32)),
+            pts3d=Array.of(pts3d.astype(np.float16 if half else np.float32)),
+            conf=Array.of(conf.astype(np.float16 if half else np.float32)),
             colors=Array.of(colors),
         )
     from .map_kernels import compact
@@ -86,7 +78,7 @@ def encode_map_on_host(
         clipped=clipped,
         positions=Array.of(positions),
         colors=Array.of(kept_colors),
-        conf=Array.of(host_float16(kept_conf)),
+        conf=Array.of(kept_conf.astype(np.float16)),
     )
 
 

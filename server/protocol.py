@@ -57,7 +57,7 @@ class Array(_Msg):
         a = np.ascontiguousarray(a)
         dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         name = np.dtype(dtype).name  # one of the Literal's names for every dtype the protocol sends
-        return cls.model_construct(dtype=name, shape=list(a.shape), data=a.astype(dtype).tobytes())  # type: ignore[arg-type]
+        return cls.model_construct(dtype=name, shape=list(a.shape), data=a.astype(dtype, copy=False).tobytes())  # type: ignore[arg-type]
 
     def to_numpy(self) -> np.ndarray:
         dt = np.dtype(self.dtype).newbyteorder("<")
