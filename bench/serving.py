@@ -5,7 +5,8 @@
 The server runs in a child process (its CPU time is the server's alone); real WebSocket clients in other processes
 stream JPEG frames at a given fps over loopback, at 640×480 and at the page's default upload (the page captures
 1280×720 and uploads it scaled to a 224-pixel short side, 398×224, JPEG quality 0.8: client_js/src/app.ts,
-sources/frameEncoder.ts). Per phase (one size × one session count) it prints results/s, results/s per CPU core of
+sources/frameEncoder.ts), in sessions with the page's defaults ('latest', compact maps of every 2nd row and column;
+``--stride 1`` for every pixel). Per phase (one size × one session count) it prints results/s, results/s per CPU core of
 the server (process CPU time), ms per stage (the server's per-stage histograms on /metrics), the client's
 end-to-end latency p50/p99, drops and errors; decode+resize of the client's image is measured on its own, in this
 process, per size. Then the ratios against the targets (≤ 1 meets a "≤" target, ≥ 1 a "≥" one):
@@ -45,6 +46,7 @@ FRAMES = REPO.parent / "shared" / "reference" / "spann3r" / "frames_A"
 PAGE_CAPTURE = (1280, 720)  # the page's default camera resolution (client_js/src/index.html, app.ts)
 PAGE_SHORT_SIDE = 224  # the page's default upload size (short side)
 PAGE_QUALITY = 80  # the page's default JPEG quality (0.8)
+PAGE_STRIDE = 2  # the page's default detail: every 2nd row and column of a compact map (index.html, opt-detail)
 TARGETS = {"overhead_ms": 5.0, "decode_ms_page": 3.0, "results_per_core_s": 120.0, "p99_ms_4x30": 30.0}
 
 
@@ -462,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--encoding", choices=["compact", "full"], default="compact")
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--stride", type=int, default=PAGE_STRIDE, help="compact maps: every stride-th row and column (the page's: 2)"
+    )
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    settings = {"frame_policy": "latest", "encoding": args.encoding, "preview": args.preview}
+    settings = {"frame_policy": "latest", "encoding": args.encoding, "preview": args.preview, "stride": args.stride}
     report: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -490,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             "capture": "x".join(map(str, PAGE_CAPTURE)),
             "upload": "x".join(map(str, page_upload_size())),
             "jpeg_quality": PAGE_QUALITY,
+            "stride": PAGE_STRIDE,
         },
         "sizes": {},
     }
