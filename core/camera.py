@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -579,7 +580,8 @@ def _host_pose_validity(
     H: np.ndarray, depth: float, inlier: float, min_inlier_weight: float, min_condition: float
 ) -> bool:
     """``_pose_validity`` of one frame, in numpy (``_solve_warm_host``)."""
-    d = max(abs(float(np.nan_to_num(depth, nan=1.0))), 1e-12)
+    d = 1.0 if math.isnan(depth) else min(abs(depth), sys.float_info.max)  # torch's nan_to_num(1.0), scalar
+    d = max(d, 1e-12)
     D = np.array([1.0, 1.0, 1.0, d, d, d])
     Hn = H * D[:, None] * D[None, :]
     if not np.isfinite(Hn).all():
