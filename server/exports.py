@@ -40,9 +40,17 @@ class ExportBuffer:
         """Bytes of the point arrays (each owns its data: no view keeps a larger array alive)."""
         return sum(x.nbytes + c.nbytes for x, c in self.points_by_frame.values())
 
-    def add(self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool) -> None:
+    def add(
+        self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool, *, take: bool = False
+    ) -> None:
+        """A final's points and camera. ``take``: xyz and rgb are fresh compact arrays that nothing else holds (the
+        service's export items, made for this in a post-processing thread), kept as they are when not decimated:
+        the event loop, which adds them, copies nothing."""
         old = self.points_by_frame.get(index)
-        self.points_by_frame[index] = (_owned(xyz[:: self.decimation]), _owned(rgb[:: self.decimation]))
+        if take and self.decimation == 1:
+            self.points_by_frame[index] = (xyz, rgb)
+        else:
+            self.points_by_frame[index] = (_owned(xyz[:: self.decimation]), _owned(rgb[:: self.decimation]))
         self.points += len(self.points_by_frame[index][0]) - (0 if old is None else len(old[0]))
         self.poses[index] = (np.array(c2w), valid)
         while self.points > self.max_points:

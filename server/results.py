@@ -51,7 +51,8 @@ class Calibration:
 
 @dataclass(frozen=True)
 class ExportItem:
-    """A final's confident points and camera, for the session's export buffer."""
+    """A final's confident points and camera, for the session's export buffer, which takes xyz and rgb over as they
+    are (``export_item`` makes them fresh and compact, for nothing else)."""
 
     index: int
     xyz: np.ndarray
