@@ -61,9 +61,13 @@ def crop_resize(rgb: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
     H, W = rgb.shape[:2]
     s = max(size / W, size / H) + 1e-8
     new_w, new_h = math.floor(W * s), math.floor(H * s)
-    from PIL import Image
+    if (new_w, new_h) == (W, H):  # already at the size (e.g. the live page's uploads): Pillow would only copy it
+        resized = rgb
+    else:
+        from PIL import Image
 
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((new_w, new_h), Image.Resampling.LANCZOS))
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+        resized = np.asarray(image.resize((new_w, new_h), Image.Resampling.LANCZOS))
     left = int(np.round((new_w - size) / 2))
     top = int(np.round((new_h - size) / 2))
     return np.ascontiguousarray(resized[top : top + size, left : left + size])

@@ -37,6 +37,26 @@ def test_odd_sizes_drop_the_last_row_and_column():
     np.testing.assert_array_equal(crop_resize(img), crop_resize(img[:480, :640]))
 
 
+@pytest.mark.parametrize("w, h", [(398, 224), (224, 398), (224, 224), (225, 225), (399, 225), (640, 480), (226, 300)])
+def test_images_at_the_model_size_skip_the_resampler_with_the_same_pixels(w, h, monkeypatch):
+    """An image whose short side is already 224 (the live page uploads them) is not resampled: Pillow would only
+    copy it. The pixels are those of Pillow's LANCZOS path; an image that needs resampling still takes it."""
+    from PIL import Image
+
+    img = np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    even = img[: h // 2 * 2, : w // 2 * 2]
+    ew, eh = even.shape[1], even.shape[0]
+    s = max(224 / ew, 224 / eh) + 1e-8
+    size = (int(ew * s), int(eh * s))
+    full = np.asarray(Image.fromarray(even).resize(size, Image.Resampling.LANCZOS))
+    top, left = int(np.round((size[1] - 224) / 2)), int(np.round((size[0] - 224) / 2))
+    resamples: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, sz, *a, **k: resamples.append(sz) or resize(im, sz, *a, **k))
+    np.testing.assert_array_equal(crop_resize(img), full[top : top + 224, left : left + 224])
+    assert resamples == ([] if size == (ew, eh) else [size])
+
+
 def test_portrait_crops_rows_around_the_centre():
     img = _image(640, 480, seed=3)
     # 480x640 portrait → 224 x 298 (floor), then rows 37..260 (round((298-224)/2) = 37)
