@@ -763,10 +763,10 @@ def _stacked(maps: Sequence[np.ndarray | torch.Tensor], device: torch.device | s
     return torch.stack([torch.as_tensor(m).to(device) for m in maps])
 
 
-def _host_map(m: np.ndarray | torch.Tensor, dtype=np.float32) -> np.ndarray:
+def _host_map(m: np.ndarray | torch.Tensor) -> np.ndarray:
     """A map on the host as the compiled kernels take it: contiguous float32 (no copy when it already is)."""
     a = m.detach().numpy() if isinstance(m, torch.Tensor) else m
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def solve_tracks(
