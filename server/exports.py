@@ -4,6 +4,7 @@ ROS 2 messages in MCAP (the robotics extra)."""
 from __future__ import annotations
 
 import io
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,10 +18,29 @@ def _owned(a: np.ndarray) -> np.ndarray:
     return np.array(a, copy=True, order="C")
 
 
+def _held(a: np.ndarray) -> np.ndarray:
+    """The array whose memory ``a`` keeps alive (itself, or the base of a view)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _is_compact(x: np.ndarray, c: np.ndarray) -> bool:
+    return _held(x) is x and _held(c) is c
+
+
+COMPACT_PER_ADD = 2  # thinned frames made compact on each add (a doubling makes every frame a view)
+
+
 @dataclass
 class ExportBuffer:
     """Confident points of every final (for PLY/GLB), within a point budget, and the camera trajectory. Keyed by
-    frame index: post-processing finishes out of order, exports come out in frame order."""
+    frame index: post-processing finishes out of order, exports come out in frame order.
+
+    When the points exceed the budget, every frame keeps every 2nd of its points (``decimation`` doubles). That
+    step makes views, not copies (copying millions of points held the service's event loop for tens of ms); each
+    later add copies ``COMPACT_PER_ADD`` of them compact, so a view's larger array is freed within a few frames
+    and an add costs about the points it adds."""
 
     max_points: int
     points_by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index → (xyz, rgb)
@@ -30,6 +50,7 @@ class ExportBuffer:
 
     def __post_init__(self) -> None:
         self._count()
+        self._views: deque[int] = deque(i for i, (x, c) in self.points_by_frame.items() if not _is_compact(x, c))
 
     def _count(self) -> None:
         """Recount the points, after ``points_by_frame`` is replaced."""
@@ -37,26 +58,56 @@ class ExportBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the point arrays (each owns its data: no view keeps a larger array alive)."""
-        return sum(x.nbytes + c.nbytes for x, c in self.points_by_frame.values())
+        """Bytes the point arrays keep alive (a view keeps its larger array until it is made compact)."""
+        held = {id(h): h.nbytes for arrays in self.points_by_frame.values() for h in map(_held, arrays)}
+        return sum(held.values())
 
     def add(
-        self, index: int, xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, valid: bool, *, take: bool = False
+        self,
+        index: int,
+        xyz: np.ndarray,
+        rgb: np.ndarray,
+        c2w: np.ndarray,
+        valid: bool,
+        *,
+        every: int = 1,
+        take: bool = False,
     ) -> None:
-        """A final's points and camera. ``take``: xyz and rgb are fresh compact arrays that nothing else holds (the
-        service's export items, made for this in a post-processing thread), kept as they are when not decimated:
-        the event loop, which adds them, copies nothing."""
-        old = self.points_by_frame.get(index)
-        if take and self.decimation == 1:
-            self.points_by_frame[index] = (xyz, rgb)
+        """A final's points and camera; xyz and rgb keep 1 confident point in ``every`` (a power of 2). ``take``:
+        they are fresh compact arrays that nothing else holds (the service's export items, thinned in a
+        post-processing thread to the buffer's ``decimation`` when it was read), held as they are: the event loop,
+        which adds them, copies nothing. Otherwise the caller keeps them and the buffer holds a copy."""
+        step = max(1, self.decimation // every)
+        if take and step == 1:
+            kept = (xyz, rgb)
+        elif take:  # the buffer thinned since the item was made: a view, made compact later
+            kept = (xyz[::step], rgb[::step])
+            self._views.append(index)
         else:
-            self.points_by_frame[index] = (_owned(xyz[:: self.decimation]), _owned(rgb[:: self.decimation]))
-        self.points += len(self.points_by_frame[index][0]) - (0 if old is None else len(old[0]))
+            kept = (_owned(xyz[::step]), _owned(rgb[::step]))
+        old = self.points_by_frame.get(index)
+        self.points_by_frame[index] = kept
+        self.points += len(kept[0]) - (0 if old is None else len(old[0]))
         self.poses[index] = (np.array(c2w), valid)
         while self.points > self.max_points:
             self.decimation *= 2
-            self.points_by_frame = {i: (_owned(x[::2]), _owned(c[::2])) for i, (x, c) in self.points_by_frame.items()}
+            self.points_by_frame = {i: (x[::2], c[::2]) for i, (x, c) in self.points_by_frame.items()}
+            self._views = deque(sorted(self.points_by_frame))
             self._count()
+        self._compact(COMPACT_PER_ADD)
+
+    def _compact(self, frames: int | None) -> None:
+        """Copy up to ``frames`` (None: all) of the frames that are views compact, oldest first."""
+        while self._views and (frames is None or frames > 0):
+            i = self._views.popleft()
+            arrays = self.points_by_frame.get(i)
+            if arrays is not None and not _is_compact(*arrays):
+                self.points_by_frame[i] = (_owned(arrays[0]), _owned(arrays[1]))
+                frames = None if frames is None else frames - 1
+
+    def compact(self) -> None:
+        """Make every frame compact now (e.g. before a snapshot is kept for long)."""
+        self._compact(None)
 
     def frozen(self) -> ExportBuffer:
         """A copy that later additions do not touch (for reading in another thread)."""

@@ -51,19 +51,22 @@ def compact(pts3d, conf, colors, stride: int, conf_thresh, scale):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def confident_points(pts3d, conf, colors, conf_thresh):
+def confident_points(pts3d, conf, colors, conf_thresh, every: int):
     """``core.export.fuse`` of one map: the finite confident points [n, 3] float32 and their colors [n, 3], in
-    row-major order (``conf_thresh`` float32)."""
+    row-major order (``conf_thresh`` float32), every ``every``-th of them (those of ``fuse(...)[::every]``)."""
     H, W = conf.shape
-    xyz = np.empty((H * W, 3), np.float32)
-    rgb = np.empty((H * W, 3), np.uint8)
-    n = 0
+    cap = (H * W + every - 1) // every
+    xyz = np.empty((cap, 3), np.float32)
+    rgb = np.empty((cap, 3), np.uint8)
+    n = seen = 0
     for v in range(H):
         for u in range(W):
             if _kept(conf[v, u], pts3d[v, u, 0], pts3d[v, u, 1], pts3d[v, u, 2], conf_thresh):
-                xyz[n, 0], xyz[n, 1], xyz[n, 2] = pts3d[v, u, 0], pts3d[v, u, 1], pts3d[v, u, 2]
-                rgb[n, 0], rgb[n, 1], rgb[n, 2] = colors[v, u, 0], colors[v, u, 1], colors[v, u, 2]
-                n += 1
+                if seen % every == 0:
+                    xyz[n, 0], xyz[n, 1], xyz[n, 2] = pts3d[v, u, 0], pts3d[v, u, 1], pts3d[v, u, 2]
+                    rgb[n, 0], rgb[n, 1], rgb[n, 2] = colors[v, u, 0], colors[v, u, 1], colors[v, u, 2]
+                    n += 1
+                seen += 1
     return xyz[:n].copy(), rgb[:n].copy()
 
 
@@ -71,4 +74,4 @@ def compile_kernels() -> None:
     """Compile (or load from numba's cache) for the types the server passes: a service does it at start."""
     pts, conf, colors = np.zeros((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.zeros((2, 2, 3), np.uint8)
     compact(pts, conf, colors, 1, np.float32(0.1), np.float32(1))
-    confident_points(pts, conf, colors, np.float32(0.1))
+    confident_points(pts, conf, colors, np.float32(0.1), 1)

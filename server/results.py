@@ -59,6 +59,7 @@ class ExportItem:
     rgb: np.ndarray
     c2w: np.ndarray
     valid: bool
+    every: int = 1  # xyz and rgb keep 1 confident point in this many (the export buffer's level when made)
 
 
 @dataclass(frozen=True)
@@ -201,18 +202,19 @@ def frame_data(out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, s
     )
 
 
-def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float) -> ExportItem:
-    """``core.export.fuse`` of the one map (its confident finite points). A map on an accelerator is selected on
-    its device (only those points are copied to the host); one on the CPU in one compiled pass (map_kernels.py)."""
+def export_item(out: FrameOutput, pose: CameraPose, conf_thresh: float, every: int = 1) -> ExportItem:
+    """``core.export.fuse`` of the one map (its confident finite points), every ``every``-th of them (the session's
+    export buffer thins to that). A map on an accelerator is selected on its device (only those points are copied
+    to the host); one on the CPU in one compiled pass (map_kernels.py)."""
     if on_accelerator(out.pts3d_device):
         with torch.inference_mode():
-            index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)
+            index = confident_pixels(out.pts3d_device, out.conf_device, conf_thresh)[::every]
             xyz = out.pts3d_device.reshape(-1, 3)[index].float().cpu().numpy()
             host_index = index.cpu().numpy()
         rgb = take_pixels(out.colors, host_index).astype(np.uint8, copy=False)
     else:
-        xyz, rgb = confident_points(out.pts3d, out.conf, out.colors, np.float32(conf_thresh))
-    return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid)
+        xyz, rgb = confident_points(out.pts3d, out.conf, out.colors, np.float32(conf_thresh), every)
+    return ExportItem(out.index, xyz, rgb, pose.c2w, pose.valid, every)
 
 
 def step_outputs(res: StepResult) -> list[FrameOutput]:
@@ -227,9 +229,11 @@ def result_bytes(
     cal: Calibration | None,
     settings: SessionSettings,
     timings: dict[str, float],
+    export_every: int = 1,
 ) -> tuple[bytes, ExportItem | None]:
-    """A step's result message (and the final's export item). ``poses``: those of ``step_outputs(res)``.
-    Adds ``encode_s`` and ``server_s`` to ``timings`` (both in the message), then ``pack_s`` (not in it)."""
+    """A step's result message (and the final's export item, of every ``export_every``-th confident point).
+    ``poses``: those of ``step_outputs(res)``. Adds ``encode_s`` and ``server_s`` to ``timings`` (both in the
+    message), then ``pack_s`` (not in it)."""
     t0 = time.perf_counter()
     pose_of = {id(o): p for o, p in zip(step_outputs(res), poses)}
     final = preview = export = None
@@ -237,7 +241,7 @@ def result_bytes(
         assert cal is not None  # a step with maps waited for its stream's calibration
         pose = pose_of[id(res.final)]
         final = frame_data(res.final, frame.prev_seq if frame.prev_seq is not None else -1, pose, cal, settings)
-        export = export_item(res.final, pose, settings.conf_thresh)
+        export = export_item(res.final, pose, settings.conf_thresh, export_every)
     if res.preview is not None:
         assert cal is not None
         preview = frame_data(res.preview, frame.seq, pose_of[id(res.preview)], cal, settings)
@@ -260,8 +264,14 @@ def result_bytes(
 
 
 def finished_bytes(
-    frames: int, out: FrameOutput, seq: int, pose: CameraPose, cal: Calibration, settings: SessionSettings
+    frames: int,
+    out: FrameOutput,
+    seq: int,
+    pose: CameraPose,
+    cal: Calibration,
+    settings: SessionSettings,
+    export_every: int = 1,
 ) -> tuple[bytes, ExportItem]:
-    """The finished message (the last frame's final) and its export item."""
+    """The finished message (the last frame's final) and its export item (as ``result_bytes``)."""
     msg = FinishedMsg.model_construct(type="finished", frames=frames, final=frame_data(out, seq, pose, cal, settings))
-    return pack(msg), export_item(out, pose, settings.conf_thresh)
+    return pack(msg), export_item(out, pose, settings.conf_thresh, export_every)

@@ -291,7 +291,7 @@ class Session:
     def add_export(self, generation: int, item) -> None:
         """Add a final's export item (``results.ExportItem``) unless a reset started a new stream since."""
         if generation == self.generation:
-            self.export.add(item.index, item.xyz, item.rgb, item.c2w, item.valid, take=True)
+            self.export.add(item.index, item.xyz, item.rgb, item.c2w, item.valid, every=item.every, take=True)
 
     def reject_counted(self) -> None:
         self.frames_rejected += 1

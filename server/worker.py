@@ -404,7 +404,14 @@ class Worker:
                 if cams.poses:
                     self.metrics.pose_seconds.observe(cams.seconds)
                 data, export = await self.on_post(
-                    results.result_bytes, frame, res, cams.poses, cams.calibration, t.settings, timings
+                    results.result_bytes,
+                    frame,
+                    res,
+                    cams.poses,
+                    cams.calibration,
+                    t.settings,
+                    timings,
+                    s.export.decimation,  # thinned there as the buffer keeps it: the loop copies nothing
                 )
                 self.metrics.encode_seconds.observe(timings["encode_s"])
                 self.metrics.pack_seconds.observe(timings["pack_s"])
@@ -452,7 +459,7 @@ class Worker:
 
         async def produce() -> bytes:
             data, export = await self.on_post(
-                results.finished_bytes, frames, out, seq, cams.poses[0], cams.calibration, settings
+                results.finished_bytes, frames, out, seq, cams.poses[0], cams.calibration, settings, s.export.decimation
             )
             s.add_export(gen, export)
             return data

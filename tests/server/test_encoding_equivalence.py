@@ -199,12 +199,16 @@ def test_host_arrays_encode_as_device_tensors():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("conf_thresh", THRESHOLDS)
-def test_export_item_is_fuse(conf_thresh, device):
+@pytest.mark.parametrize("every", [1, 4])
+def test_export_item_is_fuse(conf_thresh, device, every):
+    """The export item of a final is ``fuse`` of its map, thinned to every n-th point as the export buffer asks."""
     pts, conf, colors = maps(11)
     out = FrameOutput(7, "final", on_device(pts, device), on_device(conf, device), colors)
-    item = export_item(out, CameraPose(np.eye(4), True), conf_thresh)
+    item = export_item(out, CameraPose(np.eye(4), True), conf_thresh, every)
     with np.errstate(all="ignore"):
         xyz, rgb = fuse(pts[None], conf[None], colors[None], conf_thresh)
+    xyz, rgb = xyz[::every], rgb[::every]
+    assert item.every == every and len(xyz) > 10
     assert item.xyz.dtype == xyz.dtype and item.rgb.dtype == rgb.dtype
     assert item.xyz.shape == xyz.shape and item.xyz.tobytes() == xyz.tobytes()
     assert item.rgb.shape == rgb.shape and item.rgb.tobytes() == rgb.tobytes()

@@ -348,3 +348,34 @@ def test_exports_hold_every_confident_final_point(server, small_frames):
     )
     np.testing.assert_array_equal(mcap_xyz, xyz)
     assert len(by_topic.get("/spann3r/camera/pose", [])) == int(rec.pose_valid.sum())
+
+
+def test_an_export_over_its_point_budget_holds_every_n_th_point_of_each_final(tiny_engine, small_frames):
+    """Over the budget, the session's buffer keeps every n-th confident point of each final. The service thins
+    each final in its post-processing threads at the level the buffer has then, and the buffer takes the arrays
+    over; the cloud is what a buffer given each final's whole fused cloud in frame order holds."""
+    from spann3r.core.export import fuse, read_ply
+    from spann3r.server.exports import ExportBuffer
+
+    budget = 1000
+
+    async def main(url):
+        c = StreamClient(url)
+        settings = {"encoding": "full", "frame_policy": "queue", "conf_thresh": 0.01}
+        messages = [m async for m in stream(url, small_frames[:6], client=c, settings=settings)]
+        ply, stats = await c.export("cloud.ply"), await c.stats()
+        await c.close()
+        return messages, ply, stats
+
+    with live_server(tiny_engine, max_export_points=budget) as srv:
+        messages, ply, stats = run(main(srv.url))
+    rec = record(messages)
+    expected = ExportBuffer(budget)
+    for i in range(len(rec.pts3d)):
+        xyz, rgb = fuse(rec.pts3d[i : i + 1], rec.conf[i : i + 1], rec.colors[i : i + 1], 0.01)
+        expected.add(i, xyz, rgb, np.eye(4), True)
+    assert expected.decimation >= 16  # thinned several times over
+    ply_xyz, ply_rgb = read_ply(ply)
+    assert 0 < len(ply_xyz) == stats.export_points <= budget
+    np.testing.assert_array_equal(ply_xyz, expected.cloud()[0])
+    np.testing.assert_array_equal(ply_rgb, expected.cloud()[1])

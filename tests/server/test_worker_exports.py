@@ -1,10 +1,11 @@
-"""The export buffer holds compact copies within its point budget: no per-frame array kept alive by a view."""
+"""The export buffer holds its points within a budget, as compact copies (a view would keep a frame's whole array
+alive), and no add copies much more than the points it adds."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from spann3r.server.exports import ExportBuffer
+from spann3r.server.exports import COMPACT_PER_ADD, ExportBuffer
 
 POINTS_PER_FRAME, FRAMES, BUDGET = 10_000, 60, 5_000
 BYTES_PER_POINT = 3 * 4 + 3  # xyz float32 + rgb uint8
@@ -30,13 +31,32 @@ def fill(buf: ExportBuffer, frames: int) -> None:
         buf.add(i, xyz, rgb, np.eye(4), True)
 
 
+def views(buf: ExportBuffer) -> list[int]:
+    return [i for i, arrays in buf.points_by_frame.items() if not all(a.flags.owndata for a in arrays)]
+
+
 def test_export_buffer_holds_copies_within_the_point_budget():
+    """At every add the points fit the budget. A doubling of the decimation thins every frame as a view (a copy of
+    millions of points held the service's event loop for tens of ms); each add then makes COMPACT_PER_ADD of them
+    compact, so the memory held stays below twice the budget plus a frame, and is the budget's once they are."""
     buf = ExportBuffer(BUDGET)
-    fill(buf, FRAMES)
-    assert buf.points <= BUDGET and buf.decimation > 1
-    assert all(a.flags.owndata for arrays in buf.points_by_frame.values() for a in arrays)
-    assert held_bytes(buf) <= BUDGET * BYTES_PER_POINT
-    assert buf.nbytes == held_bytes(buf)
+    rng = np.random.default_rng(0)
+    doublings = views_left = 0
+    for i in range(FRAMES):
+        decimation = buf.decimation
+        xyz = rng.random((POINTS_PER_FRAME, 3), dtype=np.float32)
+        buf.add(i, xyz, rng.integers(0, 255, (POINTS_PER_FRAME, 3), dtype=np.uint8), np.eye(4), True)
+        if buf.decimation != decimation:
+            doublings += 1
+            views_left = len(buf.points_by_frame)
+        views_left = max(0, views_left - COMPACT_PER_ADD)
+        assert len(views(buf)) == views_left, i
+        assert buf.points <= BUDGET
+        assert buf.nbytes == held_bytes(buf) <= (2 * BUDGET + POINTS_PER_FRAME) * BYTES_PER_POINT
+    assert doublings >= 4 and buf.decimation > 1
+    buf.compact()
+    assert not views(buf)
+    assert buf.nbytes == held_bytes(buf) <= BUDGET * BYTES_PER_POINT
 
 
 def test_a_restored_export_buffer_holds_copies_too():
@@ -83,7 +103,13 @@ def test_the_service_s_fresh_arrays_are_taken_over_without_a_copy():
     buf.add(1, xyz, rgb, np.eye(4), True)  # not taken: a copy, the caller keeps its arrays
     assert buf.points_by_frame[1][0] is not xyz and buf.points_by_frame[1][0].flags.owndata
     assert buf.decimation > 1  # 20,000 points over a budget of 15,000
-    buf.add(2, xyz, rgb, np.eye(4), True, take=True)  # decimated: a compact copy of every n-th point
+    buf.add(2, xyz, rgb, np.eye(4), True, take=True)  # not thinned as the buffer is: every n-th point, compact
     kept = buf.points_by_frame[2][0]
     assert kept.flags.owndata and len(kept) == POINTS_PER_FRAME // buf.decimation
+    np.testing.assert_array_equal(kept, xyz[:: buf.decimation])
+    # thinned where it was made (the post-processing thread) at the buffer's level: taken as it is (frame 2 again,
+    # as a resumed stream re-sends it: the same number of points, no doubling)
+    thinned, thinned_rgb = xyz[:: buf.decimation].copy(), rgb[:: buf.decimation].copy()
+    buf.add(2, thinned, thinned_rgb, np.eye(4), True, every=buf.decimation, take=True)
+    assert buf.points_by_frame[2][0] is thinned and buf.points_by_frame[2][1] is thinned_rgb
     assert buf.points <= BUDGET * 3 and buf.nbytes == held_bytes(buf)
