@@ -408,13 +408,25 @@ async function errorsScenario() {
 async function lateWatchScenario() {
   const context = await launch();
   const streamer = await openPage(context, 'streamer', `?fps=4&inflight=2&detail=2&intrinsics=${FAKE_CAMERA_INTRINSICS}`);
+  // The share link comes with the session, and frames follow at once: the streamer's messages are held at its
+  // socket until the early watcher is in, so that it joins before any frame is processed (on a fast server finals
+  // could exist otherwise) and must get no backfill.
+  let openGate;
+  const gate = new Promise((resolve) => (openGate = resolve));
+  await streamer.routeWebSocket(/\/v1\/sessions\/[^/]+\/ws/, (ws) => {
+    const server = ws.connectToServer(); // the server's messages reach the page as they come
+    ws.onMessage((message) => gate.then(() => server.send(message))); // in order: reactions run as registered
+  });
   await streamer.click('#start-camera');
-  await until(streamer, 'streamer', (s) => s.resultsReceived >= 1, 'the stream to start');
+  await streamer.waitForFunction(() => document.querySelector('#share-link').value !== '');
   const link = await streamer.inputValue('#share-link');
   const early = await context.newPage();
   watchConsole(early, 'early');
   await early.goto(link);
   await early.waitForFunction(() => window.spann3rLive !== undefined);
+  report.notes.earlyJoined = await until(early, 'early', (s) => s.state === 'open', 'the early watcher to connect');
+  report.notes.streamerAtEarlyJoin = await snapshot(streamer);
+  openGate();
   await until(streamer, 'streamer', (s) => s.resultsReceived >= minResults, `${minResults} results before the late watcher`);
   const late = await context.newPage();
   watchConsole(late, 'late');
