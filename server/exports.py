@@ -90,10 +90,13 @@ class ExportBuffer:
         self.points += len(kept[0]) - (0 if old is None else len(old[0]))
         self.poses[index] = (np.array(c2w), valid)
         while self.points > self.max_points:
+            before = self.points
             self.decimation *= 2
             self.points_by_frame = {i: (x[::2], c[::2]) for i, (x, c) in self.points_by_frame.items()}
             self._views = deque(sorted(self.points_by_frame))
             self._count()
+            if self.points == before:  # every frame holds one point at most: more frames than the budget has points
+                break
         self._compact(COMPACT_PER_ADD)
 
     def _compact(self, frames: int | None) -> None:

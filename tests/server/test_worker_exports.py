@@ -59,6 +59,16 @@ def test_export_buffer_holds_copies_within_the_point_budget():
     assert buf.nbytes == held_bytes(buf) <= BUDGET * BYTES_PER_POINT
 
 
+def test_a_buffer_of_more_frames_than_points_in_its_budget_stops_thinning():
+    """Frames of one confident point each, more of them than the budget has points: no thinning can fit them (a
+    frame keeps its one point), so an add stops trying rather than loop forever on the service's event loop."""
+    buf = ExportBuffer(BUDGET)
+    one = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)
+    for i in range(BUDGET + 10):
+        buf.add(i, *one, np.eye(4), True)
+    assert buf.points == BUDGET + 10 == len(buf.points_by_frame)
+
+
 def test_a_restored_export_buffer_holds_copies_too():
     buf = ExportBuffer(BUDGET)
     fill(buf, 8)
