@@ -99,18 +99,14 @@ class ExportBuffer:
                 break
         self._compact(COMPACT_PER_ADD)
 
-    def _compact(self, frames: int | None) -> None:
-        """Copy up to ``frames`` (None: all) of the frames that are views compact, oldest first."""
-        while self._views and (frames is None or frames > 0):
+    def _compact(self, frames: int) -> None:
+        """Copy up to ``frames`` of the frames that are views compact, oldest first."""
+        while self._views and frames > 0:
             i = self._views.popleft()
             arrays = self.points_by_frame.get(i)
             if arrays is not None and not _is_compact(*arrays):
                 self.points_by_frame[i] = (_owned(arrays[0]), _owned(arrays[1]))
-                frames = None if frames is None else frames - 1
-
-    def compact(self) -> None:
-        """Make every frame compact now (e.g. before a snapshot is kept for long)."""
-        self._compact(None)
+                frames -= 1
 
     def frozen(self) -> ExportBuffer:
         """A copy that later additions do not touch (for reading in another thread)."""
