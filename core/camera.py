@@ -487,11 +487,19 @@ def _refine_compiled(pts, conf, K, R, t, step, coarse_iterations, fine_step, fin
     K_np, R_np, t_np = (x.double().contiguous().numpy() for x in (K, R, t))
     out = []
     for i in range(len(pts_np)):
-        w = pose_kernel.weights(conf_np[i])
         got = pose_kernel.refine(
-            pts_np[i], w, K_np[i], R_np[i], t_np[i], step, coarse_iterations, fine_step, fine_iterations, max_error_px
+            pts_np[i],
+            conf_np[i],
+            K_np[i],
+            R_np[i],
+            t_np[i],
+            step,
+            coarse_iterations,
+            fine_step,
+            fine_iterations,
+            max_error_px,
         )
-        out.append((*got, pose_kernel.count_weighted(pts_np[i], w, enough)))
+        out.append((*got, pose_kernel.count_weighted(pts_np[i], conf_np[i], enough)))
     return tuple(torch.from_numpy(np.stack(x)) for x in zip(*out))
 
 
@@ -613,12 +621,11 @@ def _solve_warm_host(
     K = K if K_ok else np.eye(3)
     R = np.ascontiguousarray(init[:3, :3].T)  # world-to-camera of a camera-to-world init
     t = -(R @ init[:3, 3])
-    w = pose_kernel.weights(conf)
     step = _coarse_step(*conf.shape)
     R, t, H, inlier, depth = pose_kernel.refine(
-        pts, w, K, R, t, step, warm_iterations, fine_step, fine_iterations, max_error_px
+        pts, conf, K, R, t, step, warm_iterations, fine_step, fine_iterations, max_error_px
     )
-    enough = K_ok and pose_kernel.count_weighted(pts, w, min_points) >= min_points
+    enough = K_ok and pose_kernel.count_weighted(pts, conf, min_points) >= min_points
     valid = enough and _host_pose_validity(H, depth, inlier, min_inlier_weight, min_condition)
     valid = valid and bool(np.isfinite(R).all() and np.isfinite(t).all())
     c2w = np.full((4, 4), np.nan)

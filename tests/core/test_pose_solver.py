@@ -246,13 +246,15 @@ def test_torch_in_torch_out():
 @pytest.mark.parametrize("warm", [True, False])
 def test_the_compiled_refinement_equals_the_torch_one(fine_step, warm):
     """On a CPU the Gauss-Newton steps run compiled (``pose_kernel``); accelerators run the torch passes. Both are
-    one algorithm: the same poses, validity and point counts, with non-finite pixels, outliers and a frame that
-    fails the check (too few confident points) in the batch."""
+    one algorithm: the same poses, validity and point counts, with non-finite pixels, outliers, points behind the
+    camera and a frame that fails the check (too few confident points) in the batch."""
     from spann3r.core import camera
 
     pts, conf, K, truth = scene_batch(4, seed=6, outliers=0.2)
     pts[0, :40] = np.nan  # non-finite points and confidences are ignored
     conf[1, 100:, :30] = np.inf
+    centre = truth[2, :3, 3].astype(np.float32)
+    pts[2, :20] = 2 * centre - pts[2, :20]  # mirrored through the camera: behind it, no pull on the pose
     conf[3] = 1.0  # no confident pixel: not enough points
     init = nudged(truth, np.random.default_rng(1), degrees=1.0, metres=0.02)
     args = (torch.from_numpy(pts), torch.from_numpy(conf), torch.from_numpy(K).expand(4, 3, 3), torch.from_numpy(init))
@@ -267,6 +269,35 @@ def test_the_compiled_refinement_equals_the_torch_one(fine_step, warm):
     # float32 per-pixel passes (torch) against float64 (compiled): ~1e-7 apart on these scenes
     np.testing.assert_allclose(R_c[:3].numpy(), R_t[:3].numpy(), atol=1e-5)
     np.testing.assert_allclose(t_c[:3].numpy(), t_t[:3].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_points_behind_the_camera_count_for_nothing(compiled):
+    """A network can put points behind the camera. They pull on no step, whatever their coordinates: the poses
+    equal those of the same map without them (here a block at camera depth -1 on its pixels' normalised
+    coordinates, where an unguarded projection would read them as lying exactly on their rays)."""
+    from spann3r.core import camera
+
+    pts, conf, K, truth = scene_batch(2, seed=8, outliers=0.1)
+    init = nudged(truth, np.random.default_rng(4), degrees=2.0, metres=0.05)
+    v, u = np.mgrid[60:120, 40:140]
+    m = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64) @ np.linalg.inv(K).T  # (mx, my, 1)
+    cam = m * np.array([1.0, 1.0, -1.0])  # camera depth -1
+    without = conf.copy()
+    without[:, 60:120, 40:140] = 1.0  # the same pixels, counting for nothing
+    for b in range(2):
+        w2c = np.linalg.inv(truth[b])
+        pts[b, 60:120, 40:140] = (cam - w2c[:3, 3]) @ w2c[:3, :3]  # world points of those camera points
+    settings = dict(
+        warm=True, coarse_iterations=2, fine_iterations=1, fine_step=2, max_error_px=8.0, min_points=64,
+        min_inlier_weight=0.5, min_condition=1e-9, compiled=compiled,
+    )  # fmt: skip
+    Kb = torch.from_numpy(K).expand(2, 3, 3)
+    got = camera._robust_solve(torch.from_numpy(pts), torch.from_numpy(conf), Kb, torch.from_numpy(init), **settings)
+    ref = camera._robust_solve(torch.from_numpy(pts), torch.from_numpy(without), Kb, torch.from_numpy(init), **settings)
+    assert got[2].tolist() == ref[2].tolist() == [True, True]
+    np.testing.assert_allclose(got[0].numpy(), ref[0].numpy(), atol=1e-9)
+    np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), atol=1e-9)
 
 
 def test_warm_solves_of_host_maps_equal_the_batched_solve(monkeypatch):
