@@ -58,15 +58,17 @@ def confident_points(pts3d, conf, colors, conf_thresh, every: int):
     cap = (H * W + every - 1) // every
     xyz = np.empty((cap, 3), np.float32)
     rgb = np.empty((cap, 3), np.uint8)
-    n = seen = 0
+    n = skip = 0  # skip: kept points to pass over before the next one taken (a countdown: a modulo per point
+    # costs as much as the rest of the loop)
     for v in range(H):
         for u in range(W):
             if _kept(conf[v, u], pts3d[v, u, 0], pts3d[v, u, 1], pts3d[v, u, 2], conf_thresh):
-                if seen % every == 0:
+                if skip == 0:
                     xyz[n, 0], xyz[n, 1], xyz[n, 2] = pts3d[v, u, 0], pts3d[v, u, 1], pts3d[v, u, 2]
                     rgb[n, 0], rgb[n, 1], rgb[n, 2] = colors[v, u, 0], colors[v, u, 1], colors[v, u, 2]
                     n += 1
-                seen += 1
+                    skip = every
+                skip -= 1
     return xyz[:n].copy(), rgb[:n].copy()
 
 
