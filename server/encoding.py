@@ -65,7 +65,7 @@ def encode_map_on_host(
 
     positions, kept_colors, kept_conf, clipped = compact(
         pts3d.astype(np.float32, copy=False),
-        conf.astype(np.float32, copy=False),
+        np.ascontiguousarray(conf, dtype=np.float32),
         colors,
         settings.stride,
         np.float32(settings.conf_thresh),
@@ -78,7 +78,7 @@ def encode_map_on_host(
         clipped=clipped,
         positions=Array.of(positions),
         colors=Array.of(kept_colors),
-        conf=Array.of(kept_conf.astype(np.float16)),
+        conf=Array.of(kept_conf.view(np.float16)),
     )
 
 

@@ -79,7 +79,8 @@ def at_threshold(conf_thresh: float, n: int = 3000) -> np.ndarray:
 
 def maps(seed: int, shape: tuple[int, int] = (224, 224), scale: float = 1e-3):
     """A network-like map with the awkward cases: non-finite points (every kind of NaN) and confidences,
-    confidences at and below 1, at each tested threshold's edge and beyond float16's range, points far beyond the
+    confidences at and below 1, negative, at each tested threshold's edge, at float16 rounding ties and beyond
+    float16's range, points far beyond the
     int16 range at ``scale`` and points exactly half a step between two int16 values (ties round to even)."""
     rng = np.random.default_rng(seed)
     h, w = shape
@@ -98,6 +99,11 @@ def maps(seed: int, shape: tuple[int, int] = (224, 224), scale: float = 1e-3):
     flat_conf[pick(20)] = rng.uniform(0, 1, 20)
     flat_conf[pick(10)] = 0.0
     flat_conf[pick(20)] = 1e6  # float16 inf
+    # negative confidences (a broken output) are kept at thresholds ≥ 0 ((c − 1) / c > 1): float16 normals and
+    # subnormals; and float16 rounding ties (2049 lies halfway between the halves 2048 and 2050)
+    flat_conf[pick(20)] = -rng.exponential(3, 20)
+    flat_conf[pick(6)] = np.array([-1e-6, -3e-8, -6.1e-5, -(2.0**-25), -3 * 2.0**-25, -1e-30], np.float32)
+    flat_conf[pick(6)] = np.array([2049, 2051, 65504, 65519.996, 65520, 4097], np.float32)
     for t in THRESHOLDS:
         edge = at_threshold(t)
         flat_conf[pick(len(edge))] = edge
@@ -165,6 +171,40 @@ def test_the_cases_are_exercised():
         assert (ratio == np.float32(t)).any()
     for nan in NANS:
         assert (pts.view(np.uint32) == np.float32(nan).view(np.uint32)).any()
+
+
+def test_the_compiled_half_cast_is_numpys():
+    """The compact pass casts confidences to float16 itself (``map_kernels.half_bits``): numpy's bits for every
+    float32, checked on random bit patterns (every exponent, sign, NaN payload) and on every rounding tie and its
+    neighbours, normal and subnormal."""
+    from numba import njit
+
+    from spann3r.server.map_kernels import half_bits
+
+    @njit
+    def cast(bits):
+        out = np.empty(len(bits), np.uint16)
+        for i in range(len(bits)):
+            out[i] = half_bits(bits[i])
+        return out
+
+    rng = np.random.default_rng(0)
+    patterns = [rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32)]
+    exponents = np.arange(256, dtype=np.uint32) << 23
+    low = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FE000, 0x7FEFFF, 0x7FF000, 0x7FFFFF])
+    patterns.append((exponents[:, None] | low.astype(np.uint32)[None, :]).ravel())
+    for exp in range(101, 113):  # float16 subnormals: ties at every shift, below and above them
+        shift = 126 - exp
+        quotients = np.arange(0, 1 << max(0, min(24 - shift, 6)))[:, None]
+        sig = (quotients << shift) | ((1 << (shift - 1)) + np.array([-1, 0, 1]))
+        patterns.append(((exp << 23) | (sig.ravel() & 0x7FFFFF)).astype(np.uint32))
+    bits = np.concatenate(patterns)
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = bits.view(np.float32).astype(np.float16).view(np.uint16)
+    got = cast(bits)
+    wrong = np.nonzero(got != expected)[0]
+    assert len(wrong) == 0, [(hex(b), hex(e), hex(g)) for b, e, g in zip(bits[wrong], expected[wrong], got[wrong])][:5]
 
 
 @pytest.mark.parametrize(("device", "encode"), PATHS, ids=PATH_IDS)
