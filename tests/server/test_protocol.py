@@ -69,6 +69,9 @@ def test_array_round_trip(dtype):
     assert back.dtype == np.dtype(dtype)
     with pytest.raises(ValueError, match="bytes"):
         P.Array(dtype=wire.dtype, shape=[2, 3, 5], data=wire.data).to_numpy()
+    # a big-endian or non-contiguous array goes out as the same little-endian C-order bytes
+    for other in (a.astype(np.dtype(dtype).newbyteorder(">")), np.asfortranarray(a), a[:, ::-1][:, ::-1]):
+        assert P.Array.of(other) == wire
 
 
 def test_json_schema_names_every_message():
