@@ -309,7 +309,9 @@ def live_connections(server, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while True:
         gc.collect()
-        alive = sum(isinstance(o, Connection) for o in gc.get_objects())
+        # by type, not isinstance: isinstance asks a weakref proxy for its referent's class, and a proxy whose
+        # referent is gone (other libraries leave them, e.g. numba's compiled functions) raises ReferenceError
+        alive = sum(issubclass(type(o), Connection) for o in gc.get_objects())
         if alive == 0 or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
