@@ -45,13 +45,14 @@ class _Inbound(_Msg):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-_DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float16", "int16", "uint8", "uint16")}  # native byte order
+ArrayDtype = Literal["float32", "float16", "int16", "uint8", "uint16"]
+_DTYPE_NAMES = {np.dtype(n): n for n in get_args(ArrayDtype)}  # native byte order → wire name
 
 
 class Array(_Msg):
     """An n-d array: little-endian, C order. float16 is IEEE half precision."""
 
-    dtype: Literal["float32", "float16", "int16", "uint8", "uint16"]
+    dtype: ArrayDtype
     shape: list[int]
     data: bytes
 
