@@ -8,7 +8,7 @@ model thread's solves). The torch version stays for accelerators, where batched 
 holds the two to the same poses.
 
 Per frame: ``coarse_iterations`` steps on every ``coarse_step``-th row and column, then ``fine_iterations`` on every
-``fine_step``-th. Each set's pixels that count are packed once per frame (``_pixel_set``: points, weights
+``fine_step``-th. Each set's pixels that count are packed once per frame (``_pixel_sets``: points, weights
 log(confidence) and normalised pixel coordinates, in contiguous rows), so each step is a branch-free loop the
 compiler vectorises, and only the pixels used get a logarithm. Per-pixel work is in float64, the sums too.
 """
@@ -47,43 +47,71 @@ def count_weighted(pts: np.ndarray, conf: np.ndarray, enough: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _pixel_set(pts, conf, K, step: int):
-    """The pixels of every ``step``-th row and column that count, packed as the columns of P [6, N] float64: the
-    point (X, Y, Z), its weight log(conf) (taken in float32, as torch's ``_confidence_weights``) and its pixel's
-    normalised coordinates K⁻¹ (u, v); and which of its columns are the set's every SAMPLE_EVERY-th pixel (in
-    row-major order over the whole set, counting or not, as torch's ``_residuals`` samples), for the medians. One
-    pass; the steps then read contiguous rows, which the compiler vectorises. Returns P, N, sample columns, their
-    count."""
+def _pixel_sets(pts, conf, K, fine_step: int, coarse_step: int):
+    """The pixels of every ``fine_step``-th and of every ``coarse_step``-th row and column that count, each set
+    packed as the columns of P [6, N] float64: the point (X, Y, Z), its weight log(conf) (taken in float32, as
+    torch's ``_confidence_weights``) and its pixel's normalised coordinates K⁻¹ (u, v); with which of its columns
+    are the set's every SAMPLE_EVERY-th pixel (in row-major order over the whole set, counting or not, as torch's
+    ``_residuals`` samples), for the medians. The steps then read contiguous rows, which the compiler vectorises.
+
+    One pass over the fine grid: ``coarse_step`` is a multiple of ``fine_step`` (every 4th row and column of every
+    2nd, the default), so the coarse grid is part of the fine one and its pixels are copied from the fine ones as
+    they are packed, in the same order, with their logarithm taken once (equal steps: one set, returned twice).
+    Returns (P, N, sample columns, their count) per set, fine first."""
+    same = coarse_step == fine_step
     H, W = conf.shape
     fx, s, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
-    cols = (W + step - 1) // step
-    size = ((H + step - 1) // step) * cols
-    P = np.empty((6, size))
-    sample = np.empty((size + SAMPLE_EVERY - 1) // SAMPLE_EVERY, np.int64)
-    n = m = 0
-    for v in range(0, H, step):
+    size = ((H + fine_step - 1) // fine_step) * ((W + fine_step - 1) // fine_step)
+    c_size = ((H + coarse_step - 1) // coarse_step) * ((W + coarse_step - 1) // coarse_step)
+    F, C = np.empty((6, size)), np.empty((6, 0 if same else c_size))
+    f_sample = np.empty((size + SAMPLE_EVERY - 1) // SAMPLE_EVERY, np.int64)
+    c_sample = np.empty((c_size + SAMPLE_EVERY - 1) // SAMPLE_EVERY, np.int64)
+    ratio = coarse_step // fine_step
+    n = m = c_n = c_m = 0
+    f_until = c_until = 0  # grid pixels to the next sampled one, per set (a countdown: no modulo per pixel)
+    for v in range(0, H, fine_step):
         my = (v - cy) / fy
         cx_row = cx + s * my
-        j = (v // step) * cols  # the set's index of this row's first pixel
-        for u in range(0, W, step):
+        coarse_row = v % coarse_step == 0
+        col_until = 0  # fine columns to the next coarse one (u = 0 is one)
+        for u in range(0, W, fine_step):
+            coarse = coarse_row and col_until == 0 and not same
             X, Y, Z, c = pts[v, u, 0], pts[v, u, 1], pts[v, u, 2], conf[v, u]
             if _counts(c, X, Y, Z):
-                P[0, n], P[1, n], P[2, n], P[3, n] = X, Y, Z, math.log(c)
-                P[4, n], P[5, n] = (u - cx_row) / fx, my
-                if j % SAMPLE_EVERY == 0:
-                    sample[m] = n
+                w, mx = math.log(c), (u - cx_row) / fx
+                F[0, n], F[1, n], F[2, n], F[3, n], F[4, n], F[5, n] = X, Y, Z, w, mx, my
+                if f_until == 0:
+                    f_sample[m] = n
                     m += 1
                 n += 1
-            j += 1
-    return P, n, sample, m
+                if coarse:
+                    C[0, c_n], C[1, c_n], C[2, c_n], C[3, c_n], C[4, c_n], C[5, c_n] = X, Y, Z, w, mx, my
+                    if c_until == 0:
+                        c_sample[c_m] = c_n
+                        c_m += 1
+                    c_n += 1
+            f_until = SAMPLE_EVERY - 1 if f_until == 0 else f_until - 1
+            if coarse:
+                c_until = SAMPLE_EVERY - 1 if c_until == 0 else c_until - 1
+            col_until = ratio - 1 if col_until == 0 else col_until - 1
+    if same:
+        return (F, n, f_sample, m), (F, n, f_sample, m)
+    return (F, n, f_sample, m), (C, c_n, c_sample, c_m)
 
 
 @njit(cache=True, nogil=True)
-def _median_sample(P, sample, m: int, K, R, t, depth: bool) -> float:
-    """Median squared pixel error (``depth``: median camera depth) over a set's sampled pixels (``_pixel_set``)
-    that are in front; NaN if none. Lower median, as torch's."""
+def _lower_median(a: np.ndarray) -> float:
+    """Lower median, as torch's; NaN if empty."""
+    k = len(a)
+    return math.nan if k == 0 else np.partition(a, (k - 1) // 2)[(k - 1) // 2]
+
+
+@njit(cache=True, nogil=True)
+def _median_sample(P, sample, m: int, K, R, t, with_depth: bool):
+    """Median squared pixel error over a set's sampled pixels (``_pixel_sets``) that are in front, and
+    (``with_depth``) their median camera depth, in one pass; NaN where there are none (or not asked)."""
     fx, s, fy = K[0, 0], K[0, 1], K[1, 1]
-    out = np.empty(m)
+    err2, depth = np.empty(m), np.empty(m)
     k = 0
     for i in range(m):
         c = sample[i]
@@ -91,17 +119,12 @@ def _median_sample(P, sample, m: int, K, R, t, depth: bool) -> float:
         z = R[2, 0] * X + R[2, 1] * Y + R[2, 2] * Z + t[2]
         if not z > 1e-9:
             continue
-        if depth:
-            out[k] = z
-        else:
-            ex = (R[0, 0] * X + R[0, 1] * Y + R[0, 2] * Z + t[0]) / z - P[4, c]
-            ey = (R[1, 0] * X + R[1, 1] * Y + R[1, 2] * Z + t[1]) / z - P[5, c]
-            rx, ry = fx * ex + s * ey, fy * ey
-            out[k] = rx * rx + ry * ry
+        ex = (R[0, 0] * X + R[0, 1] * Y + R[0, 2] * Z + t[0]) / z - P[4, c]
+        ey = (R[1, 0] * X + R[1, 1] * Y + R[1, 2] * Z + t[1]) / z - P[5, c]
+        rx, ry = fx * ex + s * ey, fy * ey
+        err2[k], depth[k] = rx * rx + ry * ry, z
         k += 1
-    if k == 0:
-        return math.nan
-    return np.partition(out[:k], (k - 1) // 2)[(k - 1) // 2]
+    return _lower_median(err2[:k]), _lower_median(depth[:k]) if with_depth else math.nan
 
 
 # fast-math without "nnan" and "ninf" (which would fold away the check for points behind the camera); numpy's
@@ -109,7 +132,7 @@ def _median_sample(P, sample, m: int, K, R, t, depth: bool) -> float:
 # Python's, each division carries a check and the loop stays scalar, ~3x slower)
 @njit(cache=True, nogil=True, fastmath={"contract", "arcp", "reassoc", "nsz"}, error_model="numpy")
 def _normal_equations(P, n: int, K, R, t, c2: float, max_err2: float):
-    """One pass over a pixel set (``_pixel_set``): H [6, 6], g [6] of Σ irls |K₂ e|² in the left rotation ω and
+    """One pass over a pixel set (``_pixel_sets``): H [6, 6], g [6] of Σ irls |K₂ e|² in the left rotation ω and
     camera translation τ (P' = P + ω×P + τ), and the weight within ``max_err2`` and in total. Branch-free (a point
     behind the camera gets weight 0), scalar sums, so each is one vector register of partial sums."""
     fx, s, fy = K[0, 0], K[0, 1], K[1, 1]
@@ -264,18 +287,19 @@ def refine(
     JtJ = np.full((6, 6), np.nan)
     inlier_share = 0.0
     depth = math.nan
-    fine = _pixel_set(pts, conf, K, fine_step)
-    coarse = fine
-    if coarse_iterations > 0 and coarse_step != fine_step:
-        coarse = _pixel_set(pts, conf, K, coarse_step)
+    if coarse_iterations == 0 or coarse_step % fine_step == 0:
+        fine, coarse = _pixel_sets(pts, conf, K, fine_step, coarse_step if coarse_iterations > 0 else fine_step)
+    else:  # the coarse grid is not part of the fine one: a pass each
+        fine = _pixel_sets(pts, conf, K, fine_step, fine_step)[0]
+        coarse = _pixel_sets(pts, conf, K, coarse_step, coarse_step)[0]
     for k in range(coarse_iterations + fine_iterations):
         P, n, sample, m = fine if k >= coarse_iterations else coarse
-        med = _median_sample(P, sample, m, K, R, t, False)
+        last = k == coarse_iterations + fine_iterations - 1
+        med, depth = _median_sample(P, sample, m, K, R, t, last)  # the depth of the pose the last step starts from
         c2 = SCALE_MAX_PX**2 if math.isnan(med) else min(max(ROBUST_SCALE**2 * med, SCALE_MIN_PX**2), SCALE_MAX_PX**2)
         JtJ, g, inlier, total = _normal_equations(P, n, K, R, t, c2, max_err2)
-        if k == coarse_iterations + fine_iterations - 1:
+        if last:
             inlier_share = inlier / max(total, 1e-30)
-            depth = _median_sample(P, sample, m, K, R, t, True)
         R, t = _step(JtJ, g, R, t)
     return R, t, JtJ, inlier_share, depth
 

@@ -242,12 +242,13 @@ def test_torch_in_torch_out():
     np.testing.assert_allclose(c2w.numpy(), solve_poses(pts, conf, K)[0], atol=1e-9)
 
 
-@pytest.mark.parametrize("fine_step", [1, 2])
+@pytest.mark.parametrize("fine_step", [1, 2, 3])
 @pytest.mark.parametrize("warm", [True, False])
 def test_the_compiled_refinement_equals_the_torch_one(fine_step, warm):
     """On a CPU the Gauss-Newton steps run compiled (``pose_kernel``); accelerators run the torch passes. Both are
     one algorithm: the same poses, validity and point counts, with non-finite pixels, outliers, points behind the
-    camera and a frame that fails the check (too few confident points) in the batch."""
+    camera and a frame that fails the check (too few confident points) in the batch. The coarse step (4 at 224²)
+    is a multiple of fine steps 1 and 2 (both sets packed in one pass) and not of 3 (a pass each)."""
     from spann3r.core import camera
 
     pts, conf, K, truth = scene_batch(4, seed=6, outliers=0.2)
