@@ -10,7 +10,8 @@ Threads, and what runs where (the event loop never waits on any of them):
 - decode pool: image decoding + preprocessing of the next frame of each session while the model runs;
 - job decode pool (one thread): the images of collection-job uploads, so a stream frame never queues behind them;
 - post pool: encoding (on an accelerator on the maps' device, copying back only what is sent; numpy on the CPU)
-  and msgpack of results (results.py), in parallel across frames and sessions.
+  and msgpack of results (results.py), in parallel across frames and sessions; a lone stream's results are made
+  on the model thread instead, right after its step (``RunBatch.post_on_model``: scheduler.py).
 
 Scheduling (scheduler.py): a session holds at most one decoded frame ("ready"); each decision names the sessions
 of a batch, and the worker claims their frames at once (``Session.claim_step``), so what a batch runs is exactly
@@ -25,7 +26,8 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -278,7 +280,7 @@ class Worker:
                 await self._run_unit(work)
             self._batches_since_unit = 0
         else:
-            await self._run_claimed(self._claim(decision))
+            await self._run_claimed(self._claim(decision), decision.post_on_model)
 
     async def _wait(self, until: float | None) -> None:
         """Until something changes (a frame ready, a result posted, work added), or until ``until``."""
@@ -301,23 +303,25 @@ class Worker:
                 claimed.append((s, ticket))
         return claimed
 
-    async def _run_claimed(self, batch: list[tuple[Session, StepTicket]]) -> None:
+    async def _run_claimed(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool = False) -> None:
         for s, _ in batch:
             self._advance(s)  # decode each session's next frame while the model runs
         try:
-            await self._run_batch(batch)
+            await self._run_batch(batch, post_on_model)
         except Exception:
             log.exception("batch failed")
         if self._background:
             self._batches_since_unit += 1
 
-    async def _run_batch(self, batch: list[tuple[Session, StepTicket]]) -> None:
+    async def _run_batch(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool = False) -> None:
         taken = time.perf_counter()
         units_before = self.background_units
         wanted = [None if s.persistence is None else s.persistence.due(t.index + 1, s.finished) for s, t in batch]
+        # the buffers' thinning now: the items are made thinned to it (the loop then copies nothing)
+        post = PostOnModel([s.export.decimation for s, _ in batch]) if post_on_model else None
         self.step_started = time.monotonic()
         try:
-            outs, cameras, captures = await self.on_model(self._step, [t for _, t in batch], wanted)
+            done = await self.on_model(self._step, [t for _, t in batch], wanted, taken, units_before, post)
         except Exception as exc:
             log.exception("model step failed for %d frames", len(batch))
             for s, t in batch:
@@ -327,31 +331,33 @@ class Worker:
             return
         finally:
             self.step_started = None
-        step_s = time.perf_counter() - taken - sum(c.seconds for c in cameras)  # the poses are a stage of their own
-        self.metrics.step_latency.observe(step_s)
+        self.metrics.step_latency.observe(done.step_s)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.frames_processed.inc(len(batch))
-        for (s, t), res, captured, cams in zip(batch, outs, captures, cameras):
+        for (s, t), res, captured, cams, timings, posted in zip(
+            batch, done.outs, done.captures, done.cameras, done.timings, done.posted
+        ):
             rf = t.frame
-            timings = {
-                "queue_s": taken - rf.raw.received - rf.decode_s,
-                "decode_s": rf.decode_s,
-                "step_s": step_s,
-                "batch": float(len(batch)),
-                "job_units": float(units_before - rf.background_units),
-            }
             self.metrics.queue_seconds.observe(timings["queue_s"])
             s.step_done(ok=True)
-            sent = s.chain(self._result_producer(s, t, res, timings, cams), replayable=True)
+            sent = s.chain(self._result_producer(s, t, res, timings, cams, posted), replayable=True)
             if captured is not None and s.persistence is not None:  # committed off the model thread
                 capture, seconds, pose_track = captured
                 point = StreamPoint(t.index + 1, rf.raw.seq, t.generation, pose_track=pose_track)
                 s.persistence.submit(s, capture, seconds, point, sent)
             self._advance(s)
 
-    def _step(self, tickets: list[StepTicket], wanted: list[CaptureRequest | None]):
-        """Model thread: the batch's step, its cameras (calibration and poses of every map, one batched solve), then
-        a copy of the streams due for persisting (before any later step moves them)."""
+    def _step(
+        self,
+        tickets: list[StepTicket],
+        wanted: list[CaptureRequest | None],
+        taken: float,
+        units_before: int,
+        post: PostOnModel | None,
+    ) -> StepDone:
+        """Model thread: the batch's step, its cameras (calibration and poses of every map, one batched solve), a
+        copy of the streams due for persisting (before any later step moves them), and with ``post`` the result
+        messages too. ``taken``: when the batch was claimed; ``units_before``: background units run by then."""
         for t in tickets:
             t.stream.preview = t.settings.preview  # a settings change takes effect at the next step
         outs = self.engine.step([(t.stream, t.frame.prepared) for t in tickets])
@@ -359,8 +365,17 @@ class Worker:
             [(t.cameras, res, t.settings, t.frame.prepared.source_size) for t, res in zip(tickets, outs)],
             self.engine.device,
         )
+        step_s = time.perf_counter() - taken - sum(c.seconds for c in cameras)  # the poses are a stage of their own
         captures = [None if w is None else _timed_capture(t.stream, t.cameras, w) for t, w in zip(tickets, wanted)]
-        return outs, cameras, captures
+        n = len(tickets)
+        timings = [step_timings(t.frame, taken, step_s, n, units_before, c) for t, c in zip(tickets, cameras)]
+        posted: list[Future | None] = [None] * n
+        if post is not None:
+            posted = [
+                _run_now(results.result_bytes, frame_identity(t), res, c.poses, c.calibration, t.settings, tm, every)
+                for t, res, c, tm, every in zip(tickets, outs, cameras, timings, post.export_every)
+            ]
+        return StepDone(outs, cameras, captures, step_s, timings, posted)
 
     # ------------------------------------------------------------------ background work
     def add_background(self, work: BackgroundWork) -> None:
@@ -393,26 +408,35 @@ class Worker:
 
     # ------------------------------------------------------------------ post-processing (results.py)
     def _result_producer(
-        self, s: Session, t: StepTicket, res: StepResult, timings: dict[str, float], cams: results.StepCameras
+        self,
+        s: Session,
+        t: StepTicket,
+        res: StepResult,
+        timings: dict[str, float],
+        cams: results.StepCameras,
+        posted: Future | None = None,
     ):
+        """The coroutine that makes the step's result message (in the post-processing pool; ``posted``: made on
+        the model thread already) and books it."""
         rf = t.frame
-        frame = FrameIdentity(rf.raw.seq, rf.raw.msg.ts, t.prev_seq, rf.raw.received)
 
         async def produce() -> bytes:
             try:
-                timings["pose_s"] = cams.seconds
                 if cams.poses:
                     self.metrics.pose_seconds.observe(cams.seconds)
-                data, export = await self.on_post(
-                    results.result_bytes,
-                    frame,
-                    res,
-                    cams.poses,
-                    cams.calibration,
-                    t.settings,
-                    timings,
-                    s.export.decimation,  # thinned there as the buffer keeps it: the loop copies nothing
-                )
+                if posted is not None:
+                    data, export = posted.result()
+                else:
+                    data, export = await self.on_post(
+                        results.result_bytes,
+                        frame_identity(t),
+                        res,
+                        cams.poses,
+                        cams.calibration,
+                        t.settings,
+                        timings,
+                        s.export.decimation,  # thinned there as the buffer keeps it: the loop copies nothing
+                    )
                 self.metrics.encode_seconds.observe(timings["encode_s"])
                 self.metrics.pack_seconds.observe(timings["pack_s"])
                 if export is not None:
@@ -484,3 +508,53 @@ def _timed_capture(
     """Model thread: a copy of the stream's state, the seconds it took, and its pose track at that point."""
     t0 = time.perf_counter()
     return capture_stream(stream, wanted.since), time.perf_counter() - t0, cameras.track_state()
+
+
+@dataclass(frozen=True)
+class PostOnModel:
+    """The model thread makes the batch's result messages (``RunBatch.post_on_model``); each session's export
+    buffer's thinning when the batch was claimed (its item is made thinned to it)."""
+
+    export_every: list[int]
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What the model thread returns for a batch, one entry per frame: the step's result, the cameras, the stream
+    copy due for persisting (or None), the timings its message reports, and (``PostOnModel``) the message made."""
+
+    outs: list[StepResult]
+    cameras: list[results.StepCameras]
+    captures: list[tuple[StreamCapture, float, dict | None] | None]
+    step_s: float  # from the claim to the step's maps, poses excluded
+    timings: list[dict[str, float]]
+    posted: list[Future | None]
+
+
+def step_timings(
+    rf: ReadyFrame, taken: float, step_s: float, batch: int, units_before: int, cams: results.StepCameras
+) -> dict[str, float]:
+    """The stage seconds a result message reports (``encode_s`` and ``server_s`` are added as it is made)."""
+    return {
+        "queue_s": taken - rf.raw.received - rf.decode_s,
+        "decode_s": rf.decode_s,
+        "step_s": step_s,
+        "batch": float(batch),
+        "job_units": float(units_before - rf.background_units),
+        "pose_s": cams.seconds,
+    }
+
+
+def frame_identity(t: StepTicket) -> FrameIdentity:
+    rf = t.frame
+    return FrameIdentity(rf.raw.seq, rf.raw.msg.ts, t.prev_seq, rf.raw.received)
+
+
+def _run_now(fn, *args) -> Future:
+    """``fn(*args)`` called now, its result or exception in a done Future (read where ``on_post``'s would be)."""
+    out: Future = Future()
+    try:
+        out.set_result(fn(*args))
+    except Exception as exc:
+        out.set_exception(exc)
+    return out

@@ -33,12 +33,12 @@ def test_a_partial_batch_waits_until_the_oldest_frame_waited_max_wait():
 
 def test_no_wait_for_company_that_cannot_come():
     """Every streaming session's frame is in the batch already: it runs at once, whatever ``max_wait_s``."""
-    assert decide(ready(1.000), False, 0, 1.001, streaming=1) == RunBatch(("s0",))
+    assert decide(ready(1.000), False, 0, 1.001, streaming=1) == RunBatch(("s0",), post_on_model=True)
     assert decide(ready(1.000, 1.001), False, 0, 1.002, streaming=2) == RunBatch(("s0", "s1"))
     assert decide(ready(1.000, 1.001), False, 0, 1.002, streaming=3) == Wait(1.010)  # a third may come
     # a session that cannot run now (posting) is no company either way: the other runs if it is the last streaming
     cands = [Candidate("posting", 1.0, posting=MAX_POSTING), Candidate("ok", 1.001)]
-    assert decide(cands, False, 0, 1.002, streaming=1) == RunBatch(("ok",))
+    assert decide(cands, False, 0, 1.002, streaming=1) == RunBatch(("ok",), post_on_model=True)
 
 
 def test_no_wait_when_max_wait_is_zero():
@@ -75,3 +75,13 @@ def test_a_decision_names_only_the_sessions_ready_when_it_is_made():
     only_s1 = [Candidate("s1", 1.001)]  # s0's frame was replaced and its successor is still decoding
     assert decide(only_s1, False, 0, 1.010, POLICY) == Wait(1.011)
     assert decide(only_s1, False, 0, 1.011, POLICY) == RunBatch(("s1",))
+
+
+def test_a_lone_streams_result_is_made_on_the_model_thread():
+    """Only a batch of one frame, with no other session streaming and no background work waiting: the model thread
+    would be idle until the next frame. Any company keeps post-processing in the pool, beside the next step."""
+    assert decide(ready(1.0), False, 0, 1.0, streaming=1) == RunBatch(("s0",), post_on_model=True)
+    assert decide(ready(1.0), False, 0, 1.0, streaming=0) == RunBatch(("s0",), post_on_model=True)  # went quiet
+    assert decide(ready(1.0), False, 0, 1.010, streaming=2) == RunBatch(("s0",))  # another session streams
+    assert decide(ready(1.0, 1.0), False, 0, 1.0, streaming=2) == RunBatch(("s0", "s1"))  # a batch of two
+    assert decide(ready(1.0), True, 0, 1.0, streaming=1) == RunBatch(("s0",))  # a job waits for the model thread

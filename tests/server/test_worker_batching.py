@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import cv2
 from service_helpers import answers_by_seq, live_server, run
@@ -135,3 +136,65 @@ def test_overload_never_replaces_every_decoded_frame():
             steps += 1
             s.step_done(ok=True)
     assert steps == 10 and decodes <= 2 * steps + 1
+
+
+def test_a_lone_streams_results_are_made_on_the_model_thread_and_company_keeps_the_pool(
+    tiny_engine, frames_A, monkeypatch
+):
+    """``RunBatch.post_on_model``: a lone stream's result messages are made on the model thread right after its
+    step; once another session streams, in the post-processing pool. A message that fails there is reported for
+    its frame alone (an internal error), as from the pool, and the stream goes on."""
+    from spann3r.server import results
+
+    made: list[tuple[int, str]] = []  # (seq, thread name) of each result message made
+    make = results.result_bytes
+
+    def recording(frame, *args):
+        made.append((frame.seq, threading.current_thread().name))
+        if frame.seq == 3 and threading.current_thread().name.startswith("model"):
+            raise RuntimeError("broken encoder")
+        return make(frame, *args)
+
+    monkeypatch.setattr(results, "result_bytes", recording)
+    images = [cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes() for _, rgb in frames_A[:6]]
+
+    async def answer(c: StreamClient, seq: int):
+        while True:
+            m = await c.receive()
+            if isinstance(m, (ResultMsg, ErrorMsg)) and m.seq == seq:
+                return m
+
+    async def lone(url):
+        async with StreamClient(url) as c:
+            await c.create_session({"frame_policy": "queue", "encoding": "compact"})
+            await c.connect()
+            out = []
+            for i in range(6):
+                await c.send_frame(images[i], "png", seq=i)
+                out.append(await answer(c, i))
+            await c.delete()
+            return out
+
+    async def two(url):
+        async with StreamClient(url) as a, StreamClient(url) as b:
+            for c in (a, b):
+                await c.create_session({"frame_policy": "queue", "encoding": "compact"})
+                await c.connect()
+            for i in range(6):
+                await asyncio.gather(*(c.send_frame(images[i], "png", seq=i) for c in (a, b)))
+                if i == 0:  # from here on both sessions stream
+                    await asyncio.gather(answer(a, 0), answer(b, 0))
+                    made.clear()
+                    continue
+                for m in await asyncio.gather(answer(a, i), answer(b, i)):
+                    assert isinstance(m, ResultMsg)  # the model thread's failure was not a pool one
+
+    with live_server(tiny_engine, max_batch=1, max_wait_ms=0) as srv:
+        out = run(lone(srv.url))
+        assert [type(m).__name__ for m in out] == ["ResultMsg"] * 3 + ["ErrorMsg"] + ["ResultMsg"] * 2
+        assert out[3].code == "internal" and "post-processing failed" in out[3].message
+        assert [seq for seq, _ in made] == list(range(6))
+        assert all(name.startswith("model") for _, name in made), made
+        made.clear()
+        run(two(srv.url))
+        assert len(made) == 10 and all(name.startswith("post") for _, name in made), made
