@@ -303,7 +303,7 @@ class Worker:
                 claimed.append((s, ticket))
         return claimed
 
-    async def _run_claimed(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool = False) -> None:
+    async def _run_claimed(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool) -> None:
         for s, _ in batch:
             self._advance(s)  # decode each session's next frame while the model runs
         try:
@@ -313,7 +313,7 @@ class Worker:
         if self._background:
             self._batches_since_unit += 1
 
-    async def _run_batch(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool = False) -> None:
+    async def _run_batch(self, batch: list[tuple[Session, StepTicket]], post_on_model: bool) -> None:
         taken = time.perf_counter()
         units_before = self.background_units
         wanted = [None if s.persistence is None else s.persistence.due(t.index + 1, s.finished) for s, t in batch]
@@ -414,7 +414,7 @@ class Worker:
         res: StepResult,
         timings: dict[str, float],
         cams: results.StepCameras,
-        posted: Future | None = None,
+        posted: Future | None,
     ):
         """The coroutine that makes the step's result message (in the post-processing pool; ``posted``: made on
         the model thread already) and books it."""
